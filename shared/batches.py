@@ -1,0 +1,239 @@
+"""Columnar micro-batches: many events of one model version as parallel numpy arrays.
+
+These are the in-memory forms of the ``PredictionBatch``, ``DecisionBatch`` and
+``LabelBatch`` Avro records (see ``schemas/``). Workers decode one Kafka message straight into
+arrays, compute with numpy and encode arrays back, so per-event Python work stays small.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+Record = dict[str, Any]
+
+
+def model_key(tenant: str, model_name: str, model_version: str) -> str:
+    """The Kafka message key and Redis key part of one model version."""
+    return f"{tenant}/{model_name}/{model_version}"
+
+
+def split_model_key(key: str) -> tuple[str, str, str]:
+    tenant, name, version = key.split("/", 2)
+    return tenant, name, version
+
+
+def _floats(values: Any) -> FloatArray:
+    return np.asarray(values, dtype=np.float64)
+
+
+def _matrix(flat: list[float], n: int, width: int) -> FloatArray | None:
+    if not flat or width == 0:
+        return None
+    return np.asarray(flat, dtype=np.float64).reshape(n, width)
+
+
+def _flat(matrix: FloatArray | None) -> list[float]:
+    return [] if matrix is None else matrix.ravel().tolist()
+
+
+@dataclass(slots=True)
+class PredictionColumns:
+    """Predictions of one model version; row i of every array is event i."""
+
+    tenant: str
+    model_name: str
+    model_version: str
+    event_ids: list[str]
+    event_time_ms: IntArray
+    predicted_labels: list[str]
+    confidences: FloatArray
+    model_version_id: int | None = None
+    class_labels: list[str] = field(default_factory=list)
+    probabilities: FloatArray | None = None
+    """N x len(class_labels); a NaN row means that event had no probabilities."""
+    logits: FloatArray | None = None
+    numeric_features: dict[str, FloatArray] = field(default_factory=dict)
+    categorical_features: dict[str, list[str]] = field(default_factory=dict)
+    ground_truths: list[str | None] | None = None
+    uncertainties: FloatArray | None = None
+    metadata: list[dict[str, str]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.event_ids)
+
+    @property
+    def key(self) -> str:
+        return model_key(self.tenant, self.model_name, self.model_version)
+
+    def take(self, rows: npt.ArrayLike) -> PredictionColumns:
+        """The subset of rows ``rows`` (integer indices or a boolean mask), in that order."""
+        idx = np.asarray(rows)
+        if idx.dtype == np.bool_:
+            idx = np.flatnonzero(idx)
+        pick = idx.tolist()
+        return replace(
+            self,
+            event_ids=[self.event_ids[i] for i in pick],
+            event_time_ms=self.event_time_ms[idx],
+            predicted_labels=[self.predicted_labels[i] for i in pick],
+            confidences=self.confidences[idx],
+            probabilities=None if self.probabilities is None else self.probabilities[idx],
+            logits=None if self.logits is None else self.logits[idx],
+            numeric_features={k: v[idx] for k, v in self.numeric_features.items()},
+            categorical_features={
+                k: [v[i] for i in pick] for k, v in self.categorical_features.items()
+            },
+            ground_truths=None
+            if self.ground_truths is None
+            else [self.ground_truths[i] for i in pick],
+            uncertainties=None if self.uncertainties is None else self.uncertainties[idx],
+            metadata=None if self.metadata is None else [self.metadata[i] for i in pick],
+        )
+
+    def to_record(self) -> Record:
+        return {
+            "tenant": self.tenant,
+            "model_name": self.model_name,
+            "model_version": self.model_version,
+            "model_version_id": self.model_version_id,
+            "event_ids": self.event_ids,
+            "event_time_ms": self.event_time_ms.tolist(),
+            "predicted_labels": self.predicted_labels,
+            "confidences": self.confidences.tolist(),
+            "class_labels": self.class_labels,
+            "probabilities": _flat(self.probabilities),
+            "logits": _flat(self.logits),
+            "numeric_features": {k: v.tolist() for k, v in self.numeric_features.items()},
+            "categorical_features": self.categorical_features,
+            "ground_truths": self.ground_truths or [],
+            "uncertainties": [] if self.uncertainties is None else self.uncertainties.tolist(),
+            "metadata": self.metadata or [],
+        }
+
+    @classmethod
+    def from_record(cls, rec: Record) -> PredictionColumns:
+        n = len(rec["event_ids"])
+        width = len(rec.get("class_labels") or ())
+        return cls(
+            tenant=rec["tenant"],
+            model_name=rec["model_name"],
+            model_version=rec["model_version"],
+            model_version_id=rec.get("model_version_id"),
+            event_ids=rec["event_ids"],
+            event_time_ms=np.asarray(rec["event_time_ms"], dtype=np.int64),
+            predicted_labels=rec["predicted_labels"],
+            confidences=_floats(rec["confidences"]),
+            class_labels=list(rec.get("class_labels") or ()),
+            probabilities=_matrix(rec.get("probabilities") or [], n, width),
+            logits=_matrix(rec.get("logits") or [], n, width),
+            numeric_features={
+                k: _floats(v) for k, v in (rec.get("numeric_features") or {}).items()
+            },
+            categorical_features=dict(rec.get("categorical_features") or {}),
+            ground_truths=rec.get("ground_truths") or None,
+            uncertainties=_floats(rec["uncertainties"]) if rec.get("uncertainties") else None,
+            metadata=rec.get("metadata") or None,
+        )
+
+
+@dataclass(slots=True)
+class DecisionColumns:
+    """The policy's decisions on one batch of predictions."""
+
+    predictions: PredictionColumns
+    calibrated_confidences: FloatArray
+    review: BoolArray
+    """True where the prediction was withheld for human review."""
+    threshold: float
+    threshold_source: str
+    calibrator_version: str
+    decided_at_ms: int
+
+    def __len__(self) -> int:
+        return len(self.predictions)
+
+    @property
+    def key(self) -> str:
+        return self.predictions.key
+
+    def to_record(self) -> Record:
+        return {
+            "predictions": self.predictions.to_record(),
+            "calibrated_confidences": self.calibrated_confidences.tolist(),
+            "statuses": ["review" if r else "auto" for r in self.review.tolist()],
+            "threshold": self.threshold,
+            "threshold_source": self.threshold_source,
+            "calibrator_version": self.calibrator_version,
+            "decided_at_ms": self.decided_at_ms,
+        }
+
+    @classmethod
+    def from_record(cls, rec: Record) -> DecisionColumns:
+        return cls(
+            predictions=PredictionColumns.from_record(rec["predictions"]),
+            calibrated_confidences=_floats(rec["calibrated_confidences"]),
+            review=np.asarray([s == "review" for s in rec["statuses"]], dtype=np.bool_),
+            threshold=rec["threshold"],
+            threshold_source=rec["threshold_source"],
+            calibrator_version=rec["calibrator_version"],
+            decided_at_ms=rec["decided_at_ms"],
+        )
+
+
+@dataclass(slots=True)
+class LabelColumns:
+    """Labels, all of one model version (or all of unknown model when model_name is None)."""
+
+    tenant: str
+    model_name: str | None
+    model_version: str | None
+    event_ids: list[str]
+    ground_truths: list[str]
+    sources: list[str]
+    label_time_ms: IntArray
+    prediction_time_ms: IntArray | None = None
+    """Event time of each labelled prediction when known (0 = unknown)."""
+
+    def __len__(self) -> int:
+        return len(self.event_ids)
+
+    @property
+    def key(self) -> str | None:
+        if self.model_name is None or self.model_version is None:
+            return None
+        return model_key(self.tenant, self.model_name, self.model_version)
+
+    def to_record(self) -> Record:
+        return {
+            "tenant": self.tenant,
+            "model_name": self.model_name,
+            "model_version": self.model_version,
+            "event_ids": self.event_ids,
+            "ground_truths": self.ground_truths,
+            "sources": self.sources,
+            "label_time_ms": self.label_time_ms.tolist(),
+            "prediction_time_ms": []
+            if self.prediction_time_ms is None
+            else self.prediction_time_ms.tolist(),
+        }
+
+    @classmethod
+    def from_record(cls, rec: Record) -> LabelColumns:
+        pt = rec.get("prediction_time_ms") or None
+        return cls(
+            tenant=rec["tenant"],
+            model_name=rec.get("model_name"),
+            model_version=rec.get("model_version"),
+            event_ids=rec["event_ids"],
+            ground_truths=rec["ground_truths"],
+            sources=rec["sources"],
+            label_time_ms=np.asarray(rec["label_time_ms"], dtype=np.int64),
+            prediction_time_ms=None if pt is None else np.asarray(pt, dtype=np.int64),
+        )

@@ -1,0 +1,50 @@
+"""Topic names of DESIGN.md, derived from one namespace so tests can run side by side."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """Every Caliber topic, named ``<namespace>.<suffix>``.
+
+    ``model_updates`` is log-compacted (latest registry state per model version key);
+    every other topic is a plain retained log.
+    """
+
+    inference_raw: str
+    labels_raw: str
+    predictions: str
+    labels: str
+    decisions: str
+    alerts: str
+    metrics: str
+    deadletter: str
+    model_updates: str
+
+    @classmethod
+    def for_namespace(cls, namespace: str = "caliber") -> Topics:
+        if not namespace or any(c in namespace for c in " /\\"):
+            raise ValueError(
+                f"topic namespace {namespace!r} is not usable: expected a non-empty name "
+                "without spaces or slashes"
+            )
+        return cls(
+            inference_raw=f"{namespace}.inference.raw",
+            labels_raw=f"{namespace}.labels.raw",
+            predictions=f"{namespace}.predictions",
+            labels=f"{namespace}.labels",
+            decisions=f"{namespace}.decisions",
+            alerts=f"{namespace}.alerts",
+            metrics=f"{namespace}.metrics",
+            deadletter=f"{namespace}.deadletter",
+            model_updates=f"{namespace}.model-updates",
+        )
+
+    def all(self) -> list[str]:
+        return [getattr(self, f.name) for f in fields(self)]
+
+    @property
+    def compacted(self) -> frozenset[str]:
+        return frozenset({self.model_updates})
