@@ -1,0 +1,17 @@
+"""The local stack: Kafka, Redis and PostgreSQL on loopback, started by Caliber itself."""
+
+from shared.stack.base import ComponentStatus
+from shared.stack.manager import UpResult, stack_down, stack_status, stack_up
+from shared.stack.process import StackError
+from shared.stack.topics_admin import delete_topics, ensure_topics
+
+__all__ = [
+    "ComponentStatus",
+    "StackError",
+    "UpResult",
+    "delete_topics",
+    "ensure_topics",
+    "stack_down",
+    "stack_status",
+    "stack_up",
+]

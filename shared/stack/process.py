@@ -1,0 +1,120 @@
+"""Small process utilities of the local stack: pid files, ports, readiness waits."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+
+class StackError(RuntimeError):
+    """A component of the local stack could not be installed, started or reached."""
+
+
+def read_pid(pidfile: Path) -> int | None:
+    """The pid in ``pidfile`` when that process still runs; stale files are removed."""
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    if pid_alive(pid):
+        return pid
+    pidfile.unlink(missing_ok=True)
+    return None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0); treat it as gone.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.3) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_until(
+    check: Callable[[], bool], timeout: float, what: str, log: Path | None = None
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    hint = f"; read {log}" if log else ""
+    raise StackError(f"{what} was not ready after {timeout:.0f} s{hint}")
+
+
+def spawn(
+    cmd: Sequence[str],
+    log: Path,
+    pidfile: Path,
+    env: dict[str, str] | None = None,
+    user: str | None = None,
+) -> int:
+    """Start ``cmd`` detached from this process (own session), output appended to ``log``.
+
+    The log is opened here, so a process run as another ``user`` can write to it even when
+    it could not open that path itself.
+    """
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            list(cmd),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
+            user=user,
+            group=user,
+        )
+    pidfile.write_text(str(proc.pid))
+    return proc.pid
+
+
+def terminate(pid: int, timeout: float = 30.0, sig: int = signal.SIGTERM) -> None:
+    """Send ``sig``, then SIGKILL when the process has not ended within ``timeout``."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            return
+        time.sleep(0.2)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+
+
+def run(
+    cmd: Sequence[str], what: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a set-up command; a failure raises with its output, never silently."""
+    proc = subprocess.run(list(cmd), capture_output=True, text=True, check=False, env=env)
+    if proc.returncode != 0:
+        raise StackError(
+            f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}\n"
+            f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+        )
+    return proc
