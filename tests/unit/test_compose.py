@@ -11,17 +11,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _service_modules() -> set[str]:
     return {
-        p.name
-        for p in (ROOT / "services").iterdir()
-        if p.is_dir() and (p / "__main__.py").exists()
+        p.name for p in (ROOT / "services").iterdir() if p.is_dir() and (p / "__main__.py").exists()
     }
 
 
 def test_every_service_runs_in_compose() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     commands = {
-        name: " ".join(spec.get("command") or [])
-        for name, spec in compose["services"].items()
+        name: " ".join(spec.get("command") or []) for name, spec in compose["services"].items()
     }
     services = _service_modules()
     assert services, "no runnable service found under services/"

@@ -1,0 +1,37 @@
+# Caliber — `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+.DEFAULT_GOAL := help
+
+.PHONY: help install up down status demo test unit lint bench
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
+
+install: ## install Caliber and its development tools (idempotent)
+	@$(PYTHON) -m pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v -E "^WARNING: Running pip as the 'root'|^$$" || true
+	@$(PYTHON) -c "import shared, services" 
+
+up: install ## start Kafka, Redis and PostgreSQL on loopback, create topics, migrate
+	@caliber stack up
+
+down: ## stop every service and the local stack
+	@caliber stack down
+
+status: ## show the local stack and the services
+	@caliber stack status; caliber services status
+
+demo: up ## run the demo: services, simulated traffic, a summary
+	@caliber demo run
+
+test: up ## run the whole test suite against the local stack
+	@$(PYTHON) -m pytest -q
+
+unit: install ## run the unit tests only (no servers needed)
+	@$(PYTHON) -m pytest -q tests/unit
+
+lint: install ## ruff and mypy
+	@ruff check . && ruff format --check . && mypy
+
+bench: up ## run the benchmarks and print throughput, latency percentiles and memory
+	@$(PYTHON) -m services.ingest.bench
