@@ -111,7 +111,7 @@ class Pipeline:
                 messages = await self._consumer.consume(
                     num_messages=cfg.max_messages, timeout=cfg.poll_timeout
                 )
-                real = [m for m in messages if not _is_partition_eof(m)]
+                real = [m for m in messages if _is_data(m)]
                 if real:
                     started = time.perf_counter()
                     await self._iteration(real)
@@ -221,13 +221,17 @@ class Pipeline:
             self._producer.flush(10)
 
 
-def _is_partition_eof(message: Message) -> bool:
+def _is_data(message: Message) -> bool:
+    """True for a record; consumer errors are logged, and only fatal ones raise."""
     err = message.error()
     if err is None:
-        return False
-    if err.code() == KafkaError._PARTITION_EOF:
         return True
-    raise KafkaException(err)
+    if err.code() == KafkaError._PARTITION_EOF:
+        return False
+    if err.fatal():
+        raise KafkaException(err)
+    logger.warning("consumer error on %s[%s]: %s", message.topic(), message.partition(), err)
+    return False
 
 
 def _next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:

@@ -66,6 +66,11 @@ class Settings(BaseSettings):
         default=0, ge=0, description="Prometheus /metrics port of a worker; 0 = service default"
     )
     log_level: str = Field(default="INFO", description="log level of every service")
+    instance_id: str = Field(
+        default="0",
+        description="replica id of a worker; keep it stable across restarts and distinct "
+        "between replicas (it names the Kafka transactional id)",
+    )
 
     @property
     def kafka_servers(self) -> str:

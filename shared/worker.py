@@ -22,14 +22,18 @@ Loop = Callable[[asyncio.Event], Awaitable[None]]
 
 
 def create_app(name: str, settings: Settings, loop: Loop) -> faust.App:
-    """A Faust app named ``<namespace>-<name>`` whose one task runs ``loop`` until shutdown.
+    """A Faust app named ``<namespace>-<name>-worker`` whose task runs ``loop`` until shutdown.
 
     ``loop`` gets an event that is set when the worker stops; it must return soon after.
     """
+    datadir = settings.stack_home / "faust" / name
+    datadir.parent.mkdir(parents=True, exist_ok=True)
     app = faust.App(
-        f"{settings.topic_namespace}-{name}",
+        # Not the pipeline's consumer group name: Faust joins its own group with this id.
+        f"{settings.topic_namespace}-{name}-worker",
         broker=f"kafka://{settings.kafka_servers}",
         store="memory://",
+        datadir=str(datadir),
         autodiscover=False,
         web_enabled=False,
         topic_partitions=settings.topic_partitions,

@@ -16,6 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg import sql
+from pydantic import SecretStr
 
 from shared.db import migrate
 from shared.settings import Settings
@@ -57,7 +58,7 @@ def isolated_settings(stack_settings: Settings) -> Iterator[Settings]:
         update={
             "topic_namespace": namespace,
             "redis_prefix": f"{namespace}:",
-            "postgres_dsn": dsn,
+            "postgres_dsn": SecretStr(dsn),
         }
     )
     ensure_topics(settings)
@@ -96,11 +97,11 @@ def start_service(
     name: str, settings: Settings, log: Path, **extra: str
 ) -> subprocess.Popen[bytes]:
     """Run ``python -m services.<name>`` as its own process, output in ``log``."""
-    out = log.open("ab")
-    return subprocess.Popen(
-        [sys.executable, "-m", f"services.{name}"],
-        cwd=ROOT,
-        env=service_env(settings, **extra),
-        stdout=out,
-        stderr=subprocess.STDOUT,
-    )
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", f"services.{name}"],
+            cwd=ROOT,
+            env=service_env(settings, **extra),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )

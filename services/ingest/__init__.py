@@ -1,0 +1,1 @@
+"""The ingest gate: validates, deduplicates and batches every inference event and label."""

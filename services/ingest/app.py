@@ -1,0 +1,62 @@
+"""Wiring of the ingest worker: settings, clients, the processing step, the Faust app."""
+
+from __future__ import annotations
+
+import asyncio
+
+import faust
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
+
+from services.ingest.dedupe import Deduper
+from services.ingest.metrics import IngestMetrics
+from services.ingest.processing import IngestProcessor
+from services.ingest.settings import IngestSettings
+from shared.codec import AvroCodec
+from shared.observability import configure_logging, serve_metrics
+from shared.pipeline import Pipeline, PipelineConfig
+from shared.topics import Topics
+from shared.validation import Limits
+from shared.worker import create_app, run
+
+
+def build_app(settings: IngestSettings) -> faust.App:
+    registry = CollectorRegistry()
+    metrics = IngestMetrics(registry)
+    topics = Topics.for_namespace(settings.topic_namespace)
+    group = f"{settings.topic_namespace}-ingest"
+
+    async def loop(stopping: asyncio.Event) -> None:
+        client = aioredis.Redis.from_url(settings.redis_dsn)
+        processor = IngestProcessor(
+            topics,
+            AvroCodec(),
+            Deduper(client, settings.redis_prefix, settings.label_horizon_seconds),
+            Limits(max_batch_events=settings.max_batch_events),
+            settings.batch_max_events,
+            metrics,
+        )
+        pipeline = Pipeline(
+            settings,
+            PipelineConfig(
+                group_id=group,
+                topics=[topics.inference_raw, topics.labels_raw],
+                transactional_id=f"{group}.{settings.instance_id}",
+                max_messages=settings.ingest_max_messages,
+            ),
+            processor,
+            metrics,
+        )
+        try:
+            await pipeline.run(stopping)
+        finally:
+            await client.aclose()
+
+    serve_metrics(settings.metrics_port, registry)
+    return create_app("ingest", settings, loop)
+
+
+def main() -> None:
+    settings = IngestSettings()
+    configure_logging(settings.log_level)
+    run(build_app(settings), settings)

@@ -1,0 +1,75 @@
+"""Duplicate detection by event_id in Redis, safe under transaction replays.
+
+A claim is ``SET <prefix>ingest:<kind>:<event_id> <position>|<model key>|<event ms> NX GET``
+with a TTL of the label horizon. The position (topic:partition:offset of the source
+message) makes replays safe: when a transaction aborts after its claims were written, the
+same message comes back, finds claims holding its own position and keeps its events, while
+a real duplicate (another message) finds someone else's position and is dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    event_id: str
+    position: str
+    model_key: str = ""
+    event_time_ms: int = 0
+
+    @property
+    def value(self) -> str:
+        return f"{self.position}|{self.model_key}|{self.event_time_ms}"
+
+
+@dataclass(frozen=True, slots=True)
+class SeenPrediction:
+    model_key: str
+    event_time_ms: int
+
+
+class Deduper:
+    def __init__(self, client: aioredis.Redis, prefix: str, ttl_seconds: int) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._ttl = ttl_seconds
+
+    def _key(self, kind: str, event_id: str) -> str:
+        return f"{self._prefix}ingest:{kind}:{event_id}"
+
+    async def claim(self, kind: str, claims: Sequence[Claim]) -> list[bool]:
+        """True for each claim that is new (or this message's own, replayed)."""
+        if not claims:
+            return []
+        pipe = self._client.pipeline(transaction=False)
+        for c in claims:
+            pipe.set(self._key(kind, c.event_id), c.value, nx=True, get=True, ex=self._ttl)
+        previous = await pipe.execute()
+        keep = []
+        for c, old in zip(claims, previous, strict=True):
+            if old is None:
+                keep.append(True)
+            else:
+                text = old.decode() if isinstance(old, bytes) else str(old)
+                keep.append(text.split("|", 1)[0] == c.position)
+        return keep
+
+    async def seen_predictions(self, event_ids: Sequence[str]) -> list[SeenPrediction | None]:
+        """Model and event time of predictions already ingested (for labels lacking them)."""
+        if not event_ids:
+            return []
+        values = await self._client.mget([self._key("seen", e) for e in event_ids])
+        out: list[SeenPrediction | None] = []
+        for raw in values:
+            if raw is None:
+                out.append(None)
+                continue
+            text = raw.decode() if isinstance(raw, bytes) else str(raw)
+            _, model_key, ms = text.split("|", 2)
+            out.append(SeenPrediction(model_key, int(ms)) if model_key else None)
+        return out
