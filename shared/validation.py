@@ -112,6 +112,13 @@ def check_event(rec: Record, limits: Limits = DEFAULT_LIMITS) -> Fault | None:
                 "probabilities",
                 eid,
             )
+        if rec["predicted_label"] not in probs:
+            return Fault(
+                ErrorCode.PROBABILITIES_INCONSISTENT,
+                f"predicted_label {rec['predicted_label']!r} has no entry in probabilities",
+                "predicted_label",
+                eid,
+            )
         bad = [k for k, p in probs.items() if not math.isfinite(p)]
         if bad:
             return Fault(

@@ -1,0 +1,84 @@
+"""Ingest's parsing step without a broker: batches, singles, labels and dead letters."""
+
+from __future__ import annotations
+
+import math
+import uuid
+
+import numpy as np
+
+from services.ingest.parsing import Source, parse
+from shared.batches import PredictionColumns
+from shared.codec import AvroCodec
+from shared.errors import ErrorCode
+from shared.validation import Limits
+from tests.unit.test_validation import T0, event
+
+CODEC = AvroCodec()
+RAW = "ns.inference.raw"
+LABELS = "ns.labels.raw"
+
+
+def src(value: bytes | None, topic: str = RAW, offset: int = 0) -> Source:
+    return Source(topic, 0, offset, value)
+
+
+def batch(n: int, **overrides: object) -> PredictionColumns:
+    cols = PredictionColumns(
+        tenant="acme",
+        model_name="fraud",
+        model_version="v1",
+        event_ids=[str(uuid.uuid4()) for _ in range(n)],
+        event_time_ms=np.full(n, T0, dtype=np.int64),
+        predicted_labels=["yes"] * n,
+        confidences=np.linspace(0.5, 1.0, n),
+        numeric_features={"x": np.arange(n, dtype=np.float64)},
+    )
+    for k, v in overrides.items():
+        setattr(cols, k, v)
+    return cols
+
+
+def test_batch_message_keeps_valid_rows_and_dead_letters_bad_ones() -> None:
+    cols = batch(4, confidences=np.array([0.9, math.nan, 1.5, 0.6]))
+    parsed = parse([src(CODEC.encode("PredictionBatch", cols.to_record()))], RAW, CODEC, Limits())
+    assert len(parsed.predictions) == 1
+    kept, refs = parsed.predictions[0]
+    assert kept.event_ids == [cols.event_ids[0], cols.event_ids[3]]
+    np.testing.assert_array_equal(kept.numeric_features["x"], [0.0, 3.0])
+    assert refs == [0, 0]
+    codes = sorted((f.code, f.event_id) for _, f in parsed.dead)
+    assert codes == sorted(
+        [
+            (ErrorCode.CONFIDENCE_NOT_FINITE, cols.event_ids[1]),
+            (ErrorCode.CONFIDENCE_OUT_OF_RANGE, cols.event_ids[2]),
+        ]
+    )
+
+
+def test_singles_labels_and_junk_in_one_poll() -> None:
+    e1, e2 = event(), event(model_version="v2")
+    label = {
+        "event_id": e1["event_id"],
+        "tenant": "acme",
+        "model_name": None,
+        "model_version": None,
+        "ground_truth": "no",
+        "source": "feed",
+        "label_time_ms": T0 + 1,
+    }
+    sources = [
+        src(CODEC.encode("InferenceEvent", e1), offset=0),
+        src(b"garbage", offset=1),
+        src(CODEC.encode("InferenceEvent", e2), offset=2),
+        src(CODEC.encode("Label", label), topic=LABELS, offset=0),
+        src(CODEC.encode("InferenceEvent", e1), topic=LABELS, offset=1),
+    ]
+    parsed = parse(sources, RAW, CODEC, Limits())
+    assert sorted(c.key for c, _ in parsed.predictions) == ["acme/fraud/v1", "acme/fraud/v2"]
+    assert [(ref, f.code) for ref, f in parsed.dead] == [
+        (1, ErrorCode.NOT_AVRO),
+        (4, ErrorCode.UNEXPECTED_TYPE),
+    ]
+    ((labels, refs),) = parsed.labels
+    assert labels.event_ids == [e1["event_id"]] and labels.key is None and refs == [3]
