@@ -1,0 +1,100 @@
+"""Helpers that benchmarks share: process memory/CPU, histogram percentiles, namespaces."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import urllib.request
+import uuid
+from pathlib import Path
+
+from shared.settings import Settings
+from shared.stack import ensure_topics
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def bench_settings(base: Settings | None = None) -> Settings:
+    """Settings on a fresh topic namespace and Redis prefix, topics created."""
+    base = base or Settings()
+    ns = f"bench{uuid.uuid4().hex[:8]}"
+    settings = base.model_copy(update={"topic_namespace": ns, "redis_prefix": f"{ns}:"})
+    ensure_topics(settings)
+    return settings
+
+
+def service_env(settings: Settings, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALIBER_")}
+    env.update(
+        CALIBER_KAFKA_PORT=str(settings.kafka_port),
+        CALIBER_REDIS_PORT=str(settings.redis_port),
+        CALIBER_POSTGRES_PORT=str(settings.postgres_port),
+        CALIBER_TOPIC_NAMESPACE=settings.topic_namespace,
+        CALIBER_REDIS_PREFIX=settings.redis_prefix,
+        CALIBER_STACK_HOME=str(settings.stack_home),
+        CALIBER_LOG_LEVEL="WARNING",
+    )
+    if settings.kafka_bootstrap:
+        env["CALIBER_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap
+    if settings.redis_url:
+        env["CALIBER_REDIS_URL"] = settings.redis_url
+    if settings.postgres_dsn is not None:
+        env["CALIBER_POSTGRES_DSN"] = settings.postgres_url
+    env.update(extra)
+    return env
+
+
+def start_service(
+    name: str, settings: Settings, log: Path, **extra: str
+) -> subprocess.Popen[bytes]:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", f"services.{name}"],
+            cwd=REPO_ROOT,
+            env=service_env(settings, **extra),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def peak_rss_mb(pid: int) -> float:
+    """VmHWM: the most resident memory the process has had, MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        return str(resp.read().decode())
+
+
+def histogram_quantile(text: str, name: str, q: float) -> float:
+    """Quantile ``q`` of a Prometheus histogram, interpolated within its bucket."""
+    buckets = []
+    for m in re.finditer(rf'^{name}_bucket\{{.*?le="([^"]+)".*?\}} ([0-9.e+]+)$', text, re.M):
+        le = float("inf") if m.group(1) == "+Inf" else float(m.group(1))
+        buckets.append((le, float(m.group(2))))
+    buckets.sort()
+    if not buckets or buckets[-1][1] == 0:
+        return float("nan")
+    total = buckets[-1][1]
+    rank = q * total
+    prev_le, prev_count = 0.0, 0.0
+    for le, count in buckets:
+        if count >= rank:
+            if le == float("inf"):
+                return prev_le
+            span = count - prev_count
+            return prev_le + (le - prev_le) * ((rank - prev_count) / span if span else 0.0)
+        prev_le, prev_count = le, count
+    return prev_le
