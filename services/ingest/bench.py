@@ -106,14 +106,14 @@ def main(
 ) -> None:
     """Measure one ingest worker on pre-loaded single-event and batch input."""
     log_dir = Settings().logs_dir
-    print(
-        f"{'form':<7} {'events':>8} {'events/s':>10} {'batch p50':>10} {'batch p99':>10} {'peak RSS':>9} {'CPU s/1k':>9}"
-    )
+    header = ("form", "events", "events/s", "batch p50", "batch p99", "peak RSS", "CPU s/1k")
+    print("{:<7} {:>8} {:>10} {:>10} {:>10} {:>9} {:>9}".format(*header))
     for form in forms:
         r = run_one(form, events, log_dir)
         print(
-            f"{form:<7} {int(r['events']):>8} {r['events_per_s']:>10,.0f} {r['batch_p50_ms']:>8.1f}ms "
-            f"{r['batch_p99_ms']:>8.1f}ms {r['peak_rss_mb']:>7.0f}MB {r['cpu_s_per_1k']:>9.3f}"
+            f"{form:<7} {int(r['events']):>8} {r['events_per_s']:>10,.0f} "
+            f"{r['batch_p50_ms']:>8.1f}ms {r['batch_p99_ms']:>8.1f}ms "
+            f"{r['peak_rss_mb']:>7.0f}MB {r['cpu_s_per_1k']:>9.3f}"
         )
 
 
