@@ -54,16 +54,13 @@ class Settings(BaseSettings):
     batch_max_events: int = Field(
         default=500, ge=1, description="events per columnar batch message between workers"
     )
-    batch_linger_ms: float = Field(
-        default=5.0, ge=0, description="how long a partial batch waits before it is flushed"
-    )
     label_horizon_seconds: int = Field(
         default=7 * 24 * 3600,
         ge=60,
         description="how long a label may trail its prediction; dedupe and join state TTL",
     )
     metrics_port: int = Field(
-        default=0, ge=0, description="Prometheus /metrics port of a worker; 0 = service default"
+        default=0, ge=0, description="Prometheus /metrics port of a worker (0 = none)"
     )
     log_level: str = Field(default="INFO", description="log level of every service")
     instance_id: str = Field(

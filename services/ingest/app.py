@@ -32,7 +32,7 @@ def build_app(settings: IngestSettings) -> faust.App:
             topics,
             AvroCodec(),
             Deduper(client, settings.redis_prefix, settings.label_horizon_seconds),
-            Limits(max_batch_events=settings.max_batch_events),
+            Limits(max_batch_events=settings.ingest_max_batch_events),
             settings.batch_max_events,
             metrics,
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from confluent_kafka import Message
@@ -27,6 +27,7 @@ class Outcome:
     labels_accepted: int = 0
     labels_duplicate: int = 0
     rejected: int = 0
+    dead_letter_codes: dict[str, int] = field(default_factory=dict)
 
 
 class IngestProcessor:
@@ -61,6 +62,10 @@ class IngestProcessor:
     async def process(self, sources: Sequence[Source]) -> tuple[list[Output], Outcome]:
         parsed = parse(sources, self._topics.inference_raw, self._codec, self._limits)
         outcome = Outcome(rejected=len(parsed.dead))
+        for _, fault in parsed.dead:
+            outcome.dead_letter_codes[str(fault.code)] = (
+                outcome.dead_letter_codes.get(str(fault.code), 0) + 1
+            )
         outputs = self._dead_letters(sources, parsed)
         predictions = await self._unique_predictions(sources, parsed, outcome)
         for cols, _ in predictions:
@@ -198,6 +203,8 @@ class IngestProcessor:
         m.labels("label", "accepted").inc(outcome.labels_accepted)
         m.labels("label", "duplicate").inc(outcome.labels_duplicate)
         m.labels("any", "rejected").inc(outcome.rejected)
+        for code, n in outcome.dead_letter_codes.items():
+            self._metrics.dead_letters.labels(code).inc(n)
 
 
 def _dead_letter(src: Source, fault: Fault, now_ms: int) -> dict[str, object]:

@@ -12,6 +12,6 @@ class IngestSettings(Settings):
     ingest_max_messages: int = Field(
         default=5_000, ge=1, description="messages fetched per batch by ingest"
     )
-    max_batch_events: int = Field(
+    ingest_max_batch_events: int = Field(
         default=10_000, ge=1, description="largest batch message ingest accepts"
     )
