@@ -82,6 +82,8 @@ def service_env(settings: Settings, **extra: str) -> dict[str, str]:
             "CALIBER_REDIS_PREFIX": settings.redis_prefix,
             "CALIBER_STACK_HOME": str(settings.stack_home),
             "CALIBER_LOG_LEVEL": "INFO",
+            # Tests run beside a demo or each other: no fixed metrics ports.
+            "CALIBER_METRICS_PORT": "0",
             "PYTHONUNBUFFERED": "1",
         }
     )

@@ -1,0 +1,1 @@
+"""The abstain policy: calibrate each prediction and withhold those below the threshold."""

@@ -1,0 +1,3 @@
+from services.policy.app import main
+
+main()

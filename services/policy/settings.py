@@ -1,0 +1,22 @@
+"""Settings of the policy worker."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from shared.settings import Settings
+
+
+class PolicySettings(Settings):
+    metrics_port: int = Field(default=9102, ge=0, description="policy /metrics port")
+    default_threshold: float = Field(
+        default=0.70,
+        ge=0,
+        le=1,
+        description="abstain threshold of a model version missing from the registry",
+    )
+    policy_catch_up_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="how long policy waits at start to read the registry before deciding",
+    )

@@ -1,0 +1,1 @@
+"""The recorder: the single writer of predictions, labels and alerts in PostgreSQL."""

@@ -1,0 +1,52 @@
+"""Wiring of the recorder."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import faust
+from prometheus_client import CollectorRegistry
+
+from services.recorder.metrics import RecorderMetrics
+from services.recorder.processing import RecorderProcessor
+from services.recorder.settings import RecorderSettings
+from shared.codec import AvroCodec
+from shared.observability import configure_logging, serve_metrics
+from shared.pipeline import Pipeline, PipelineConfig
+from shared.topics import Topics
+from shared.worker import create_app, run
+
+
+def build_app(settings: RecorderSettings) -> faust.App:
+    registry = CollectorRegistry()
+    metrics = RecorderMetrics(registry)
+    topics = Topics.for_namespace(settings.topic_namespace)
+
+    async def loop(stopping: asyncio.Event) -> None:
+        pool = await asyncpg.create_pool(settings.postgres_url, min_size=1, max_size=2)
+        assert pool is not None
+        pipeline = Pipeline(
+            settings,
+            PipelineConfig(
+                group_id=f"{settings.topic_namespace}-recorder",
+                topics=[topics.decisions, topics.labels, topics.alerts],
+                transactional=False,
+                max_messages=200,
+            ),
+            RecorderProcessor(topics, AvroCodec(), pool, metrics),
+            metrics,
+        )
+        try:
+            await pipeline.run(stopping)
+        finally:
+            await pool.close()
+
+    serve_metrics(settings.metrics_port, registry)
+    return create_app("recorder", settings, loop)
+
+
+def main() -> None:
+    settings = RecorderSettings()
+    configure_logging(settings.log_level)
+    run(build_app(settings), settings)
