@@ -1,0 +1,1 @@
+"""The gateway: REST API, registry, review resolutions, the live WebSocket and the outbox."""

@@ -1,0 +1,35 @@
+"""Every Prometheus metric of the gateway (``route`` is the path template, never an id)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class GatewayMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "caliber_gateway_requests_total",
+            "HTTP requests by route template, method and status code",
+            ["route", "method", "code"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "caliber_gateway_request_seconds",
+            "HTTP request latency by route template",
+            ["route"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=registry,
+        )
+        self.ws_clients = Gauge(
+            "caliber_gateway_ws_clients", "Connected /ws/live clients", registry=registry
+        )
+        self.ws_dropped = Counter(
+            "caliber_gateway_ws_dropped_total",
+            "WebSocket clients closed for falling too far behind",
+            registry=registry,
+        )
+        self.outbox_backlog = Gauge(
+            "caliber_gateway_outbox_backlog",
+            "Outbox rows not yet published to Kafka",
+            registry=registry,
+        )
