@@ -34,4 +34,7 @@ lint: install ## ruff and mypy
 	@ruff check . && ruff format --check . && mypy
 
 bench: up ## run the benchmarks and print throughput, latency percentiles and memory
-	@$(PYTHON) -m services.ingest.bench
+	@echo "== ingest: one process, pre-loaded input"; $(PYTHON) -m services.ingest.bench
+	@echo "== produce -> decision latency at 2,000 events/s"; $(PYTHON) -m services.policy.bench
+	@echo "== gateway POST /api/predictions"; $(PYTHON) -m services.gateway.bench
+	@echo "== recorder rows/s into PostgreSQL"; $(PYTHON) -m services.recorder.bench

@@ -16,7 +16,7 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "bootstrap.servers": settings.kafka_servers,
         "acks": "all",
         "enable.idempotence": True,
-        "linger.ms": 5,
+        "linger.ms": 2,
         "compression.type": "lz4",
         "message.max.bytes": 8 * 1024 * 1024,
         "queue.buffering.max.kbytes": 256 * 1024,
@@ -47,7 +47,7 @@ def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict
         "partition.assignment.strategy": "cooperative-sticky",
         "fetch.max.bytes": 64 * 1024 * 1024,
         "max.partition.fetch.bytes": 8 * 1024 * 1024,
-        "fetch.wait.max.ms": 50,
+        "fetch.wait.max.ms": 10,
         "session.timeout.ms": 10_000,
         "heartbeat.interval.ms": 2_000,
     }

@@ -53,7 +53,7 @@ class PipelineConfig:
     """Stable per replica (e.g. ``<group>.<instance>``) so a restart fences its zombie."""
     transactional: bool = True
     max_messages: int = 5_000
-    poll_timeout: float = 0.05
+    poll_timeout: float = 0.005
     lag_every_seconds: float = 5.0
 
 
