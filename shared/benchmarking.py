@@ -1,4 +1,5 @@
-"""Helpers that benchmarks share: process memory/CPU, histogram percentiles, namespaces."""
+"""Running services as processes (benchmarks, tests) and measuring them: memory, CPU,
+histogram percentiles, fresh namespaces."""
 
 from __future__ import annotations
 

@@ -72,6 +72,12 @@ class PredictionOut(BaseModel):
     created_at: str
 
 
+def _unprocessable(index: int | None, field: str, message: str, code: str) -> HTTPException:
+    return HTTPException(
+        status.HTTP_422_UNPROCESSABLE_ENTITY, detail=[_fault_detail(index, field, message, code)]
+    )
+
+
 def _fault_detail(index: int | None, field: str | None, message: str, code: str) -> dict[str, Any]:
     loc: list[Any] = ["body"] + (["events", index] if index is not None else [])
     loc += (field or "event").split(".")
@@ -86,30 +92,20 @@ async def _resolve(
     if event.model_version_id is not None:
         row = await cache.by_id(who.tenant, event.model_version_id)
         if row is None:
-            raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_ENTITY,
-                detail=[
-                    _fault_detail(
-                        index,
-                        "model_version_id",
-                        f"model_version_id {event.model_version_id} is not a registered "
-                        "model version of this tenant",
-                        "unknown_model",
-                    )
-                ],
+            raise _unprocessable(
+                index,
+                "model_version_id",
+                f"model_version_id {event.model_version_id} is not a registered model version "
+                "of this tenant",
+                "unknown_model",
             )
         return row["name"], row["version"], row["id"], row["abstain_threshold"]
     if not event.model_name or not event.model_version:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY,
-            detail=[
-                _fault_detail(
-                    index,
-                    "model_version_id",
-                    "give model_version_id, or model_name and model_version",
-                    "missing_model",
-                )
-            ],
+        raise _unprocessable(
+            index,
+            "model_version_id",
+            "give model_version_id, or model_name and model_version",
+            "missing_model",
         )
     row = await cache.by_name(who.tenant, event.model_name, event.model_version)
     if row is None:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+from shared.pipeline_metrics import BATCH_BUCKETS, PipelineMetrics
 
 
-class PolicyMetrics:
+class PolicyMetrics(PipelineMetrics):
     def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__("policy", registry)
         self.decisions = Counter(
             "caliber_policy_decisions_total",
             "Decisions by model and status (auto | review)",
@@ -27,19 +28,7 @@ class PolicyMetrics:
         self.decision_latency = Histogram(
             "caliber_policy_decision_latency_seconds",
             "Event time of a prediction to its decision",
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.batch_seconds = Histogram(
-            "caliber_policy_batch_seconds",
-            "Time to process one consumed batch, fetch to transaction commit",
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.consumer_lag = Gauge(
-            "caliber_policy_consumer_lag_messages",
-            "Messages behind the high watermark, per input partition",
-            ["topic", "partition"],
+            buckets=(*BATCH_BUCKETS, 30.0, 60.0),
             registry=registry,
         )
         self.registry_versions = Gauge(
@@ -47,10 +36,3 @@ class PolicyMetrics:
             "Model versions the policy knows from the registry",
             registry=registry,
         )
-
-    def batch_done(self, n_messages: int, seconds: float) -> None:
-        self.batch_seconds.observe(seconds)
-
-    def lag(self, partition_lag: dict[tuple[str, int], int]) -> None:
-        for (topic, partition), lag in partition_lag.items():
-            self.consumer_lag.labels(topic, str(partition)).set(lag)

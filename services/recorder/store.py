@@ -44,14 +44,18 @@ SELECT * FROM unnest(
 ON CONFLICT (event_id) DO NOTHING
 """
 
-APPLY_LABELS = """
-UPDATE predictions AS p
+# A label fills a prediction that has none and resolves it; never the other way round.
+LABEL_SET = """
 SET ground_truth = l.ground_truth,
     correct = (l.ground_truth = p.predicted_label),
     label_source = l.source,
     labeled_at = l.label_time,
     status = 'resolved',
     resolved_at = COALESCE(p.resolved_at, l.label_time)
+"""
+
+APPLY_LABELS = f"""
+UPDATE predictions AS p {LABEL_SET}
 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[])
      AS l(event_id, ground_truth, source, label_time)
 WHERE p.event_id = l.event_id AND p.ground_truth IS NULL
@@ -65,15 +69,9 @@ WHERE NOT EXISTS (SELECT 1 FROM predictions p WHERE p.event_id = l.event_id)
 ON CONFLICT (event_id) DO NOTHING
 """
 
-APPLY_PENDING = """
+APPLY_PENDING = f"""
 WITH applied AS (
-    UPDATE predictions AS p
-    SET ground_truth = l.ground_truth,
-        correct = (l.ground_truth = p.predicted_label),
-        label_source = l.source,
-        labeled_at = l.label_time,
-        status = 'resolved',
-        resolved_at = COALESCE(p.resolved_at, l.label_time)
+    UPDATE predictions AS p {LABEL_SET}
     FROM pending_labels l
     WHERE l.event_id = ANY($1::uuid[]) AND p.event_id = l.event_id AND p.ground_truth IS NULL
     RETURNING p.event_id

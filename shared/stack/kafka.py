@@ -12,8 +12,8 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from shared.settings import Settings
-from shared.stack.base import ComponentStatus
-from shared.stack.process import StackError, port_open, read_pid, run, spawn, terminate, wait_until
+from shared.stack.base import Server
+from shared.stack.process import StackError, port_open, read_pid, run, spawn, wait_until
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +22,8 @@ DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy" / "kafka"
 HEAP = "-Xmx512m"
 
 
-class Kafka:
+class Kafka(Server):
+    stop_timeout = 60.0
     name = "kafka"
 
     def __init__(self, settings: Settings) -> None:
@@ -161,23 +162,6 @@ class Kafka:
         wait_until(self.ready, timeout, "Kafka", self.log)
         return "started"
 
-    def stop(self) -> bool:
-        if not self.managed:
-            return False
-        pid = read_pid(self.pidfile)
-        if pid is None:
-            return False
-        terminate(pid, timeout=60)
-        self.pidfile.unlink(missing_ok=True)
-        return True
-
-    def status(self) -> ComponentStatus:
-        pid = read_pid(self.pidfile) if self.managed else None
-        return ComponentStatus(
-            self.name,
-            self.settings.kafka_servers,
-            self.managed,
-            self.ready(),
-            pid,
-            self.log if self.managed else None,
-        )
+    @property
+    def address(self) -> str:
+        return self.settings.kafka_servers

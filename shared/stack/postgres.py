@@ -19,8 +19,8 @@ from psycopg import sql
 
 from shared.settings import Settings
 from shared.stack.apt import ensure_packages
-from shared.stack.base import ComponentStatus
-from shared.stack.process import StackError, port_open, read_pid, run, spawn, terminate, wait_until
+from shared.stack.base import Server
+from shared.stack.process import StackError, port_open, read_pid, run, spawn, wait_until
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,8 @@ def postgres_bin() -> Path:
     return Path(found[-1]).parent
 
 
-class Postgres:
+class Postgres(Server):
+    stop_signal = signal.SIGINT  # fast shutdown
     name = "postgres"
 
     def __init__(self, settings: Settings) -> None:
@@ -165,23 +166,6 @@ class Postgres:
         self._provision()
         return "started"
 
-    def stop(self) -> bool:
-        if not self.managed:
-            return False
-        pid = read_pid(self.pidfile)
-        if pid is None:
-            return False
-        terminate(pid, timeout=30, sig=signal.SIGINT)  # SIGINT = fast shutdown
-        self.pidfile.unlink(missing_ok=True)
-        return True
-
-    def status(self) -> ComponentStatus:
-        pid = read_pid(self.pidfile) if self.managed else None
-        return ComponentStatus(
-            self.name,
-            f"127.0.0.1:{self.port}" if self.managed else "external",
-            self.managed,
-            self.ready(),
-            pid,
-            self.log if self.managed else None,
-        )
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}" if self.managed else "external"

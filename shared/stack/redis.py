@@ -6,13 +6,13 @@ import redis
 
 from shared.settings import Settings
 from shared.stack.apt import ensure_packages
-from shared.stack.base import ComponentStatus
-from shared.stack.process import StackError, port_open, read_pid, run, terminate, wait_until
+from shared.stack.base import Server
+from shared.stack.process import StackError, port_open, read_pid, run, wait_until
 
 REDIS_SERVER = "redis-server"
 
 
-class Redis:
+class Redis(Server):
     name = "redis"
 
     def __init__(self, settings: Settings) -> None:
@@ -80,23 +80,6 @@ class Redis:
         wait_until(self.ready, timeout, "Redis", self.log)
         return "started"
 
-    def stop(self) -> bool:
-        if not self.managed:
-            return False
-        pid = read_pid(self.pidfile)
-        if pid is None:
-            return False
-        terminate(pid)
-        self.pidfile.unlink(missing_ok=True)
-        return True
-
-    def status(self) -> ComponentStatus:
-        pid = read_pid(self.pidfile) if self.managed else None
-        return ComponentStatus(
-            self.name,
-            self.settings.redis_dsn,
-            self.managed,
-            self.ready(),
-            pid,
-            self.log if self.managed else None,
-        )
+    @property
+    def address(self) -> str:
+        return self.settings.redis_dsn

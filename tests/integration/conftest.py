@@ -6,9 +6,7 @@ database, so tests never see each other's data and can run against a shared stac
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,11 +16,10 @@ import pytest
 from psycopg import sql
 from pydantic import SecretStr
 
+from shared.benchmarking import start_service as run_service
 from shared.db import migrate
 from shared.settings import Settings
 from shared.stack import delete_topics, ensure_topics, stack_up
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -70,40 +67,12 @@ def isolated_settings(stack_settings: Settings) -> Iterator[Settings]:
         )
 
 
-def service_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """The environment that makes a service subprocess use ``settings``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CALIBER_")}
-    env.update(
-        {
-            "CALIBER_KAFKA_PORT": str(settings.kafka_port),
-            "CALIBER_REDIS_PORT": str(settings.redis_port),
-            "CALIBER_POSTGRES_DSN": settings.postgres_url,
-            "CALIBER_TOPIC_NAMESPACE": settings.topic_namespace,
-            "CALIBER_REDIS_PREFIX": settings.redis_prefix,
-            "CALIBER_STACK_HOME": str(settings.stack_home),
-            "CALIBER_LOG_LEVEL": "INFO",
-            # Tests run beside a demo or each other: no fixed metrics ports.
-            "CALIBER_METRICS_PORT": "0",
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    if settings.kafka_bootstrap:
-        env["CALIBER_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap
-    if settings.redis_url:
-        env["CALIBER_REDIS_URL"] = settings.redis_url
-    env.update(extra)
-    return env
-
-
 def start_service(
     name: str, settings: Settings, log: Path, **extra: str
 ) -> subprocess.Popen[bytes]:
-    """Run ``python -m services.<name>`` as its own process, output in ``log``."""
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", f"services.{name}"],
-            cwd=ROOT,
-            env=service_env(settings, **extra),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    """Run ``python -m services.<name>`` with ``settings``, output in ``log``.
+
+    Tests run beside a demo and each other, so no fixed metrics port.
+    """
+    env = {"CALIBER_LOG_LEVEL": "INFO", "CALIBER_METRICS_PORT": "0", **extra}
+    return run_service(name, settings, log, **env)
