@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.gateway import health, live, predictions, registry, reviews
+from services.gateway import calibration, health, live, predictions, registry, reviews
 from services.gateway.live import Hub, fan_out
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.model_cache import ModelCache
@@ -125,7 +125,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         description="Calibration, selective prediction and drift for models in production.",
         lifespan=lifespan,
     )
-    for module in (predictions, reviews, registry, health, live):
+    for module in (predictions, reviews, registry, calibration, health, live):
         app.include_router(module.router)
 
     @app.middleware("http")

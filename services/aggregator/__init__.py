@@ -1,0 +1,1 @@
+"""The aggregator: calibration and risk-coverage statistics per model version and window."""

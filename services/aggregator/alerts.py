@@ -1,0 +1,124 @@
+"""Calibration alerts with hysteresis and cooldown, state kept in Redis.
+
+Rules per model version, on the alert window:
+- ``ece``: windowed ECE ≥ SLO → warning, ≥ 1.5 × SLO → critical;
+- ``brier``: Brier more than 10 % above the model's baseline (its first window with enough
+  labels) → warning, 15 % → critical;
+- ``ece_control``: ECE above mean + 3σ of its own past evaluations (30 at least).
+
+A breach raises one alert. It clears (a ``resolved`` alert) only when the value falls below
+90 % of the threshold, and after clearing the same rule stays quiet for the cooldown.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import redis.asyncio as aioredis
+
+from shared.batches import split_model_key
+
+ALERT_NAMESPACE = uuid.UUID("5d7c0b8e-6a57-4f36-9a3c-1f2b8c4f9e21")
+HYSTERESIS = 0.9
+CONTROL_MIN_HISTORY = 30
+
+
+@dataclass(frozen=True, slots=True)
+class Breach:
+    metric: str
+    value: float
+    threshold: float
+    severity: str | None  # None = within bounds
+
+
+def severity(value: float, threshold: float) -> str | None:
+    if value >= 1.5 * threshold:
+        return "critical"
+    if value >= threshold:
+        return "warning"
+    return None
+
+
+class AlertState:
+    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+        self.r = client
+        self.p = f"{prefix}agg:alert:"
+
+    async def baseline_brier(self, model: str, current: float) -> float:
+        key = f"{self.p}baseline:{model}"
+        await self.r.set(key, repr(current), nx=True)
+        return float(await self.r.get(key) or current)
+
+    async def control_limit(self, model: str, ece: float) -> float | None:
+        """mean + 3σ of past ECE evaluations (before adding this one)."""
+        key = f"{self.p}history:{model}"
+        history = [float(v) for v in await self.r.lrange(key, 0, -1)]
+        pipe = self.r.pipeline(transaction=False)
+        pipe.rpush(key, repr(ece))
+        pipe.ltrim(key, -500, -1)
+        await pipe.execute()
+        if len(history) < CONTROL_MIN_HISTORY:
+            return None
+        return float(np.mean(history) + 3 * np.std(history))
+
+    async def transition(
+        self, model: str, breach: Breach, now_ms: int, cooldown_s: float
+    ) -> str | None:
+        """'raise', 'resolve' or None, updating the rule's state."""
+        key = f"{self.p}{model}:{breach.metric}"
+        raw = await self.r.get(key)
+        state: dict[str, Any] = (
+            json.loads(raw) if raw else {"active": False, "since": 0, "cleared": 0}
+        )
+        action = None
+        if not state["active"] and breach.severity is not None:
+            if now_ms - state["cleared"] >= cooldown_s * 1000:
+                state.update(active=True, since=now_ms, severity=breach.severity)
+                action = "raise"
+        elif state["active"] and breach.value < HYSTERESIS * breach.threshold:
+            state.update(active=False, cleared=now_ms)
+            action = "resolve"
+        if action:
+            await self.r.set(key, json.dumps(state))
+        return action
+
+    async def since(self, model: str, metric: str) -> int:
+        raw = await self.r.get(f"{self.p}{model}:{metric}")
+        return int(json.loads(raw)["since"]) if raw else 0
+
+
+def alert_record(
+    model: str,
+    breach: Breach,
+    kind: str,
+    severity_: str,
+    window: str,
+    n: int,
+    since_ms: int,
+    now_ms: int,
+) -> dict[str, Any]:
+    tenant, name, version = split_model_key(model)
+    alert_id = uuid.uuid5(ALERT_NAMESPACE, f"{model}|{breach.metric}|{since_ms}|{severity_}")
+    return {
+        "alert_id": str(alert_id),
+        "tenant": tenant,
+        "kind": kind,
+        "severity": severity_,
+        "model_name": name,
+        "model_version": version,
+        "model_version_id": None,
+        "metric": breach.metric,
+        "feature": None,
+        "method": None,
+        "value": breach.value,
+        "threshold": breach.threshold,
+        "window": window,
+        "reference_version": None,
+        "n_samples": n,
+        "created_at_ms": now_ms,
+        "details": {},
+    }

@@ -1,0 +1,71 @@
+"""Wiring of the aggregator."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import faust
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
+
+from services.aggregator.alerts import AlertState
+from services.aggregator.evaluate import Evaluator
+from services.aggregator.metrics import AggregatorMetrics
+from services.aggregator.processing import AggregatorProcessor
+from services.aggregator.settings import AggregatorSettings
+from services.aggregator.store import AggregatorStore
+from shared.codec import AvroCodec
+from shared.kafka import make_producer
+from shared.observability import configure_logging, serve_metrics
+from shared.pipeline import Pipeline, PipelineConfig
+from shared.topics import Topics
+from shared.window_store import WindowReader
+from shared.worker import create_app, run
+
+
+def build_app(settings: AggregatorSettings) -> faust.App:
+    registry = CollectorRegistry()
+    metrics = AggregatorMetrics(registry)
+    topics = Topics.for_namespace(settings.topic_namespace)
+    codec = AvroCodec()
+
+    async def loop(stopping: asyncio.Event) -> None:
+        client = aioredis.Redis.from_url(settings.redis_dsn)
+        store = AggregatorStore(client, settings.redis_prefix, settings.label_horizon_seconds)
+        evaluator = Evaluator(
+            settings,
+            WindowReader(client, settings.redis_prefix),
+            AlertState(client, settings.redis_prefix),
+            make_producer(settings),
+            codec,
+            metrics,
+        )
+        pipeline = Pipeline(
+            settings,
+            PipelineConfig(
+                group_id=f"{settings.topic_namespace}-aggregator",
+                topics=[topics.decisions, topics.labels],
+                transactional=False,
+                max_messages=500,
+            ),
+            AggregatorProcessor(topics, codec, store, metrics),
+            metrics,
+        )
+        evaluating = asyncio.create_task(evaluator.run(stopping))
+        try:
+            await pipeline.run(stopping)
+        finally:
+            stopping.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await evaluating
+            await client.aclose()
+
+    serve_metrics(settings.metrics_port, registry)
+    return create_app("aggregator", settings, loop)
+
+
+def main() -> None:
+    settings = AggregatorSettings()
+    configure_logging(settings.log_level)
+    run(build_app(settings), settings)

@@ -1,0 +1,133 @@
+"""Pure computation of bucket counter increments from predictions and their labels."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from shared.calibration import bin_index, brier_terms, nll_terms
+from shared.window_store import DELAY_BUCKETS_S, FINE_BINS, GRANULARITY, RELIABILITY_BINS, SCALE
+
+MAX_CLASSES = 50
+"""Classes tracked per model for classwise ECE; beyond this the classwise counters stop."""
+
+BucketKey = tuple[str, str, int]
+"""(granularity, model key, bucket start in epoch seconds)."""
+Increments = dict[BucketKey, dict[str, int]]
+
+
+@dataclass(slots=True)
+class LabeledEvents:
+    """Predictions of one model version whose ground truth is now known."""
+
+    model: str
+    event_ms: npt.NDArray[np.int64]
+    confidences: npt.NDArray[np.float64]
+    correct: npt.NDArray[np.bool_]
+    delay_s: npt.NDArray[np.float64]
+    probabilities: npt.NDArray[np.float64] | None = None
+    classes: list[str] | None = None
+    true_index: npt.NDArray[np.int64] | None = None
+    """Column of the true class in ``probabilities`` (−1 when the class is not a column)."""
+
+
+def _starts(event_ms: npt.NDArray[np.int64], granularity: str) -> npt.NDArray[np.int64]:
+    size = GRANULARITY[granularity]
+    return np.asarray((event_ms // 1000) // size * size, dtype=np.int64)
+
+
+def _add(
+    out: Increments,
+    model: str,
+    starts: npt.NDArray[np.int64],
+    field: str,
+    values: npt.NDArray[np.int64],
+) -> None:
+    """Add per-event integer ``values`` into ``field`` of each event's bucket, per granularity."""
+    for g in GRANULARITY:
+        s = _starts(starts, g)
+        uniq, inverse = np.unique(s, return_inverse=True)
+        sums = np.zeros(len(uniq), dtype=np.int64)
+        np.add.at(sums, inverse, values)  # exact integer sums (fixed point)
+        for start, total in zip(uniq.tolist(), sums.tolist(), strict=True):
+            if total:
+                bucket = out[(g, model, start)]
+                bucket[field] = bucket.get(field, 0) + total
+
+
+def _add_binned(
+    out: Increments,
+    model: str,
+    event_ms: npt.NDArray[np.int64],
+    prefix: str,
+    bins: npt.NDArray[np.int64],
+    values: npt.NDArray[np.int64],
+    suffix: str = "",
+) -> None:
+    for b in np.unique(bins).tolist():
+        sel = bins == b
+        _add(out, model, event_ms[sel], f"{prefix}{b}{suffix}", values[sel])
+
+
+def fixed(x: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
+    return np.round(np.asarray(x) * SCALE).astype(np.int64)
+
+
+def decision_increments(
+    out: Increments, model: str, event_ms: npt.NDArray[np.int64], review: npt.NDArray[np.bool_]
+) -> None:
+    ones = np.ones(len(event_ms), dtype=np.int64)
+    _add(out, model, event_ms, "n", ones)
+    _add(out, model, event_ms, "rv", review.astype(np.int64))
+
+
+def labeled_increments(out: Increments, ev: LabeledEvents) -> None:
+    n = len(ev.event_ms)
+    if n == 0:
+        return
+    ones = np.ones(n, dtype=np.int64)
+    ok = ev.correct.astype(np.int64)
+    conf_fp = fixed(ev.confidences)
+    _add(out, ev.model, ev.event_ms, "L", ones)
+    rel = bin_index(ev.confidences, RELIABILITY_BINS)
+    _add_binned(out, ev.model, ev.event_ms, "c", rel, ones)
+    _add_binned(out, ev.model, ev.event_ms, "k", rel, ok)
+    _add_binned(out, ev.model, ev.event_ms, "s", rel, conf_fp)
+    fine = bin_index(ev.confidences, FINE_BINS + 1, scale=FINE_BINS)
+    _add_binned(out, ev.model, ev.event_ms, "h", fine, ones)
+    _add_binned(out, ev.model, ev.event_ms, "e", fine, 1 - ok)
+    _add_binned(out, ev.model, ev.event_ms, "f", fine, conf_fp)
+    delay = np.searchsorted(np.asarray(DELAY_BUCKETS_S), ev.delay_s, side="left")
+    _add_binned(out, ev.model, ev.event_ms, "dl", delay.astype(np.int64), ones)
+    has_probs = (
+        ev.probabilities is not None and ev.true_index is not None and ev.classes is not None
+    )
+    if has_probs:
+        assert ev.probabilities is not None and ev.true_index is not None and ev.classes is not None
+        usable = (ev.true_index >= 0) & ~np.isnan(ev.probabilities).any(axis=1)
+        p, t, ms = ev.probabilities[usable], ev.true_index[usable], ev.event_ms[usable]
+        # Brier in probability form where the vector is known, top-label form elsewhere.
+        brier = np.where(usable, 0.0, (ev.confidences - ev.correct) ** 2)
+        brier[usable] = brier_terms(p, t)
+        _add(out, ev.model, ev.event_ms, "B", fixed(brier))
+        if len(p):
+            _add(out, ev.model, ms, "N", fixed(nll_terms(p, t)))
+            _add(out, ev.model, ms, "Nn", np.ones(len(p), dtype=np.int64))
+            for c, name in enumerate(ev.classes[:MAX_CLASSES]):
+                pc = p[:, c]
+                bins = bin_index(pc, RELIABILITY_BINS)
+                hit = (t == c).astype(np.int64)
+                _add_binned(
+                    out, ev.model, ms, "C", bins, np.ones(len(pc), dtype=np.int64), f"|{name}"
+                )
+                _add_binned(out, ev.model, ms, "P", bins, fixed(pc), f"|{name}")
+                _add_binned(out, ev.model, ms, "H", bins, hit, f"|{name}")
+    else:
+        _add(out, ev.model, ev.event_ms, "B", fixed((ev.confidences - ev.correct) ** 2))
+
+
+def new_increments() -> Increments:
+    return defaultdict(dict)

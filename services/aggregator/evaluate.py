@@ -1,0 +1,168 @@
+"""Periodic evaluation: metric snapshots to Kafka, Prometheus gauges, and alerts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from confluent_kafka import Producer
+
+from services.aggregator.alerts import AlertState, Breach, alert_record, severity
+from services.aggregator.metrics import MAX_EXPORTED, AggregatorMetrics
+from services.aggregator.settings import AggregatorSettings
+from shared.batches import split_model_key
+from shared.codec import AvroCodec
+from shared.topics import Topics
+from shared.window_store import Calibration, RiskCoverageAnswer, WindowReader
+
+logger = logging.getLogger(__name__)
+SNAPSHOT_WINDOWS = ("5m", "1h", "24h", "7d")
+WINDOW_SECONDS = {"5m": 300, "1h": 3600, "24h": 86400, "7d": 7 * 86400}
+
+
+class Evaluator:
+    def __init__(
+        self,
+        settings: AggregatorSettings,
+        reader: WindowReader,
+        state: AlertState,
+        producer: Producer,
+        codec: AvroCodec,
+        metrics: AggregatorMetrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.reader = reader
+        self.state = state
+        self.producer = producer
+        self.codec = codec
+        self.metrics = metrics
+        self.topics = Topics.for_namespace(settings.topic_namespace)
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            try:
+                await self.evaluate(int(time.time() * 1000))
+            except (ConnectionError, OSError) as exc:
+                logger.warning("evaluation skipped: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), self.settings.snapshot_interval_seconds)
+
+    async def evaluate(self, now_ms: int) -> list[dict[str, Any]]:
+        """One round over every model version; returns the alerts it raised or resolved."""
+        alerts: list[dict[str, Any]] = []
+        for rank, model in enumerate(await self.reader.models()):
+            answers = {}
+            for window in SNAPSHOT_WINDOWS:
+                cal = await self.reader.calibration(model, window, now_ms // 1000)
+                rc = await self.reader.risk_coverage(model, window, now_ms // 1000)
+                answers[window] = cal
+                self._publish_snapshot(model, window, cal, rc, now_ms)
+                if self.metrics is not None and rank < MAX_EXPORTED:
+                    self._export(model, window, cal, rc)
+            if self.metrics is not None and rank < MAX_EXPORTED:
+                self.metrics.labels_pending.labels(model).set(
+                    await self.reader.labels_pending(model)
+                )
+            window = self.settings.alert_window
+            cal = answers.get(window) or await self.reader.calibration(
+                model, window, now_ms // 1000
+            )
+            alerts += await self._alerts(model, cal, now_ms)
+        for a in alerts:
+            key = f"{a['tenant']}/{a['model_name']}/{a['model_version']}".encode()
+            self.producer.produce(self.topics.alerts, self.codec.encode("Alert", a), key)
+        remaining = await asyncio.get_running_loop().run_in_executor(
+            None, self.producer.flush, 30.0
+        )
+        if remaining:
+            raise ConnectionError(f"{remaining} snapshots/alerts not acknowledged by Kafka")
+        return alerts
+
+    async def _alerts(self, model: str, cal: Calibration, now_ms: int) -> list[dict[str, Any]]:
+        s = self.settings
+        if cal.n_labeled < s.alert_min_labeled or cal.ece is None or cal.brier is None:
+            return []
+        breaches = [Breach("ece", cal.ece, s.ece_slo, severity(cal.ece, s.ece_slo))]
+        base = await self.state.baseline_brier(model, cal.brier)
+        if base > 0:
+            rise = cal.brier / base - 1.0
+            breaches.append(Breach("brier", cal.brier, base * 1.10, severity(rise, 0.10)))
+        limit = await self.state.control_limit(model, cal.ece)
+        if limit is not None:
+            breaches.append(
+                Breach("ece_control", cal.ece, limit, "warning" if cal.ece > limit else None)
+            )
+        out = []
+        for b in breaches:
+            action = await self.state.transition(model, b, now_ms, s.alert_cooldown_seconds)
+            if action is None:
+                continue
+            since = await self.state.since(model, b.metric)
+            sev = b.severity if action == "raise" and b.severity else "resolved"
+            kind = "calibration" if b.metric.startswith("ece") else "performance"
+            out.append(
+                alert_record(model, b, kind, sev, s.alert_window, cal.n_labeled, since, now_ms)
+            )
+            if self.metrics is not None:
+                self.metrics.alerts.labels(b.metric, sev).inc()
+        return out
+
+    def _publish_snapshot(
+        self, model: str, window: str, cal: Calibration, rc: RiskCoverageAnswer, now_ms: int
+    ) -> None:
+        tenant, name, version = split_model_key(model)
+        record = {
+            "tenant": tenant,
+            "model_name": name,
+            "model_version": version,
+            "window": window,
+            "window_start_ms": now_ms - WINDOW_SECONDS[window] * 1000,
+            "window_end_ms": now_ms,
+            "computed_at_ms": now_ms,
+            "n_predictions": cal.n_predictions,
+            "n_labeled": cal.n_labeled,
+            "n_review": cal.n_review,
+            "labels_pending": 0,
+            "ece": cal.ece,
+            "mce": cal.mce,
+            "brier": cal.brier,
+            "nll": cal.nll,
+            "classwise_ece": cal.classwise_ece,
+            "accuracy": cal.accuracy,
+            "aurc": rc.aurc,
+            "e_aurc": rc.e_aurc,
+            "coverage": cal.coverage,
+            "review_rate": cal.review_rate,
+            "bins": [
+                {
+                    "lo": b.lo,
+                    "hi": b.hi,
+                    "confidence": b.confidence,
+                    "accuracy": b.accuracy,
+                    "count": b.count,
+                }
+                for b in cal.bins
+            ],
+        }
+        self.producer.produce(
+            self.topics.metrics, self.codec.encode("MetricSnapshot", record), model.encode()
+        )
+
+    def _export(self, model: str, window: str, cal: Calibration, rc: RiskCoverageAnswer) -> None:
+        assert self.metrics is not None
+        m = self.metrics
+        for gauge, value in (
+            (m.ece, cal.ece),
+            (m.mce, cal.mce),
+            (m.brier, cal.brier),
+            (m.aurc, rc.aurc),
+            (m.accuracy, cal.accuracy),
+            (m.coverage, cal.coverage),
+            (m.review_rate, cal.review_rate),
+            (m.labeled, cal.n_labeled),
+        ):
+            if value is not None:
+                gauge.labels(model, window).set(value)

@@ -1,0 +1,56 @@
+"""Every Prometheus metric of the aggregator.
+
+``model`` label values are model version keys seen in traffic; at most ``MAX_EXPORTED``
+model versions are exported (the rest are computed and alerted on, not exported), so the
+label set stays bounded.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from shared.pipeline_metrics import PipelineMetrics
+from shared.window_store import DELAY_BUCKETS_S
+
+MAX_EXPORTED = 200
+
+
+class AggregatorMetrics(PipelineMetrics):
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__("aggregator", registry)
+
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(f"caliber_{name}", doc, ["model", "window"], registry=registry)
+
+        self.ece = gauge("ece", "Expected calibration error of labeled predictions in the window")
+        self.mce = gauge("mce", "Maximum calibration error (largest bin gap)")
+        self.brier = gauge("brier", "Mean Brier score")
+        self.aurc = gauge("aurc", "Area under the risk-coverage curve")
+        self.accuracy = gauge("accuracy", "Share of labeled predictions that were correct")
+        self.coverage = gauge("coverage", "Share of decisions auto-accepted")
+        self.review_rate = gauge("review_rate", "Share of decisions withheld for review")
+        self.labeled = gauge("labeled_predictions", "Labeled predictions in the window")
+        self.labels_pending = Gauge(
+            "caliber_labels_pending",
+            "Predictions still waiting for their label",
+            ["model"],
+            registry=registry,
+        )
+        self.label_delay = Histogram(
+            "caliber_label_delay_seconds",
+            "Event time of a prediction to the time of its label",
+            buckets=tuple(float(b) for b in DELAY_BUCKETS_S),
+            registry=registry,
+        )
+        self.events = Counter(
+            "caliber_aggregator_events_total",
+            "Events counted, by kind (prediction | label)",
+            ["kind"],
+            registry=registry,
+        )
+        self.alerts = Counter(
+            "caliber_aggregator_alerts_total",
+            "Alerts raised, by metric and severity",
+            ["metric", "severity"],
+            registry=registry,
+        )

@@ -1,0 +1,251 @@
+"""The aggregator step: join labels with their predictions and count them into buckets.
+
+A label lands in the bucket of its prediction's event time however late it comes: an
+unlabeled prediction leaves a compact record (event time, confidence, label, probabilities)
+that the label later finds; a label that comes first waits as a pending record that the
+prediction finds. Each prediction is counted labeled once: its record is replaced by a
+``labeled`` marker when the label lands.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from confluent_kafka import Message
+
+from services.aggregator.counters import (
+    LabeledEvents,
+    decision_increments,
+    labeled_increments,
+    new_increments,
+)
+from services.aggregator.metrics import AggregatorMetrics
+from services.aggregator.store import AggregatorStore
+from shared.batches import DecisionColumns, LabelColumns
+from shared.codec import AvroCodec, Decoded
+from shared.pipeline import Output
+from shared.topics import Topics
+
+logger = logging.getLogger(__name__)
+LABELED = "L"
+
+
+@dataclass(slots=True)
+class PredictionRecord:
+    model: str
+    event_ms: int
+    confidence: float
+    predicted: str
+    classes: list[str]
+    probabilities: list[float] | None
+
+    def encode(self) -> str:
+        probs = "" if self.probabilities is None else ",".join(repr(p) for p in self.probabilities)
+        return "\x1f".join(
+            [
+                self.model,
+                str(self.event_ms),
+                repr(self.confidence),
+                self.predicted,
+                "\x1e".join(self.classes),
+                probs,
+            ]
+        )
+
+    @classmethod
+    def decode(cls, raw: str) -> PredictionRecord:
+        model, ms, conf, predicted, classes, probs = raw.split("\x1f")
+        return cls(
+            model,
+            int(ms),
+            float(conf),
+            predicted,
+            classes.split("\x1e") if classes else [],
+            [float(p) for p in probs.split(",")] if probs else None,
+        )
+
+
+@dataclass(slots=True)
+class Joined:
+    record: PredictionRecord
+    truth: str
+    label_ms: int
+
+
+class AggregatorProcessor:
+    def __init__(
+        self,
+        topics: Topics,
+        codec: AvroCodec,
+        store: AggregatorStore,
+        metrics: AggregatorMetrics | None = None,
+    ) -> None:
+        self._topics = topics
+        self._codec = codec
+        self._store = store
+        self._metrics = metrics
+        self.events_counted = 0
+        self.labels_joined = 0
+
+    async def __call__(self, messages: Sequence[Message]) -> list[Output]:
+        done = await self._store.offsets()
+        fresh = [m for m in messages if int(m.offset() or 0) > done.get(_tp(m), -1)]
+        if not fresh:
+            return []
+        decisions: list[DecisionColumns] = []
+        labels: list[LabelColumns] = []
+        for m in fresh:
+            decoded = self._codec.decode(m.value(), {"DecisionBatch", "LabelBatch"})
+            if not isinstance(decoded, Decoded):
+                logger.error(
+                    "skipping undecodable %s[%s]@%s: %s",
+                    m.topic(),
+                    m.partition(),
+                    m.offset(),
+                    decoded.message,
+                )
+            elif decoded.name == "DecisionBatch":
+                decisions.append(DecisionColumns.from_record(decoded.record))
+            else:
+                labels.append(LabelColumns.from_record(decoded.record))
+        first: dict[str, int] = {}
+        last: dict[str, int] = {}
+        for m in fresh:
+            tp, off = _tp(m), int(m.offset() or 0)
+            first[tp] = min(first.get(tp, off), off)
+            last[tp] = max(last.get(tp, off), off)
+        await self._apply(decisions, labels, first, last)
+        return []
+
+    async def _apply(
+        self,
+        decisions: list[DecisionColumns],
+        labels: list[LabelColumns],
+        first: dict[str, int],
+        last: dict[str, int],
+    ) -> None:
+        store = self._store
+        horizon = store.horizon
+        inc = new_increments()
+        sets: list[tuple[str, str, int]] = []
+        deletes: list[str] = []
+        counts: dict[str, int] = {}
+        joined: list[Joined] = []
+        batch_preds: dict[str, PredictionRecord] = {}
+        # Predictions: count them; join labels that waited; leave records for the rest.
+        all_ids = [eid for d in decisions for eid in d.predictions.event_ids]
+        waiting = dict(
+            zip(all_ids, await store.mget([store.pending_key(e) for e in all_ids]), strict=True)
+        )
+        for d in decisions:
+            p = d.predictions
+            decision_increments(inc, p.key, p.event_time_ms, d.review)
+            probs = p.probabilities.tolist() if p.probabilities is not None else None
+            for i, eid in enumerate(p.event_ids):
+                row = (
+                    probs[i]
+                    if probs is not None and probs[i] and probs[i][0] == probs[i][0]
+                    else None
+                )
+                rec = PredictionRecord(
+                    p.key,
+                    int(p.event_time_ms[i]),
+                    float(p.confidences[i]),
+                    p.predicted_labels[i],
+                    p.class_labels if row else [],
+                    row,
+                )
+                pending = waiting.get(eid)
+                if pending is not None:
+                    truth, label_ms = pending.rsplit("\x1f", 1)
+                    joined.append(Joined(rec, truth, int(label_ms)))
+                    deletes.append(store.pending_key(eid))
+                    sets.append((store.pred_key(eid), LABELED, horizon))
+                else:
+                    batch_preds[eid] = rec
+        # Labels: find their prediction in this batch or in Redis, else wait for it.
+        label_ids = [eid for lbl in labels for eid in lbl.event_ids]
+        known = dict(
+            zip(label_ids, await store.mget([store.pred_key(e) for e in label_ids]), strict=True)
+        )
+        labeled_now: set[str] = set()
+        for lbl in labels:
+            for eid, truth, label_ms in zip(
+                lbl.event_ids, lbl.ground_truths, lbl.label_time_ms.tolist(), strict=True
+            ):
+                if eid in labeled_now:
+                    continue  # a second label of the same prediction counts nothing
+                found: PredictionRecord | None = batch_preds.pop(eid, None)
+                raw = known.get(eid)
+                stored = raw is not None and raw != LABELED
+                if found is None and stored:
+                    found = PredictionRecord.decode(str(raw))
+                if found is not None:
+                    labeled_now.add(eid)
+                    joined.append(Joined(found, truth, label_ms))
+                    sets.append((store.pred_key(eid), LABELED, horizon))
+                    if stored:
+                        key = store.unlabeled_key(found.model)
+                        counts[key] = counts.get(key, 0) - 1
+                elif raw != LABELED:
+                    sets.append((store.pending_key(eid), f"{truth}\x1f{label_ms}", horizon))
+        for eid, rec in batch_preds.items():
+            sets.append((store.pred_key(eid), rec.encode(), horizon))
+            key = store.unlabeled_key(rec.model)
+            counts[key] = counts.get(key, 0) + 1
+        for ev in _labeled_events(joined):
+            labeled_increments(inc, ev)
+        applied = await store.apply(
+            inc, first, last, sets, deletes, [(k, v) for k, v in counts.items() if v]
+        )
+        if applied:
+            self.events_counted += len(all_ids)
+            self.labels_joined += len(joined)
+            if self._metrics is not None:
+                self._metrics.events.labels("prediction").inc(len(all_ids))
+                self._metrics.events.labels("label").inc(len(joined))
+                for j in joined:
+                    self._metrics.label_delay.observe(max(j.label_ms - j.record.event_ms, 0) / 1000)
+
+
+def _tp(m: Message) -> str:
+    return f"{m.topic()}:{m.partition()}"
+
+
+def _labeled_events(joined: list[Joined]) -> list[LabeledEvents]:
+    by_model: dict[str, list[Joined]] = {}
+    for j in joined:
+        by_model.setdefault(j.record.model, []).append(j)
+    out = []
+    for model, items in by_model.items():
+        event_ms = np.array([j.record.event_ms for j in items], dtype=np.int64)
+        conf = np.array([j.record.confidence for j in items])
+        correct = np.array([j.truth == j.record.predicted for j in items])
+        delay = (np.array([j.label_ms for j in items]) - event_ms) / 1000.0
+        classes = next((j.record.classes for j in items if j.record.probabilities), None)
+        probs = true_idx = None
+        if classes:
+            index = {c: k for k, c in enumerate(classes)}
+            probs = np.array(
+                [
+                    j.record.probabilities
+                    if j.record.probabilities and j.record.classes == classes
+                    else [np.nan] * len(classes)
+                    for j in items
+                ]
+            )
+            true_idx = np.array([index.get(j.truth, -1) for j in items], dtype=np.int64)
+        out.append(
+            LabeledEvents(
+                model, event_ms, conf, correct, np.maximum(delay, 0.0), probs, classes, true_idx
+            )
+        )
+    return out
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)

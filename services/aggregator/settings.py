@@ -1,0 +1,22 @@
+"""Settings of the aggregator."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from shared.settings import Settings
+
+
+class AggregatorSettings(Settings):
+    metrics_port: int = Field(default=9103, ge=0, description="aggregator /metrics port")
+    snapshot_interval_seconds: float = Field(
+        default=10.0, gt=0, description="how often metric snapshots and alerts are evaluated"
+    )
+    ece_slo: float = Field(default=0.05, gt=0, description="ECE above this raises an alert")
+    alert_window: str = Field(default="1h", description="window the alerts evaluate")
+    alert_min_labeled: int = Field(
+        default=200, ge=1, description="labeled predictions a window needs before it can alert"
+    )
+    alert_cooldown_seconds: float = Field(
+        default=600.0, ge=0, description="quiet time after a recovery before the same alert again"
+    )

@@ -1,0 +1,94 @@
+"""The aggregator's writes: one Lua call applies a batch's increments with its offsets."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import redis.asyncio as aioredis
+
+from services.aggregator.counters import Increments
+from shared.window_store import RETENTION_S
+
+# Everything of one consumed batch, atomically: if any partition's stored offset already
+# covers the batch, nothing is applied (a replay after a crash).
+_APPLY = """
+local ops = cjson.decode(ARGV[1])
+for tp, first in pairs(ops.first) do
+  local done = redis.call('HGET', KEYS[1], tp)
+  if done and tonumber(done) >= first then return 0 end
+end
+for _, b in ipairs(ops.incr) do
+  for f, v in pairs(b[3]) do redis.call('HINCRBY', b[1], f, v) end
+  redis.call('EXPIRE', b[1], b[2])
+end
+for _, s in ipairs(ops.set) do redis.call('SET', s[1], s[2], 'EX', s[3]) end
+for _, k in ipairs(ops.del) do redis.call('DEL', k) end
+for _, z in ipairs(ops.index) do
+  redis.call('ZADD', z[1], z[2], z[2]); redis.call('EXPIRE', z[1], z[3])
+end
+for _, m in ipairs(ops.models) do redis.call('SADD', KEYS[2], m) end
+for _, c in ipairs(ops.counts) do redis.call('INCRBY', c[1], c[2]) end
+for tp, last in pairs(ops.last) do redis.call('HSET', KEYS[1], tp, last) end
+return 1
+"""
+
+
+class AggregatorStore:
+    def __init__(self, client: aioredis.Redis, prefix: str, horizon_s: int) -> None:
+        self.r = client
+        self.p = f"{prefix}agg:"
+        self.horizon = horizon_s
+        self._apply = client.register_script(_APPLY)
+
+    def pred_key(self, event_id: str) -> str:
+        return f"{self.p}pred:{event_id}"
+
+    def pending_key(self, event_id: str) -> str:
+        return f"{self.p}pending:{event_id}"
+
+    def unlabeled_key(self, model: str) -> str:
+        return f"{self.p}unlabeled:{model}"
+
+    async def offsets(self) -> dict[str, int]:
+        raw = await self.r.hgetall(f"{self.p}offsets")
+        return {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}
+
+    async def mget(self, keys: Sequence[str]) -> list[str | None]:
+        if not keys:
+            return []
+        values = await self.r.mget(list(keys))
+        return [v.decode() if isinstance(v, bytes) else v for v in values]
+
+    async def apply(
+        self,
+        increments: Increments,
+        first: dict[str, int],
+        last: dict[str, int],
+        set_: list[tuple[str, str, int]],
+        delete: list[str],
+        counts: list[tuple[str, int]],
+    ) -> bool:
+        incr = []
+        index = []
+        models = set()
+        for (granularity, model, start), fields in increments.items():
+            key = f"{self.p}{granularity}:{model}:{start}"
+            incr.append([key, RETENTION_S[granularity], fields])
+            models.add(model)
+            if granularity == "m":
+                index.append([f"{self.p}idx:{model}", start, RETENTION_S["m"]])
+        ops = {
+            "first": first,
+            "last": last,
+            "incr": incr,
+            "set": set_,
+            "del": delete,
+            "index": index,
+            "models": sorted(models),
+            "counts": counts,
+        }
+        result = await self._apply(
+            keys=[f"{self.p}offsets", f"{self.p}models"], args=[json.dumps(ops)]
+        )
+        return bool(result)

@@ -1,0 +1,243 @@
+"""Calibration state in Redis: sufficient statistics per model version and time bucket.
+
+The aggregator is the only writer; the gateway reads. Layout (``P`` = ``<redis_prefix>agg:``):
+
+- ``P{g}:{model key}:{start}`` — a hash of integer counters for the bucket of granularity
+  ``g`` (``m`` minute, ``h`` hour, ``d`` day) starting at epoch-second ``start``, keyed by
+  the PREDICTION's event time. Fields: ``n`` predictions, ``rv`` withheld for review,
+  ``L`` labeled, ``c{i}``/``k{i}``/``s{i}`` count, correct and confidence sum of reliability
+  bin i, ``h{j}``/``e{j}``/``f{j}`` count, errors and confidence sum of fine bin j (sparse),
+  ``B`` Brier sum, ``N``/``Nn`` NLL sum and count, ``C{i}|{class}``/``P{i}|{class}``/
+  ``H{i}|{class}`` one-vs-rest bins per class, ``dl{k}`` label-delay histogram.
+  Sums are fixed point, integer units of 1e-9, so merges and replays are exact.
+- ``Pidx:{model key}`` — sorted set of the minute buckets that exist (for time series).
+- ``Pmodels`` — set of model keys seen.
+- ``Ppred:{event id}`` — what a later label needs of an unlabeled prediction (TTL = label
+  horizon); ``Ppending:{event id}`` — a label that came before its prediction.
+- ``Poffsets`` — last applied offset per topic:partition (effectively-once).
+
+Any window is a sum of at most a few hundred hashes, fetched in one pipelined round trip.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import redis.asyncio as aioredis
+
+from shared.calibration import (
+    ReliabilityBin,
+    ReliabilityStats,
+    accuracy,
+    brier,
+    ece,
+    mce,
+    nll,
+    reliability_bins,
+)
+from shared.selective import ConfidenceHistogram
+
+SCALE = 1_000_000_000
+"""Fixed-point unit of sums: 1e-9."""
+RELIABILITY_BINS = 10
+FINE_BINS = 1000
+DELAY_BUCKETS_S = (60, 300, 900, 3600, 4 * 3600, 12 * 3600, 86400, 7 * 86400)
+GRANULARITY = {"m": 60, "h": 3600, "d": 86400}
+RETENTION_S = {"m": 3 * 3600, "h": 15 * 86400, "d": 400 * 86400}
+WINDOWS = {"5m": ("m", 5), "1h": ("m", 60), "24h": ("h", 24), "7d": ("h", 168), "all": ("d", 400)}
+
+Counters = dict[str, int]
+
+
+def bucket_start(ms: int, granularity: str) -> int:
+    size = GRANULARITY[granularity]
+    return (ms // 1000) // size * size
+
+
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    window: str
+    n_predictions: int
+    n_labeled: int
+    n_review: int
+    ece: float | None
+    mce: float | None
+    brier: float | None
+    nll: float | None
+    classwise_ece: float | None
+    accuracy: float | None
+    coverage: float | None
+    review_rate: float | None
+    bins: list[ReliabilityBin]
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    coverage: float
+    risk: float
+    threshold: float
+
+
+@dataclass(frozen=True, slots=True)
+class RiskCoverageAnswer:
+    window: str
+    n_labeled: int
+    aurc: float | None
+    e_aurc: float | None
+    points: list[Point]
+
+
+class Totals:
+    """Counters of many buckets summed, and the metrics they answer."""
+
+    def __init__(self, counters: Counters) -> None:
+        self.c = counters
+
+    def get(self, field: str) -> int:
+        return self.c.get(field, 0)
+
+    def reliability(self) -> ReliabilityStats:
+        m = RELIABILITY_BINS
+        return ReliabilityStats(
+            np.array([self.get(f"c{i}") for i in range(m)], dtype=np.int64),
+            np.array([self.get(f"s{i}") / SCALE for i in range(m)]),
+            np.array([self.get(f"k{i}") for i in range(m)], dtype=np.int64),
+            self.get("B") / SCALE,
+            self.get("N") / SCALE,
+            self.get("Nn"),
+        )
+
+    def histogram(self) -> ConfidenceHistogram:
+        h = ConfidenceHistogram.empty(FINE_BINS)
+        for field, value in self.c.items():
+            if field[0] in "hef" and field[1:].isdigit():
+                j = int(field[1:])
+                if field[0] == "h":
+                    h.count[j] = value
+                elif field[0] == "e":
+                    h.errors[j] = value
+                else:
+                    h.conf_sum[j] = value / SCALE
+        return h
+
+    def classwise_ece(self) -> float | None:
+        per_class: dict[str, ReliabilityStats] = {}
+        for field, value in self.c.items():
+            if "|" not in field or field[0] not in "CPH":
+                continue
+            head, cls = field.split("|", 1)
+            i = int(head[1:])
+            stats = per_class.setdefault(cls, ReliabilityStats.empty(RELIABILITY_BINS))
+            if head[0] == "C":
+                stats.count[i] = value
+            elif head[0] == "P":
+                stats.conf_sum[i] = value / SCALE
+            else:
+                stats.correct_sum[i] = value
+        values = [v for s in per_class.values() if (v := ece(s)) is not None]
+        return float(np.mean(values)) if values else None
+
+
+def merge(hashes: list[dict[bytes, bytes]]) -> Totals:
+    out: dict[str, int] = defaultdict(int)
+    for h in hashes:
+        for k, v in h.items():
+            out[k.decode()] += int(v)
+    return Totals(dict(out))
+
+
+class WindowReader:
+    """The read side: window answers from bucket hashes."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+        self._r = client
+        self._p = f"{prefix}agg:"
+
+    def key(self, granularity: str, model: str, start: int) -> str:
+        return f"{self._p}{granularity}:{model}:{start}"
+
+    def window_keys(self, model: str, window: str, now_s: int | None = None) -> list[str]:
+        if window not in WINDOWS:
+            raise ValueError(f"window {window!r} is not one of {', '.join(WINDOWS)}")
+        granularity, count = WINDOWS[window]
+        size = GRANULARITY[granularity]
+        now = int(time.time()) if now_s is None else now_s
+        last = now // size * size
+        return [self.key(granularity, model, last - i * size) for i in range(count)]
+
+    async def totals(self, model: str, window: str, now_s: int | None = None) -> Totals:
+        pipe = self._r.pipeline(transaction=False)
+        for k in self.window_keys(model, window, now_s):
+            pipe.hgetall(k)
+        return merge(await pipe.execute())
+
+    async def calibration(self, model: str, window: str, now_s: int | None = None) -> Calibration:
+        t = await self.totals(model, window, now_s)
+        rel = t.reliability()
+        n, review = t.get("n"), t.get("rv")
+        return Calibration(
+            window=window,
+            n_predictions=n,
+            n_labeled=rel.n,
+            n_review=review,
+            ece=ece(rel),
+            mce=mce(rel),
+            brier=brier(rel),
+            nll=nll(rel),
+            classwise_ece=t.classwise_ece(),
+            accuracy=accuracy(rel),
+            coverage=(n - review) / n if n else None,
+            review_rate=review / n if n else None,
+            bins=reliability_bins(rel),
+        )
+
+    async def risk_coverage(
+        self, model: str, window: str, now_s: int | None = None
+    ) -> RiskCoverageAnswer:
+        t = await self.totals(model, window, now_s)
+        curve = t.histogram().curve()
+        points = [
+            Point(float(c), float(r), float(th))
+            for c, r, th in zip(curve.coverage, curve.risk, curve.thresholds, strict=True)
+        ]
+        return RiskCoverageAnswer(
+            window, int(t.histogram().count.sum()), curve.aurc, curve.e_aurc, points
+        )
+
+    async def timeseries(
+        self, model: str, window: str, now_s: int | None = None
+    ) -> list[dict[str, float | int | None]]:
+        keys = self.window_keys(model, window, now_s)
+        pipe = self._r.pipeline(transaction=False)
+        for k in keys:
+            pipe.hgetall(k)
+        out = []
+        for k, h in zip(keys, await pipe.execute(), strict=True):
+            if not h:
+                continue
+            t = merge([h])
+            rel = t.reliability()
+            n, review = t.get("n"), t.get("rv")
+            out.append(
+                {
+                    "bucket_start": int(k.rsplit(":", 1)[1]),
+                    "n_predictions": n,
+                    "n_labeled": rel.n,
+                    "ece": ece(rel),
+                    "brier": brier(rel),
+                    "accuracy": accuracy(rel),
+                    "coverage": (n - review) / n if n else None,
+                    "review_rate": review / n if n else None,
+                }
+            )
+        return sorted(out, key=lambda p: int(p["bucket_start"] or 0))
+
+    async def models(self) -> list[str]:
+        members = await self._r.smembers(f"{self._p}models")
+        return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+
+    async def labels_pending(self, model: str) -> int:
+        return int(await self._r.get(f"{self._p}unlabeled:{model}") or 0)
