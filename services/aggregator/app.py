@@ -47,7 +47,7 @@ def build_app(settings: AggregatorSettings) -> faust.App:
                 group_id=f"{settings.topic_namespace}-aggregator",
                 topics=[topics.decisions, topics.labels],
                 transactional=False,
-                max_messages=500,
+                max_messages=settings.aggregator_max_messages,
             ),
             AggregatorProcessor(topics, codec, store, metrics),
             metrics,

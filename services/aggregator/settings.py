@@ -9,6 +9,9 @@ from shared.settings import Settings
 
 class AggregatorSettings(Settings):
     metrics_port: int = Field(default=9103, ge=0, description="aggregator /metrics port")
+    aggregator_max_messages: int = Field(
+        default=500, ge=1, description="messages the aggregator fetches per batch"
+    )
     snapshot_interval_seconds: float = Field(
         default=10.0, gt=0, description="how often metric snapshots and alerts are evaluated"
     )

@@ -1,11 +1,18 @@
-"""API keys: hashed at rest, owned by a tenant, carrying roles."""
+"""API keys: hashed at rest, owned by a tenant, carrying roles.
+
+A key is 32 random bytes (``secrets.token_urlsafe``) behind a short prefix; only its
+SHA-256 is stored, and the digest is compared in constant time. A looked-up key is kept in
+memory for ``gateway_key_cache_seconds``, so the hot path does not wait on PostgreSQL; a
+revoked key stops working within that time.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import secrets
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -13,11 +20,16 @@ from fastapi import HTTPException, Request, WebSocket, status
 
 ROLES = ("producer", "reviewer", "viewer", "admin")
 KEY_PREFIX = "clb_"
+PREFIX_SHOWN = 10
+"""Characters of a key kept in clear (``key_prefix``) so a person can tell keys apart."""
 
 READ = frozenset({"viewer", "reviewer", "admin"})
 PRODUCE = frozenset({"producer", "admin"})
 REVIEW = frozenset({"reviewer", "admin"})
 ADMIN = frozenset({"admin"})
+ANY = frozenset(ROLES)
+
+_CACHE_LIMIT = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,66 +47,119 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-async def create_key(pool: asyncpg.Pool, tenant: str, roles: list[str]) -> str:
-    """Create the tenant when missing and a new key for it; the key is returned once."""
+def check_roles(roles: Sequence[str]) -> list[str]:
+    """The roles, deduplicated in a stable order; ValueError naming an unknown one."""
     unknown = sorted(set(roles) - set(ROLES))
     if unknown or not roles:
-        raise ValueError(f"roles must be some of {', '.join(ROLES)}; got {roles}")
+        raise ValueError(f"roles must be one or more of {', '.join(ROLES)}; got {list(roles)}")
+    return [r for r in ROLES if r in roles]
+
+
+async def create_key(
+    conn: asyncpg.Pool | asyncpg.Connection, tenant: str, roles: Sequence[str]
+) -> str:
+    """Create the tenant when missing and a new key for it; the key is returned once."""
+    return (await create_key_row(conn, tenant, roles))[0]
+
+
+async def create_key_row(
+    conn: asyncpg.Pool | asyncpg.Connection, tenant: str, roles: Sequence[str]
+) -> tuple[str, asyncpg.Record]:
+    """(key, its api_keys row); the tenant is created when missing."""
+    wanted = check_roles(roles)
+    if not tenant or "/" in tenant:
+        raise ValueError(f"tenant {tenant!r} must be a non-empty name without '/'")
     key = new_key()
-    async with pool.acquire() as conn, conn.transaction():
+    if isinstance(conn, asyncpg.Pool):
+        async with conn.acquire() as c:
+            return key, await _insert_key(c, tenant, wanted, key)
+    return key, await _insert_key(conn, tenant, wanted, key)
+
+
+async def _insert_key(
+    conn: asyncpg.Connection, tenant: str, roles: list[str], key: str
+) -> asyncpg.Record:
+    async with conn.transaction():
         await conn.execute(
             "INSERT INTO tenants (id, name) VALUES ($1, $1) ON CONFLICT (id) DO NOTHING", tenant
         )
-        await conn.execute(
-            "INSERT INTO api_keys (tenant_id, key_hash, key_prefix, roles) VALUES ($1, $2, $3, $4)",
+        row: asyncpg.Record = await conn.fetchrow(
+            "INSERT INTO api_keys (tenant_id, key_hash, key_prefix, roles) "
+            "VALUES ($1, $2, $3, $4) RETURNING id, key_prefix, roles, created_at, revoked_at",
             tenant,
             hash_key(key),
-            key[:10],
+            key[:PREFIX_SHOWN],
             roles,
         )
-    return key
+    return row
 
 
-def _presented(headers: dict[str, str], query: dict[str, str]) -> str | None:
+def presented_key(headers: Mapping[str, str], query: Mapping[str, str]) -> str | None:
+    """The key a request carries: ``X-API-Key``, ``Authorization: Bearer`` or ``?api_key=``."""
     key = headers.get("x-api-key")
     if key:
-        return key
+        return key.strip()
     auth = headers.get("authorization", "")
-    if auth.lower().startswith("bearer "):
+    if auth[:7].lower() == "bearer ":
         return auth[7:].strip()
-    return query.get("api_key")
+    return query.get("api_key") or None
 
 
-async def lookup(pool: asyncpg.Pool, key: str | None) -> Principal | None:
-    if not key:
-        return None
-    digest = hash_key(key)
-    row = await pool.fetchrow(
-        "SELECT id, tenant_id, roles, key_hash FROM api_keys "
-        "WHERE key_hash = $1 AND revoked_at IS NULL",
-        digest,
+class KeyStore:
+    """Looks keys up in PostgreSQL, remembering answers for ``ttl`` seconds."""
+
+    def __init__(self, pool: asyncpg.Pool, ttl: float) -> None:
+        self._pool = pool
+        self._ttl = ttl
+        self._cache: dict[str, tuple[float, Principal | None]] = {}
+
+    async def lookup(self, key: str | None) -> Principal | None:
+        if not key:
+            return None
+        digest = hash_key(key)
+        now = time.monotonic()
+        hit = self._cache.get(digest)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        row = await self._pool.fetchrow(
+            "SELECT id, tenant_id, roles, key_hash FROM api_keys "
+            "WHERE key_hash = $1 AND revoked_at IS NULL",
+            digest,
+        )
+        principal = None
+        if row is not None and hmac.compare_digest(row["key_hash"], digest):
+            principal = Principal(row["id"], row["tenant_id"], frozenset(row["roles"]))
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[digest] = (now + self._ttl, principal)
+        return principal
+
+    def forget(self) -> None:
+        """Drop every remembered answer (after this process revoked a key)."""
+        self._cache.clear()
+
+
+def _unauthorized() -> HTTPException:
+    return HTTPException(
+        status.HTTP_401_UNAUTHORIZED,
+        detail="a valid API key is required (header X-API-Key or Authorization: Bearer)",
+        headers={"WWW-Authenticate": "Bearer"},
     )
-    if row is None or not hmac.compare_digest(row["key_hash"], digest):
-        return None
-    return Principal(row["id"], row["tenant_id"], frozenset(row["roles"]))
 
 
 def require(allowed: frozenset[str]) -> Callable[[Request], Awaitable[Principal]]:
     """A dependency: the caller's key must be valid and hold one of ``allowed``."""
 
     async def dependency(request: Request) -> Principal:
-        key = _presented(dict(request.headers), dict(request.query_params))
-        principal = await lookup(request.app.state.pool, key)
+        keys: KeyStore = request.app.state.keys
+        principal = await keys.lookup(presented_key(request.headers, request.query_params))
         if principal is None:
-            raise HTTPException(
-                status.HTTP_401_UNAUTHORIZED,
-                detail="a valid API key is required (header X-API-Key or Authorization: Bearer)",
-            )
+            raise _unauthorized()
         if not principal.roles & allowed:
             raise HTTPException(
                 status.HTTP_403_FORBIDDEN,
                 detail=f"this key's roles ({', '.join(sorted(principal.roles))}) do not allow "
-                f"this; needs one of {', '.join(sorted(allowed))}",
+                f"this; it needs one of {', '.join(sorted(allowed))}",
             )
         return principal
 
@@ -102,8 +167,8 @@ def require(allowed: frozenset[str]) -> Callable[[Request], Awaitable[Principal]
 
 
 async def websocket_principal(ws: WebSocket, allowed: frozenset[str]) -> Principal | None:
-    key = _presented(dict(ws.headers), dict(ws.query_params))
-    principal = await lookup(ws.app.state.pool, key)
+    keys: KeyStore = ws.app.state.keys
+    principal = await keys.lookup(presented_key(ws.headers, ws.query_params))
     if principal is None or not principal.roles & allowed:
         return None
     return principal

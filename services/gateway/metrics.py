@@ -1,4 +1,9 @@
-"""Every Prometheus metric of the gateway (``route`` is the path template, never an id)."""
+"""Every Prometheus metric of the gateway.
+
+Label values are bounded: ``route`` is the path template (``/api/review/{event_id}``, never
+an id; ``unmatched`` for paths no route serves), ``method`` an HTTP method and ``code`` a
+status code. No metric carries a model version or tenant.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +22,12 @@ class GatewayMetrics:
             "caliber_gateway_request_seconds",
             "HTTP request latency by route template",
             ["route"],
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=registry,
+        )
+        self.events_accepted = Counter(
+            "caliber_gateway_events_accepted_total",
+            "Inference events accepted over REST and published to inference.raw",
             registry=registry,
         )
         self.ws_clients = Gauge(
@@ -25,11 +35,21 @@ class GatewayMetrics:
         )
         self.ws_dropped = Counter(
             "caliber_gateway_ws_dropped_total",
-            "WebSocket clients closed for falling too far behind",
+            "/ws/live clients closed for falling too far behind (fan-out drops)",
             registry=registry,
         )
         self.outbox_backlog = Gauge(
             "caliber_gateway_outbox_backlog",
             "Outbox rows not yet published to Kafka",
+            registry=registry,
+        )
+        self.outbox_published = Counter(
+            "caliber_gateway_outbox_published_total",
+            "Outbox rows published to Kafka by this instance's relay",
+            registry=registry,
+        )
+        self.outbox_errors = Counter(
+            "caliber_gateway_outbox_errors_total",
+            "Relay rounds that failed (Kafka or PostgreSQL unavailable, delivery refused)",
             registry=registry,
         )

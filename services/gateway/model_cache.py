@@ -1,44 +1,138 @@
-"""A short-lived cache of registry rows, so each prediction request doesn't query them."""
+"""Which registered model version an event names, without PostgreSQL on the hot path.
+
+The gateway follows the compacted model-updates topic like the policy does
+(:class:`~shared.registry_view.RegistryView`), so its answer to ``POST /api/predictions``
+uses the same threshold and calibration map the policy will use. A model version the view
+has not seen yet (registered a moment ago, or the view still catching up) is read from
+PostgreSQL and remembered for a short time, misses included, so unknown ids cannot flood
+the database.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
-TTL_SECONDS = 2.0
+from shared.batches import model_key
+from shared.calibration_map import IDENTITY, CalibrationMap, CalibratorError, from_registry
+from shared.registry_view import RegisteredVersion, RegistryView
+
+logger = logging.getLogger(__name__)
+
+FALLBACK_TTL_SECONDS = 1.0
+_CACHE_LIMIT = 10_000
+_SELECT = (
+    "SELECT id, tenant_id AS tenant, name, version, stage, parent_id, abstain_threshold, "
+    "calibrator_version, calibrator::text AS calibrator FROM model_versions "
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRef:
+    """A registered model version as the prediction path needs it."""
+
+    id: int
+    tenant: str
+    name: str
+    version: str
+    abstain_threshold: float
+    calibration: CalibrationMap
+
+    @property
+    def key(self) -> str:
+        return model_key(self.tenant, self.name, self.version)
+
+    def __getitem__(self, field: str) -> Any:
+        """Record-style access (``ref["name"]``) for callers written against table rows."""
+        return getattr(self, field)
+
+
+class RegistryIndex(RegistryView):
+    """The registry view, also indexed by registry id."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.by_id: dict[int, RegisteredVersion] = {}
+
+    def apply(self, key: bytes | None, value: bytes | None) -> None:
+        before = self.versions.get(key.decode()) if key is not None else None
+        super().apply(key, value)
+        after = self.versions.get(key.decode()) if key is not None else None
+        if before is not None and (after is None or after.id != before.id):
+            self.by_id.pop(before.id, None)
+        if after is not None:
+            self.by_id[after.id] = after
 
 
 class ModelCache:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, view: RegistryIndex | None = None) -> None:
         self._pool = pool
-        self._rows: dict[tuple[Any, ...], tuple[float, asyncpg.Record | None]] = {}
+        self._view = view
+        self._fallback: dict[tuple[Any, ...], tuple[float, ModelRef | None]] = {}
+        self._maps: dict[tuple[str, str | None], CalibrationMap] = {}
 
-    async def _get(self, key: tuple[Any, ...], sql: str, *args: Any) -> asyncpg.Record | None:
-        hit = self._rows.get(key)
-        now = time.monotonic()
-        if hit is not None and now - hit[0] < TTL_SECONDS:
-            return hit[1]
-        row = await self._pool.fetchrow(sql, *args)
-        self._rows[key] = (now, row)
-        return row
-
-    async def by_id(self, tenant: str, model_id: int) -> asyncpg.Record | None:
-        return await self._get(
-            ("id", tenant, model_id),
-            "SELECT id, name, version, abstain_threshold FROM model_versions "
-            "WHERE id = $1 AND tenant_id = $2",
-            model_id,
-            tenant,
+    def _ref(self, v: RegisteredVersion) -> ModelRef:
+        return ModelRef(
+            v.id,
+            v.tenant,
+            v.name,
+            v.version,
+            v.abstain_threshold,
+            self._calibration(v.calibrator_version, v.calibrator),
         )
 
-    async def by_name(self, tenant: str, name: str, version: str) -> asyncpg.Record | None:
-        return await self._get(
-            ("name", tenant, name, version),
-            "SELECT id, name, version, abstain_threshold FROM model_versions "
+    def _calibration(self, version: str, calibrator: str | None) -> CalibrationMap:
+        key = (version, calibrator)
+        found = self._maps.get(key)
+        if found is None:
+            try:
+                found = from_registry(version, calibrator)
+            except CalibratorError as exc:
+                logger.warning("%s; predicting the decision with the identity map", exc)
+                found = IDENTITY
+            self._maps[key] = found
+        return found
+
+    async def _read(self, cache_key: tuple[Any, ...], where: str, *args: Any) -> ModelRef | None:
+        now = time.monotonic()
+        hit = self._fallback.get(cache_key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        row = await self._pool.fetchrow(_SELECT + where, *args)
+        ref = self._ref(RegisteredVersion(**dict(row))) if row is not None else None
+        if len(self._fallback) >= _CACHE_LIMIT:
+            self._fallback.clear()
+        self._fallback[cache_key] = (now + FALLBACK_TTL_SECONDS, ref)
+        return ref
+
+    async def by_id(self, tenant: str, model_id: int) -> ModelRef | None:
+        """The version ``model_id`` when it belongs to ``tenant`` (others' ids look unknown)."""
+        v = self._view.by_id.get(model_id) if self._view is not None else None
+        ref = self._ref(v) if v is not None else await self._read(("id", model_id), "WHERE id = $1", model_id)
+        return ref if ref is not None and ref.tenant == tenant else None
+
+    async def by_name(self, tenant: str, name: str, version: str) -> ModelRef | None:
+        key = model_key(tenant, name, version)
+        v = self._view.get(key) if self._view is not None else None
+        if v is not None:
+            return self._ref(v)
+        return await self._read(
+            ("key", key),
             "WHERE tenant_id = $1 AND name = $2 AND version = $3",
             tenant,
             name,
             version,
         )
+
+    def id_of(self, key: str) -> int | None:
+        """Registry id of a model version key, when the view knows it (never waits)."""
+        v = self._view.get(key) if self._view is not None else None
+        return v.id if v is not None else None
+
+    def forget(self) -> None:
+        """Drop remembered database answers (this process just changed the registry)."""
+        self._fallback.clear()

@@ -16,6 +16,27 @@ class GatewaySettings(Settings):
     gateway_ws_queue: int = Field(
         default=1_000, ge=1, description="events a slow WebSocket client may fall behind by"
     )
+    gateway_key_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="how long a looked-up API key is trusted before PostgreSQL is asked again "
+        "(a revoked key stops working within this time)",
+    )
+    gateway_open_metrics: bool = Field(
+        default=False,
+        description="serve /metrics without an API key (for a scraper on a private network)",
+    )
+    gateway_db_pool_size: int = Field(
+        default=10, ge=2, description="PostgreSQL connections of the gateway"
+    )
     outbox_poll_seconds: float = Field(
-        default=0.2, gt=0, description="how often the outbox relay looks for new rows"
+        default=1.0,
+        gt=0,
+        description="longest the outbox relay waits for a NOTIFY before it looks for rows",
+    )
+    outbox_batch_rows: int = Field(
+        default=500, ge=1, description="outbox rows the relay publishes per flush"
+    )
+    outbox_retention_hours: float = Field(
+        default=24.0, gt=0, description="how long published outbox rows are kept"
     )

@@ -1,0 +1,177 @@
+"""Events posted over REST: records, the same validation as ingest, predicted decisions.
+
+Everything here is plain and synchronous; the route resolves the model versions first and
+publishes what :func:`prepare` returns.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from services.gateway.model_cache import ModelRef
+from services.gateway.schemas import PredictionIn
+from shared.batches import PredictionColumns, Record
+from shared.codec import AvroCodec
+from shared.errors import ErrorCode
+from shared.validation import Rows, group_events, validate_columns
+
+
+@dataclass(slots=True)
+class Decided:
+    """The decision the policy will take on one event (same rule, same calibration map)."""
+
+    calibrated_confidence: float
+    threshold: float
+    review: bool
+
+    @property
+    def status(self) -> str:
+        return "review" if self.review else "auto"
+
+
+@dataclass(slots=True)
+class Prepared:
+    records: list[Record]
+    """InferenceEvent records, in request order."""
+    groups: list[Rows]
+    """The same events as columns per model version; ``refs`` are request indices."""
+    decisions: list[Decided]
+    """Per event, in request order."""
+
+
+def fault_detail(index: int | None, field: str | None, message: str, code: str) -> dict[str, Any]:
+    """One entry of a 422 ``detail``, shaped like FastAPI's own (``loc``, ``msg``, ``type``)."""
+    loc: list[Any] = ["body"] + (["events", index] if index is not None else [])
+    loc += (field or "event").split(".", 1)
+    return {"loc": loc, "msg": message, "type": code}
+
+
+def _epoch_ms(t: datetime) -> int:
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)  # a time without zone is taken as UTC
+    return int(t.timestamp() * 1000)
+
+
+def to_record(e: PredictionIn, tenant: str, model: ModelRef, now_ms: int) -> Record:
+    return {
+        "event_id": str(e.event_id) if e.event_id is not None else str(uuid.uuid4()),
+        "tenant": tenant,
+        "model_name": model.name,
+        "model_version": model.version,
+        "model_version_id": model.id,
+        "event_time_ms": _epoch_ms(e.event_time) if e.event_time is not None else now_ms,
+        "predicted_label": e.predicted_label,
+        "confidence": e.confidence,
+        "probabilities": e.probabilities,
+        "logits": e.logits,
+        "features": e.features,
+        "ground_truth": e.ground_truth,
+        "uncertainty": e.uncertainty,
+        "metadata": e.metadata or {},
+    }
+
+
+def unknown_model_detail(e: PredictionIn, index: int | None) -> dict[str, Any]:
+    if e.model_version_id is not None:
+        return fault_detail(
+            index,
+            "model_version_id",
+            f"model_version_id {e.model_version_id} is not a registered model version of "
+            "this tenant",
+            ErrorCode.MISSING_MODEL,
+        )
+    if e.model_name and e.model_version:
+        return fault_detail(
+            index,
+            "model_name",
+            f"model {e.model_name!r} version {e.model_version!r} is not registered for this "
+            "tenant (register it with POST /api/models)",
+            ErrorCode.MISSING_MODEL,
+        )
+    return fault_detail(
+        index,
+        "model_version_id",
+        "model_version_id is required (or model_name and model_version)",
+        ErrorCode.MISSING_MODEL,
+    )
+
+
+def prepare(
+    events: Sequence[PredictionIn],
+    tenant: str,
+    models: Sequence[ModelRef | None],
+    now_ms: int,
+    batch: bool,
+) -> Prepared | list[dict[str, Any]]:
+    """The events as records, columns and decisions, or the 422 details of every fault.
+
+    ``models[i]`` is the resolved model version of ``events[i]`` (None: unknown).
+    """
+    where = (lambda i: i) if batch else (lambda i: None)
+    details: list[tuple[int, dict[str, Any]]] = []
+    records: list[Record] = []
+    refs: list[int] = []
+    for i, (e, m) in enumerate(zip(events, models, strict=True)):
+        if m is None:
+            details.append((i, unknown_model_detail(e, where(i))))
+        else:
+            records.append(to_record(e, tenant, m, now_ms))
+            refs.append(i)
+    groups, faults = group_events(zip(refs, records, strict=True))
+    details += [(ref, fault_detail(where(ref), f.field, f.message, f.code)) for ref, f in faults]
+    for g in groups:
+        _, col_faults = validate_columns(g.columns)
+        details += [
+            (g.refs[row], fault_detail(where(g.refs[row]), f.field, f.message, f.code))
+            for row, f in col_faults
+        ]
+    if details:
+        details.sort(key=lambda d: d[0])
+        return [d for _, d in details]
+    decisions: list[Decided | None] = [None] * len(events)
+    for g in groups:
+        model = models[g.refs[0]]
+        assert model is not None
+        for ref, d in zip(g.refs, decide(g.columns, model), strict=True):
+            decisions[ref] = d
+    return Prepared(records, groups, [d for d in decisions if d is not None])
+
+
+def decide(cols: PredictionColumns, model: ModelRef) -> list[Decided]:
+    """The policy's rule: calibrated confidence >= threshold is auto, below is review."""
+    calibrated = model.calibration.apply(
+        cols.confidences, cols.probabilities, cols.logits, cols.class_labels
+    )
+    review = calibrated < model.abstain_threshold
+    t = float(model.abstain_threshold)
+    return [
+        Decided(c, t, r) for c, r in zip(calibrated.tolist(), review.tolist(), strict=True)
+    ]
+
+
+def batch_messages(
+    prepared: Prepared, codec: AvroCodec, max_events: int
+) -> list[tuple[bytes, bytes]]:
+    """(key, value) PredictionBatch messages: per model version, up to ``max_events`` each."""
+    out = []
+    for g in prepared.groups:
+        cols = g.columns
+        key = cols.key.encode()
+        for start in range(0, len(cols), max_events):
+            part = cols if len(cols) <= max_events else cols.take(
+                np.arange(start, min(start + max_events, len(cols)))
+            )
+            out.append((key, codec.encode("PredictionBatch", part.to_record())))
+    return out
+
+
+def event_message(record: Record, codec: AvroCodec) -> tuple[bytes, bytes]:
+    """(key, value) of one InferenceEvent message."""
+    key = f"{record['tenant']}/{record['model_name']}/{record['model_version']}".encode()
+    return key, codec.encode("InferenceEvent", record)
