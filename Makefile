@@ -2,6 +2,11 @@
 SHELL := /bin/bash
 PYTHON ?= python3
 .DEFAULT_GOAL := help
+# Targets that need Caliber installed depend on this stamp, so the install runs once (and
+# again when pyproject.toml changes) instead of on every `make up`.
+INSTALLED := build/.installed
+# Not the `caliber` script: it works wherever pip put the script, on the PATH or not.
+CALIBER := $(PYTHON) -m shared.cli
 
 .PHONY: help install up down status demo test unit lint bench
 
@@ -9,17 +14,21 @@ help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
 
 install: ## install Caliber and its development tools (idempotent)
-	@$(PYTHON) -m pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v -E "^WARNING: Running pip as the 'root'|^$$" || true
-	@$(PYTHON) -c "import shared, services" 
+	@PIP_ROOT_USER_ACTION=ignore $(PYTHON) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@$(PYTHON) -c "import shared, services"
+	@mkdir -p $(dir $(INSTALLED)) && touch $(INSTALLED)
 
-up: install ## start Kafka, Redis and PostgreSQL on loopback, create topics, migrate
-	@caliber stack up
+$(INSTALLED): pyproject.toml
+	@$(MAKE) --no-print-directory install
+
+up: $(INSTALLED) ## start Kafka, Redis and PostgreSQL on loopback, create topics, migrate
+	@$(CALIBER) stack up
 
 down: ## stop every service and the local stack
-	@caliber stack down
+	@$(CALIBER) stack down
 
 status: ## show the local stack and the services
-	@caliber stack status; caliber services status
+	@$(CALIBER) stack status; $(CALIBER) services status
 
 demo: up ## run the demo: services, simulated traffic, a summary
 	@caliber demo run
@@ -27,10 +36,10 @@ demo: up ## run the demo: services, simulated traffic, a summary
 test: up ## run the whole test suite against the local stack
 	@$(PYTHON) -m pytest -q
 
-unit: install ## run the unit tests only (no servers needed)
+unit: $(INSTALLED) ## run the unit tests only (no servers needed)
 	@$(PYTHON) -m pytest -q tests/unit
 
-lint: install ## ruff and mypy
+lint: $(INSTALLED) ## ruff check, ruff format --check and mypy
 	@ruff check . && ruff format --check . && mypy
 
 bench: up ## run the benchmarks and print throughput, latency percentiles and memory

@@ -31,6 +31,8 @@ class ErrorCode(StrEnum):
     TOO_LARGE = "too_large"
     BATCH_SHAPE = "batch_shape"
     INVALID_TIME = "invalid_time"
+    REJECTED_BY_DATABASE = "rejected_by_database"
+    """PostgreSQL refused to store the record (a value outside a column's type or check)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,6 +55,10 @@ class PipelineConfig:
     max_messages: int = 5_000
     poll_timeout: float = 0.005
     lag_every_seconds: float = 5.0
+    eager: bool = False
+    """Start an iteration as soon as one message is there, with whatever else has arrived
+    (latency-bound workers). Otherwise each fetch waits up to ``poll_timeout`` for
+    ``max_messages`` (throughput-bound workers: fuller batches)."""
 
 
 class Pipeline:
@@ -108,9 +112,7 @@ class Pipeline:
         last_lag = 0.0
         try:
             while not self._stopping.is_set():
-                messages = await self._consumer.consume(
-                    num_messages=cfg.max_messages, timeout=cfg.poll_timeout
-                )
+                messages = await self._fetch()
                 real = [m for m in messages if _is_data(m)]
                 if real:
                     started = time.perf_counter()
@@ -122,6 +124,22 @@ class Pipeline:
                     self._hooks.lag(await self._lag())
         finally:
             await self._close()
+
+    async def _fetch(self) -> list[Message]:
+        assert self._consumer is not None
+        cfg = self._config
+        if not cfg.eager:
+            return await self._consumer.consume(
+                num_messages=cfg.max_messages, timeout=cfg.poll_timeout
+            )
+        # consume() with a timeout waits for a full batch; poll() returns on the first
+        # message, then consume(timeout=0) takes what has already been fetched.
+        first = await self._consumer.poll(cfg.poll_timeout)
+        if first is None:
+            return []
+        if cfg.max_messages == 1:
+            return [first]
+        return [first, *await self._consumer.consume(num_messages=cfg.max_messages - 1, timeout=0)]
 
     async def _iteration(self, messages: list[Message]) -> None:
         assert self._consumer is not None and self._producer is not None

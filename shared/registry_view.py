@@ -12,7 +12,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.aio import AIOConsumer
 
 from shared.batches import model_key
@@ -76,7 +76,12 @@ class RegistryView:
         )
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Read everything, set ``caught_up``, then follow updates until ``stopping``."""
+        """Read everything, set ``caught_up``, then follow updates until ``stopping``.
+
+        Caught up means every partition's position has reached the high watermark read at
+        start. The position, not the last record's offset + 1, because a transactional
+        writer leaves a commit marker after its last record and compaction leaves gaps.
+        """
         self._consumer = AIOConsumer(
             {
                 "bootstrap.servers": self._settings.kafka_servers,
@@ -87,34 +92,50 @@ class RegistryView:
             max_workers=1,
         )
         consumer = self._consumer
+        topic = self._topic
         try:
-            meta = await consumer.list_topics(self._topic, timeout=10)
-            partitions = sorted(meta.topics[self._topic].partitions)
-            await consumer.assign(
-                [TopicPartition(self._topic, p, OFFSET_BEGINNING) for p in partitions]
-            )
-            highs = {}
-            for p in partitions:
-                _, high = await consumer.get_watermark_offsets(
-                    TopicPartition(self._topic, p), timeout=10
+            meta = await consumer.list_topics(topic, timeout=10)
+            found = meta.topics.get(topic)
+            if found is None or found.error is not None or not found.partitions:
+                raise RuntimeError(
+                    f"registry topic {topic!r} is not readable: "
+                    f"{found.error if found is not None else 'missing'}"
                 )
-                highs[p] = high
-            positions = dict.fromkeys(partitions, 0)
-            if all(h <= 0 for h in highs.values()):
-                self.caught_up.set()
+            partitions = sorted(found.partitions)
+            # Watermarks before assign: once fetches are in flight, each query waits behind
+            # a long-poll fetch (fetch.wait.max.ms) on the same connection.
+            ends: dict[int, int] = {}
+            for p in partitions:
+                low, high = await consumer.get_watermark_offsets(
+                    TopicPartition(topic, p), timeout=10
+                )
+                if high > low:
+                    ends[p] = high
+            await consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+            if not ends:
+                self._mark_caught_up()
             while not stopping.is_set():
                 for m in await consumer.consume(num_messages=1_000, timeout=0.2):
-                    if m.error() is not None:
+                    err = m.error()
+                    if err is not None:
+                        if err.fatal():
+                            raise KafkaException(err)
+                        if err.code() != KafkaError._PARTITION_EOF:
+                            logger.warning("registry view: %s", err)
                         continue
                     self.apply(m.key(), m.value())
-                    positions[int(m.partition() or 0)] = int(m.offset() or 0) + 1
-                if not self.caught_up.is_set() and all(
-                    positions[p] >= highs[p] for p in partitions
-                ):
-                    logger.info("registry view caught up: %d versions", len(self.versions))
-                    self.caught_up.set()
+                if ends:
+                    for tp in await consumer.position([TopicPartition(topic, p) for p in ends]):
+                        if tp.offset >= ends[tp.partition]:
+                            del ends[tp.partition]
+                    if not ends:
+                        self._mark_caught_up()
         finally:
             await consumer.close()
+
+    def _mark_caught_up(self) -> None:
+        logger.info("registry view caught up: %d versions", len(self.versions))
+        self.caught_up.set()
 
     async def wait_caught_up(self, seconds: float) -> bool:
         started = time.monotonic()

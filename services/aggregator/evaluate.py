@@ -166,3 +166,8 @@ class Evaluator:
         ):
             if value is not None:
                 gauge.labels(model, window).set(value)
+        if window in ("1h", "24h"):
+            for i, b in enumerate(cal.bins):
+                if b.accuracy is not None and b.confidence is not None:
+                    m.reliability_accuracy.labels(model, window, str(i)).set(b.accuracy)
+                    m.reliability_confidence.labels(model, window, str(i)).set(b.confidence)

@@ -30,6 +30,18 @@ class AggregatorMetrics(PipelineMetrics):
         self.coverage = gauge("coverage", "Share of decisions auto-accepted")
         self.review_rate = gauge("review_rate", "Share of decisions withheld for review")
         self.labeled = gauge("labeled_predictions", "Labeled predictions in the window")
+        self.reliability_accuracy = Gauge(
+            "caliber_reliability_accuracy",
+            "Accuracy of each reliability bin (bin = lower edge index 0..9)",
+            ["model", "window", "bin"],
+            registry=registry,
+        )
+        self.reliability_confidence = Gauge(
+            "caliber_reliability_confidence",
+            "Mean confidence of each reliability bin",
+            ["model", "window", "bin"],
+            registry=registry,
+        )
         self.labels_pending = Gauge(
             "caliber_labels_pending",
             "Predictions still waiting for their label",

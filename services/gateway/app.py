@@ -1,83 +1,57 @@
-"""The gateway's ASGI app: wiring of pools, producer, routers, relay and fan-out."""
+"""The gateway's ASGI app: pools, producers, routers, the outbox relay and the live feed.
+
+``python -m services.gateway`` serves it with uvicorn on ``CALIBER_GATEWAY_HOST``:
+``CALIBER_GATEWAY_PORT`` (127.0.0.1:8000); OpenAPI docs at ``/docs``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Annotated
 
 import asyncpg
 import redis.asyncio as aioredis
 import uvicorn
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.gateway import calibration, health, live, predictions, registry, reviews
-from services.gateway.live import Hub, fan_out
+from services.gateway import calibration
+from services.gateway.auth import ANY, KeyStore, Principal, require
+from services.gateway.fanout import Hub, follow
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.model_cache import ModelCache
-from services.gateway.outbox import backlog, relay
+from services.gateway.middleware import BodyLimit, RequestMetrics
+from services.gateway.model_cache import ModelCache, RegistryIndex
+from services.gateway.outbox import Relay
 from services.gateway.publish import Publisher
+from services.gateway.routes import health, keys, live, predictions, registry, reviews
 from services.gateway.settings import GatewaySettings
 from shared.codec import AvroCodec
 from shared.kafka import make_producer
 from shared.observability import configure_logging
 from shared.topics import Topics
 
+logger = logging.getLogger(__name__)
 
-class BodyLimit:
-    """Rejects request bodies above ``limit`` bytes with 413, declared or streamed."""
+ROUTERS = (predictions, reviews, registry, calibration, keys, health, live)
+RESTART_SECONDS = 2.0
+PUBLISH_TIMEOUT_MS = 15_000
+"""How long a request waits for Kafka before it fails with 503."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await self._reject(scope, receive, send)
-            return
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise _TooLarge
-            return message
-
+async def _keep_running(name: str, run: Callable[[], Awaitable[None]], stop: asyncio.Event) -> None:
+    """Run a background loop; when it fails, log and start it again until ``stop``."""
+    while not stop.is_set():
         try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await self._reject(scope, receive, send)
-
-    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = JSONResponse(
-            {
-                "detail": [
-                    {
-                        "loc": ["body"],
-                        "msg": f"request body larger than {self.limit} bytes "
-                        "(CALIBER_GATEWAY_MAX_BODY_BYTES)",
-                        "type": "too_large",
-                    }
-                ]
-            },
-            status_code=413,
-        )
-        await response(scope, receive, send)
-
-
-class _TooLarge(Exception):
-    pass
+            await run()
+        except Exception:
+            logger.exception("%s failed; restarting in %.0f s", name, RESTART_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), RESTART_SECONDS)
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
@@ -88,64 +62,90 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = app.state
         state.settings = settings
-        state.topics = Topics.for_namespace(settings.topic_namespace)
-        state.codec = AvroCodec()
-        state.pool = await asyncpg.create_pool(settings.postgres_url, min_size=1, max_size=10)
-        state.redis = aioredis.Redis.from_url(settings.redis_dsn)
-        state.publisher = Publisher(make_producer(settings))
-        state.models = ModelCache(state.pool)
-        state.hub = Hub(settings.gateway_ws_queue, metrics)
         state.metrics = metrics
+        state.topics = Topics.for_namespace(settings.topic_namespace)
+        state.codec = codec = AvroCodec()
+        state.pool = pool = await asyncpg.create_pool(
+            settings.postgres_url, min_size=2, max_size=settings.gateway_db_pool_size
+        )
+        state.redis = aioredis.Redis.from_url(settings.redis_dsn)
+        state.publisher = Publisher(
+            make_producer(settings, **{"message.timeout.ms": PUBLISH_TIMEOUT_MS})
+        )
+        view = RegistryIndex(settings, state.topics.model_updates, codec)
+        state.models = ModelCache(pool, view)
+        state.keys = KeyStore(pool, settings.gateway_key_cache_seconds)
+        state.hub = Hub(settings.gateway_ws_queue, metrics)
         state.live_ready = asyncio.Event()
-        stop = asyncio.Event()
         relay_producer = make_producer(settings)
-        tasks = [
-            asyncio.create_task(
-                relay(state.pool, relay_producer, settings.outbox_poll_seconds, stop)
+        relay = Relay(
+            pool,
+            settings.postgres_url,
+            relay_producer,
+            metrics,
+            settings.outbox_poll_seconds,
+            settings.outbox_batch_rows,
+            settings.outbox_retention_hours,
+        )
+        stop = asyncio.Event()
+        loops: dict[str, Callable[[], Awaitable[None]]] = {
+            "registry view": lambda: view.run(stop),
+            "outbox relay": lambda: relay.run(stop),
+            "live feed": lambda: follow(
+                settings, state.hub, codec, state.models.id_of, stop, state.live_ready
             ),
-            asyncio.create_task(fan_out(settings, state.hub, state.codec, stop, state.live_ready)),
-        ]
-        metrics.outbox_backlog.set_function(lambda: state.outbox_backlog)
-        state.outbox_backlog = 0
+        }
+        tasks = [asyncio.create_task(_keep_running(n, f, stop)) for n, f in loops.items()]
         try:
             yield
         finally:
             stop.set()
-            for t in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await asyncio.wait_for(t, 10)
+            for task in tasks:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(task, 10)
             state.publisher.close()
             relay_producer.flush(10)
             await state.redis.aclose()
-            await state.pool.close()
+            await pool.close()
 
     app = FastAPI(
         title="Caliber",
-        version="0.1.0",
-        description="Calibration, selective prediction and drift for models in production.",
+        version="0.2.0",
+        description="Calibration, selective prediction and drift of models in production. "
+        "Every endpoint but /health and these docs needs an API key: header `X-API-Key` or "
+        "`Authorization: Bearer`.",
         lifespan=lifespan,
     )
-    for module in (predictions, reviews, registry, calibration, health, live):
+    for module in ROUTERS:
         app.include_router(module.router)
 
-    @app.middleware("http")
-    async def observe(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        template = getattr(route, "path", "unmatched")
-        metrics.requests.labels(template, request.method, str(response.status_code)).inc()
-        metrics.latency.labels(template).observe(time.perf_counter() - started)
-        return response
+    @app.exception_handler(asyncpg.PostgresConnectionError)
+    @app.exception_handler(asyncpg.InterfaceError)
+    @app.exception_handler(aioredis.ConnectionError)
+    @app.exception_handler(OSError)
+    @app.exception_handler(TimeoutError)
+    async def unavailable(request: Request, exc: Exception) -> JSONResponse:
+        logger.warning("%s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+        return JSONResponse(
+            {"detail": f"a dependency is unavailable ({type(exc).__name__}); try again shortly"},
+            status_code=503,
+        )
 
-    @app.get("/metrics", include_in_schema=False)
-    async def prometheus(request: Request) -> Response:
-        request.app.state.outbox_backlog = await backlog(request.app.state.pool)
+    async def metrics_text() -> Response:
         return Response(generate_latest(registry_), media_type=CONTENT_TYPE_LATEST)
 
+    if settings.gateway_open_metrics:
+        app.get("/metrics", include_in_schema=False)(metrics_text)
+    else:
+
+        @app.get("/metrics", include_in_schema=False)
+        async def guarded_metrics(
+            request: Request, _: Annotated[Principal, Depends(require(ANY))]
+        ) -> Response:
+            return await metrics_text()
+
     app.add_middleware(BodyLimit, limit=settings.gateway_max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: counts 413s too
     return app
 
 
@@ -157,5 +157,6 @@ def main() -> None:
         host=settings.gateway_host,
         port=settings.gateway_port,
         log_level=settings.log_level.lower(),
+        access_log=settings.log_level.upper() == "DEBUG",
         ws_max_size=1 << 20,
     )

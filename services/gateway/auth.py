@@ -14,9 +14,11 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Annotated
 
 import asyncpg
-from fastapi import HTTPException, Request, WebSocket, status
+from fastapi import HTTPException, Request, Security, WebSocket, status
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 ROLES = ("producer", "reviewer", "viewer", "admin")
 KEY_PREFIX = "clb_"
@@ -30,6 +32,9 @@ ADMIN = frozenset({"admin"})
 ANY = frozenset(ROLES)
 
 _CACHE_LIMIT = 10_000
+# Declared for the OpenAPI docs (their "Authorize" button); the key is read by presented_key.
+_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False)
+_BEARER = HTTPBearer(auto_error=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +155,11 @@ def _unauthorized() -> HTTPException:
 def require(allowed: frozenset[str]) -> Callable[[Request], Awaitable[Principal]]:
     """A dependency: the caller's key must be valid and hold one of ``allowed``."""
 
-    async def dependency(request: Request) -> Principal:
+    async def dependency(
+        request: Request,
+        _header: Annotated[str | None, Security(_HEADER)] = None,
+        _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)] = None,
+    ) -> Principal:
         keys: KeyStore = request.app.state.keys
         principal = await keys.lookup(presented_key(request.headers, request.query_params))
         if principal is None:

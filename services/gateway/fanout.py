@@ -6,6 +6,9 @@ hands each event, serialised once, to the queue of every interested client. A cl
 queue is bounded: a client that falls that far behind is marked dropped (its handler then
 closes it) and the others never wait for it. Events of one model version keep their order:
 they come from one partition (the key is the model version) through one loop.
+
+The queue bound (CALIBER_GATEWAY_WS_QUEUE) should exceed the events of one batch message
+(CALIBER_BATCH_MAX_EVENTS), or an unfiltered client is dropped by a single batch.
 """
 
 from __future__ import annotations
@@ -72,9 +75,7 @@ class Hub:
     def publish(self, tenant: str, model_version_id: int | None, events: list[Event]) -> None:
         """Queue ``events`` (in order) for every client that wants them."""
         targets = [
-            c
-            for c in self._clients
-            if not c.dropped.is_set() and c.wants(tenant, model_version_id)
+            c for c in self._clients if not c.dropped.is_set() and c.wants(tenant, model_version_id)
         ]
         if not targets:
             return
@@ -134,9 +135,11 @@ def route(decoded: Decoded, id_of: IdOf) -> tuple[str, int | None, list[Event]] 
         if model_id is None:
             model_id = id_of(key)
         kind = "alert" if decoded.name == "Alert" else "metrics"
-        return rec["tenant"], model_id, [
-            {"type": kind, **rec, "model": key, "model_version_id": model_id}
-        ]
+        return (
+            rec["tenant"],
+            model_id,
+            [{"type": kind, **rec, "model": key, "model_version_id": model_id}],
+        )
     return None
 
 
@@ -192,5 +195,8 @@ async def follow(
                 routed = route(decoded, id_of)
                 if routed is not None:
                     hub.publish(*routed)
+                    # Let the clients' senders drain before the next message, so a queue
+                    # holds at most about one message's events from a client that keeps up.
+                    await asyncio.sleep(0)
     finally:
         await consumer.close()

@@ -16,7 +16,7 @@ import numpy as np
 
 from services.gateway.model_cache import ModelRef
 from services.gateway.schemas import PredictionIn
-from shared.batches import PredictionColumns, Record
+from shared.batches import PredictionColumns, Record, model_key
 from shared.codec import AvroCodec
 from shared.errors import ErrorCode
 from shared.validation import Rows, group_events, validate_columns
@@ -150,9 +150,7 @@ def decide(cols: PredictionColumns, model: ModelRef) -> list[Decided]:
     )
     review = calibrated < model.abstain_threshold
     t = float(model.abstain_threshold)
-    return [
-        Decided(c, t, r) for c, r in zip(calibrated.tolist(), review.tolist(), strict=True)
-    ]
+    return [Decided(c, t, r) for c, r in zip(calibrated.tolist(), review.tolist(), strict=True)]
 
 
 def batch_messages(
@@ -164,8 +162,10 @@ def batch_messages(
         cols = g.columns
         key = cols.key.encode()
         for start in range(0, len(cols), max_events):
-            part = cols if len(cols) <= max_events else cols.take(
-                np.arange(start, min(start + max_events, len(cols)))
+            part = (
+                cols
+                if len(cols) <= max_events
+                else cols.take(np.arange(start, min(start + max_events, len(cols))))
             )
             out.append((key, codec.encode("PredictionBatch", part.to_record())))
     return out
@@ -173,5 +173,5 @@ def batch_messages(
 
 def event_message(record: Record, codec: AvroCodec) -> tuple[bytes, bytes]:
     """(key, value) of one InferenceEvent message."""
-    key = f"{record['tenant']}/{record['model_name']}/{record['model_version']}".encode()
+    key = model_key(record["tenant"], record["model_name"], record["model_version"]).encode()
     return key, codec.encode("InferenceEvent", record)

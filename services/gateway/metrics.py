@@ -38,6 +38,12 @@ class GatewayMetrics:
             "/ws/live clients closed for falling too far behind (fan-out drops)",
             registry=registry,
         )
+        self.review_queue = Gauge(
+            "caliber_review_queue_depth",
+            "Predictions withheld and awaiting review, per model name",
+            ["model"],
+            registry=registry,
+        )
         self.outbox_backlog = Gauge(
             "caliber_gateway_outbox_backlog",
             "Outbox rows not yet published to Kafka",

@@ -112,7 +112,11 @@ class ModelCache:
     async def by_id(self, tenant: str, model_id: int) -> ModelRef | None:
         """The version ``model_id`` when it belongs to ``tenant`` (others' ids look unknown)."""
         v = self._view.by_id.get(model_id) if self._view is not None else None
-        ref = self._ref(v) if v is not None else await self._read(("id", model_id), "WHERE id = $1", model_id)
+        ref = (
+            self._ref(v)
+            if v is not None
+            else await self._read(("id", model_id), "WHERE id = $1", model_id)
+        )
         return ref if ref is not None and ref.tenant == tenant else None
 
     async def by_name(self, tenant: str, name: str, version: str) -> ModelRef | None:

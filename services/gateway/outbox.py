@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -61,11 +61,13 @@ class Round:
     error: str | None = None
 
 
-def _produce(producer: Producer, rows: Sequence[asyncpg.Record], timeout: float) -> list[str | None]:
+def _produce(
+    producer: Producer, rows: Sequence[asyncpg.Record], timeout: float
+) -> list[str | None]:
     """Produce every row and wait; per row None (acknowledged) or the reason it was not."""
     errors: list[str | None] = ["not acknowledged in time"] * len(rows)
 
-    def report(i: int) -> object:
+    def report(i: int) -> Callable[[KafkaError | None, Message], None]:
         def done(err: KafkaError | None, _msg: Message) -> None:
             errors[i] = None if err is None else str(err)
 
@@ -74,7 +76,9 @@ def _produce(producer: Producer, rows: Sequence[asyncpg.Record], timeout: float)
     for i, row in enumerate(rows):
         while True:
             try:
-                producer.produce(row["topic"], row["msg_value"], row["msg_key"], on_delivery=report(i))
+                producer.produce(
+                    row["topic"], row["msg_value"], row["msg_key"], on_delivery=report(i)
+                )
                 break
             except BufferError:
                 producer.flush(1.0)
@@ -83,7 +87,7 @@ def _produce(producer: Producer, rows: Sequence[asyncpg.Record], timeout: float)
 
 
 async def publish_pending(
-    pool: asyncpg.Pool, producer: Producer, limit: int = 500, timeout: float = 30.0
+    pool: asyncpg.Pool, producer: Producer, limit: int = 500, flush_seconds: float = 30.0
 ) -> Round:
     """Publish one chunk of unpublished rows, in id order."""
     loop = asyncio.get_running_loop()
@@ -97,7 +101,7 @@ async def publish_pending(
         )
         if not rows:
             return Round(0)
-        errors = await loop.run_in_executor(None, _produce, producer, rows, timeout)
+        errors = await loop.run_in_executor(None, _produce, producer, rows, flush_seconds)
         n = delivered_prefix(errors)
         if n:
             await conn.execute(

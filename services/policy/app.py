@@ -1,4 +1,4 @@
-"""Wiring of the policy worker."""
+"""Wiring of the policy worker: settings, the registry view, the pipeline, the Faust app."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ from prometheus_client import CollectorRegistry
 
 from services.policy.metrics import PolicyMetrics
 from services.policy.processing import PolicyProcessor
+from services.policy.registry_state import RegistryState, wait_for_registry
 from services.policy.settings import PolicySettings
 from shared.codec import AvroCodec
 from shared.observability import configure_logging, serve_metrics
 from shared.pipeline import Pipeline, PipelineConfig
 from shared.registry_view import RegistryView
 from shared.topics import Topics
+from shared.validation import DEFAULT_LIMITS, Limits
 from shared.worker import create_app, run
 
 
@@ -28,27 +30,46 @@ def build_app(settings: PolicySettings) -> faust.App:
 
     async def loop(stopping: asyncio.Event) -> None:
         view = RegistryView(settings, topics.model_updates, codec)
-        follower = asyncio.create_task(view.run(stopping))
-        await view.wait_caught_up(settings.policy_catch_up_seconds)
         metrics.registry_versions.set_function(lambda: len(view.versions))
-        pipeline = Pipeline(
-            settings,
-            PipelineConfig(
-                group_id=group,
-                topics=[topics.predictions],
-                transactional_id=f"{group}.{settings.instance_id}",
-                max_messages=200,
-                poll_timeout=0.01,
-            ),
-            PolicyProcessor(topics, codec, view, settings.default_threshold, metrics),
-            metrics,
-        )
+        follower = asyncio.create_task(view.run(stopping), name="registry-view")
+        tasks: set[asyncio.Task[None]] = {follower}
         try:
-            await pipeline.run(stopping)
+            await wait_for_registry(view, follower, settings.policy_catch_up_seconds)
+            processor = PolicyProcessor(
+                topics,
+                codec,
+                RegistryState(view.get, settings.default_threshold),
+                metrics,
+                Limits(
+                    max_batch_events=max(DEFAULT_LIMITS.max_batch_events, settings.batch_max_events)
+                ),
+            )
+            pipeline = Pipeline(
+                settings,
+                PipelineConfig(
+                    group_id=group,
+                    topics=[topics.predictions],
+                    transactional_id=f"{group}.{settings.instance_id}",
+                    max_messages=settings.policy_max_messages,
+                    poll_timeout=settings.policy_poll_seconds,
+                    eager=True,
+                ),
+                processor,
+                processor,
+            )
+            tasks.add(asyncio.create_task(pipeline.run(stopping), name="policy-pipeline"))
+            # Either task ending is the end: a registry view that died would leave the
+            # policy deciding with a registry frozen in the past.
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
+            if not stopping.is_set():
+                raise RuntimeError(f"{sorted(t.get_name() for t in done)} stopped unasked")
         finally:
             stopping.set()
-            with contextlib.suppress(asyncio.CancelledError):
-                await follower
+            for task in tasks:
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await task
 
     serve_metrics(settings.metrics_port, registry)
     return create_app("policy", settings, loop)

@@ -1,7 +1,8 @@
 """Every Prometheus metric of the policy worker.
 
-The ``model`` label is the registered model name (bounded by the registry); predictions
-of models missing from the registry share the value ``unregistered``.
+Label values are bounded: ``model`` is a registered model name (bounded by the registry;
+every model version missing from it shares the value ``unregistered``), ``status`` is
+``auto`` or ``review``, ``code`` an :class:`shared.errors.ErrorCode`.
 """
 
 from __future__ import annotations
@@ -10,13 +11,18 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from shared.pipeline_metrics import BATCH_BUCKETS, PipelineMetrics
 
+DECISION_LATENCY_BUCKETS = (*BATCH_BUCKETS, 30.0, 60.0, 300.0)
+
 
 class PolicyMetrics(PipelineMetrics):
+    """Also ``caliber_policy_batch_seconds`` (fetch → commit of one consumed batch),
+    ``caliber_policy_batch_messages`` and ``caliber_policy_consumer_lag_messages``."""
+
     def __init__(self, registry: CollectorRegistry) -> None:
         super().__init__("policy", registry)
         self.decisions = Counter(
             "caliber_policy_decisions_total",
-            "Decisions by model and status (auto | review)",
+            "Predictions decided, by registered model name and status (auto | review)",
             ["model", "status"],
             registry=registry,
         )
@@ -27,8 +33,14 @@ class PolicyMetrics(PipelineMetrics):
         )
         self.decision_latency = Histogram(
             "caliber_policy_decision_latency_seconds",
-            "Event time of a prediction to its decision",
-            buckets=(*BATCH_BUCKETS, 30.0, 60.0),
+            "Event time of a prediction to the policy's decision on it",
+            buckets=DECISION_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.dead_letters = Counter(
+            "caliber_policy_dead_letters_total",
+            "Input messages that were not a well-formed PredictionBatch, by error code",
+            ["code"],
             registry=registry,
         )
         self.registry_versions = Gauge(

@@ -1,20 +1,30 @@
-"""The abstain decision: calibrate, compare with the model version's threshold."""
+"""The abstain decision: calibrate, compare with the model version's threshold.
+
+One PredictionBatch in, one DecisionBatch out, keyed by the same model version key, so one
+model's decisions keep the order of its predictions. A message that is not a well-formed
+PredictionBatch becomes a dead letter; the pipeline goes on.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 from confluent_kafka import Message
 
 from services.policy.metrics import PolicyMetrics
-from shared.batches import DecisionColumns, PredictionColumns
-from shared.calibration_map import IDENTITY, CalibrationMap, from_registry
+from services.policy.registry_state import RegistryState
+from shared.batches import DecisionColumns, FloatArray, PredictionColumns
+from shared.calibration_map import CalibrationMap, CalibratorError
 from shared.codec import AvroCodec, Decoded
+from shared.errors import ErrorCode
 from shared.pipeline import Output
-from shared.registry_view import RegisteredVersion, RegistryView
 from shared.topics import Topics
+from shared.validation import DEFAULT_LIMITS, Limits, check_batch_record
+
+PREDICTION_BATCH = {"PredictionBatch"}
 
 
 def decide(
@@ -24,14 +34,24 @@ def decide(
     threshold_source: str,
     now_ms: int,
 ) -> DecisionColumns:
-    """Status ``review`` where calibrated confidence < threshold, else ``auto``."""
-    calibrated = calibration.apply(
-        cols.confidences, cols.probabilities, cols.logits, cols.class_labels
+    """Status ``auto`` where calibrated confidence >= threshold, else ``review``.
+
+    A calibrated confidence that is not a number is withheld too: only a confidence shown
+    to reach the threshold is let through.
+    """
+    calibrated = np.asarray(
+        calibration.apply(cols.confidences, cols.probabilities, cols.logits, cols.class_labels),
+        dtype=np.float64,
     )
+    if calibrated.shape != cols.confidences.shape:
+        raise CalibratorError(
+            f"calibration map {calibration.version!r} returned shape {calibrated.shape} "
+            f"for {cols.confidences.shape} confidences"
+        )
     return DecisionColumns(
         predictions=cols,
         calibrated_confidences=calibrated,
-        review=calibrated < threshold,
+        review=~(calibrated >= threshold),
         threshold=threshold,
         threshold_source=threshold_source,
         calibrator_version=calibration.version,
@@ -39,51 +59,55 @@ def decide(
     )
 
 
+@dataclass(slots=True)
+class _Tally:
+    """Counts of one iteration, published only once its transaction has committed."""
+
+    decisions: dict[tuple[str, str], int] = field(default_factory=dict)
+    unregistered: int = 0
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    latencies: list[FloatArray] = field(default_factory=list)
+
+
 class PolicyProcessor:
+    """The pipeline's processing step (and its hooks, so metrics count committed work)."""
+
     def __init__(
         self,
         topics: Topics,
         codec: AvroCodec,
-        registry: RegistryView,
-        default_threshold: float,
+        registry: RegistryState,
         metrics: PolicyMetrics | None = None,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self._topics = topics
         self._codec = codec
         self._registry = registry
-        self._default = default_threshold
         self._metrics = metrics
-        self._maps: dict[tuple[str, str | None], CalibrationMap] = {}
-
-    def _calibration(self, entry: RegisteredVersion) -> CalibrationMap:
-        key = (entry.calibrator_version, entry.calibrator)
-        cached = self._maps.get(key)
-        if cached is None:
-            cached = self._maps[key] = from_registry(*key)
-        return cached
+        self._limits = limits
+        self._tally = _Tally()
 
     def decide_batch(self, cols: PredictionColumns, now_ms: int) -> DecisionColumns:
-        entry = self._registry.get(cols.key)
-        if entry is None:
-            decision = decide(cols, self._default, IDENTITY, "default", now_ms)
-        else:
-            if cols.model_version_id is None:
-                cols.model_version_id = entry.id
-            decision = decide(
-                cols, entry.abstain_threshold, self._calibration(entry), "registry", now_ms
-            )
-        if self._metrics is not None:
-            self._count(decision, entry)
+        rule = self._registry.rule(cols.key)
+        if cols.model_version_id is None and rule.model_version_id is not None:
+            cols.model_version_id = rule.model_version_id
+        decision = decide(cols, rule.threshold, rule.calibration, rule.threshold_source, now_ms)
+        self._count(decision, rule.model_label)
         return decision
 
     async def __call__(self, messages: Sequence[Message]) -> list[Output]:
+        self._tally = _Tally()
         now_ms = int(time.time() * 1000)
         out = []
         for m in messages:
-            decoded = self._codec.decode(m.value(), {"PredictionBatch"})
+            decoded = self._codec.decode(m.value(), PREDICTION_BATCH)
             if not isinstance(decoded, Decoded):
                 # Ingest validated every batch; anything else is a bug upstream: keep it.
                 out.append(self._dead_letter(m, decoded.code, decoded.message, now_ms))
+                continue
+            fault = check_batch_record(decoded.record, self._limits)
+            if fault is not None:
+                out.append(self._dead_letter(m, fault.code, fault.message, now_ms))
                 continue
             decision = self.decide_batch(PredictionColumns.from_record(decoded.record), now_ms)
             out.append(
@@ -95,7 +119,8 @@ class PolicyProcessor:
             )
         return out
 
-    def _dead_letter(self, m: Message, code: str, message: str, now_ms: int) -> Output:
+    def _dead_letter(self, m: Message, code: ErrorCode, message: str, now_ms: int) -> Output:
+        self._tally.dead_letters[str(code)] = self._tally.dead_letters.get(str(code), 0) + 1
         record = {
             "source_topic": str(m.topic()),
             "source_partition": int(m.partition() or 0),
@@ -109,14 +134,35 @@ class PolicyProcessor:
         }
         return Output(self._topics.deadletter, None, self._codec.encode("DeadLetter", record))
 
-    def _count(self, decision: DecisionColumns, entry: RegisteredVersion | None) -> None:
-        assert self._metrics is not None
-        model = entry.name if entry is not None else "unregistered"
+    def _count(self, decision: DecisionColumns, model: str) -> None:
+        tally = self._tally
         n_review = int(decision.review.sum())
-        self._metrics.decisions.labels(model, "review").inc(n_review)
-        self._metrics.decisions.labels(model, "auto").inc(len(decision) - n_review)
-        if entry is None:
-            self._metrics.unregistered.inc(len(decision))
-        lat = (decision.decided_at_ms - decision.predictions.event_time_ms) / 1000.0
-        for value in np.clip(lat, 0, None).tolist():
-            self._metrics.decision_latency.observe(value)
+        for status, n in (("review", n_review), ("auto", len(decision) - n_review)):
+            tally.decisions[(model, status)] = tally.decisions.get((model, status), 0) + n
+        if decision.threshold_source == "default":
+            tally.unregistered += len(decision)
+        tally.latencies.append(
+            (decision.decided_at_ms - decision.predictions.event_time_ms) / 1000.0
+        )
+
+    # PipelineHooks: called after an iteration has committed.
+    def batch_done(self, n_messages: int, seconds: float) -> None:
+        tally, self._tally = self._tally, _Tally()
+        if self._metrics is None:
+            return
+        self._metrics.batch_done(n_messages, seconds)
+        for (model, status), n in tally.decisions.items():
+            if n:
+                self._metrics.decisions.labels(model, status).inc(n)
+        if tally.unregistered:
+            self._metrics.unregistered.inc(tally.unregistered)
+        for code, n in tally.dead_letters.items():
+            self._metrics.dead_letters.labels(code).inc(n)
+        observe = self._metrics.decision_latency.observe
+        for lat in tally.latencies:
+            for value in np.clip(lat, 0.0, None).tolist():
+                observe(value)
+
+    def lag(self, partition_lag: dict[tuple[str, int], int]) -> None:
+        if self._metrics is not None:
+            self._metrics.lag(partition_lag)

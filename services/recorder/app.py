@@ -1,4 +1,4 @@
-"""Wiring of the recorder."""
+"""Wiring of the recorder: settings, the PostgreSQL pool, the pipeline, the Faust app."""
 
 from __future__ import annotations
 
@@ -24,15 +24,16 @@ def build_app(settings: RecorderSettings) -> faust.App:
     topics = Topics.for_namespace(settings.topic_namespace)
 
     async def loop(stopping: asyncio.Event) -> None:
+        # One batch at a time, so one connection; the spare one replaces a broken one.
         pool = await asyncpg.create_pool(settings.postgres_url, min_size=1, max_size=2)
-        assert pool is not None
         pipeline = Pipeline(
             settings,
             PipelineConfig(
                 group_id=f"{settings.topic_namespace}-recorder",
                 topics=[topics.decisions, topics.labels, topics.alerts],
                 transactional=False,
-                max_messages=200,
+                max_messages=settings.recorder_max_messages,
+                poll_timeout=0.02,
             ),
             RecorderProcessor(topics, AvroCodec(), pool, metrics),
             metrics,

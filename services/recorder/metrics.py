@@ -1,18 +1,49 @@
-"""Every Prometheus metric of the recorder."""
+"""Every Prometheus metric of the recorder.
+
+Label values are bounded: ``table`` and ``operation`` are fixed names, ``code`` an
+:class:`shared.errors.ErrorCode`.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter
 
+from services.recorder.store import Written
 from shared.pipeline_metrics import PipelineMetrics
 
 
 class RecorderMetrics(PipelineMetrics):
+    """Also ``caliber_recorder_batch_seconds`` (fetch → offsets committed, the PostgreSQL
+    transaction included), ``caliber_recorder_batch_messages`` and
+    ``caliber_recorder_consumer_lag_messages``."""
+
     def __init__(self, registry: CollectorRegistry) -> None:
         super().__init__("recorder", registry)
         self.rows = Counter(
             "caliber_recorder_rows_total",
-            "Rows inserted or updated, by table and operation (insert | label)",
+            "Rows changed in PostgreSQL, by table and operation: predictions insert | label, "
+            "pending_labels insert | delete, alerts insert (replays change and count nothing)",
             ["table", "operation"],
             registry=registry,
         )
+        self.dead_letters = Counter(
+            "caliber_recorder_dead_letters_total",
+            "Consumed messages the recorder could not store, by error code",
+            ["code"],
+            registry=registry,
+        )
+
+    def count(self, written: Written, dead_letter_codes: Iterable[str]) -> None:
+        for table, operation, n in (
+            ("predictions", "insert", written.predictions),
+            ("predictions", "label", written.labelled),
+            ("pending_labels", "insert", written.pending),
+            ("pending_labels", "delete", written.pending_applied),
+            ("alerts", "insert", written.alerts),
+        ):
+            if n:
+                self.rows.labels(table, operation).inc(n)
+        for code in dead_letter_codes:
+            self.dead_letters.labels(code).inc()

@@ -1,22 +1,77 @@
-"""The recorder step: decode a consumed batch and write it to PostgreSQL."""
+"""The recorder step: decode a consumed batch and write it to PostgreSQL in one transaction.
+
+The pipeline commits the Kafka offsets only after this step returns, so a crash repeats a
+batch (which :mod:`services.recorder.store` makes harmless) and never skips one. A message
+that cannot be decoded or written (a malformed batch, a value PostgreSQL refuses) becomes a
+dead letter; when a whole-batch write is refused, the batch is written again message by
+message, each under a savepoint of the same transaction, to find the culprit.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 from confluent_kafka import Message
 
 from services.recorder.metrics import RecorderMetrics
-from services.recorder.store import write_batch
+from services.recorder.store import Written, write
 from shared.batches import DecisionColumns, LabelColumns
 from shared.codec import AvroCodec, Decoded
+from shared.errors import ErrorCode
 from shared.pipeline import Output
 from shared.topics import Topics
+from shared.validation import check_batch_record
 
 logger = logging.getLogger(__name__)
+
+# What a refused write raises when the data, not the server, is at fault.
+DATA_ERRORS: tuple[type[Exception], ...] = (
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+)
+# What a write raises when PostgreSQL is unreachable or asks for a retry.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.TransactionRollbackError,
+    asyncpg.InsufficientResourcesError,
+)
+
+
+@dataclass(slots=True)
+class Parsed:
+    """A consumed batch, decoded; ``source`` maps each record back to its message."""
+
+    decisions: list[tuple[int, DecisionColumns]] = field(default_factory=list)
+    labels: list[tuple[int, LabelColumns]] = field(default_factory=list)
+    alerts: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    faults: list[tuple[int, str, str]] = field(default_factory=list)
+    """(message index, error code, message) of what could not be decoded."""
+
+
+def _decision_fault(rec: dict[str, Any]) -> str | None:
+    fault = check_batch_record(rec["predictions"])
+    if fault is not None:
+        return fault.message
+    n = len(rec["predictions"]["event_ids"])
+    for name in ("calibrated_confidences", "statuses"):
+        if len(rec[name]) != n:
+            return f"{name} holds {len(rec[name])} values for {n} events"
+    return None
+
+
+def _label_fault(rec: dict[str, Any]) -> str | None:
+    n = len(rec["event_ids"])
+    for name in ("ground_truths", "sources", "label_time_ms"):
+        if len(rec[name]) != n:
+            return f"{name} holds {len(rec[name])} values for {n} event ids"
+    return None
 
 
 class RecorderProcessor:
@@ -37,38 +92,93 @@ class RecorderProcessor:
             topics.alerts: {"Alert"},
         }
 
-    async def __call__(self, messages: Sequence[Message]) -> list[Output]:
-        decisions: list[DecisionColumns] = []
-        labels: list[LabelColumns] = []
-        alerts: list[dict[str, Any]] = []
-        for m in messages:
-            topic = str(m.topic())
-            decoded = self._codec.decode(m.value(), self._expected.get(topic, set()))
+    def parse(self, messages: Sequence[Message]) -> Parsed:
+        out = Parsed()
+        for i, m in enumerate(messages):
+            decoded = self._codec.decode(m.value(), self._expected.get(str(m.topic()), set()))
             if not isinstance(decoded, Decoded):
-                logger.error(
-                    "skipping undecodable record %s[%s]@%s: %s",
-                    topic,
-                    m.partition(),
-                    m.offset(),
-                    decoded.message,
-                )
+                out.faults.append((i, str(decoded.code), decoded.message))
                 continue
+            rec = decoded.record
             if decoded.name == "DecisionBatch":
-                decisions.append(DecisionColumns.from_record(decoded.record))
+                problem = _decision_fault(rec)
+                if problem is None:
+                    out.decisions.append((i, DecisionColumns.from_record(rec)))
             elif decoded.name == "LabelBatch":
-                labels.append(LabelColumns.from_record(decoded.record))
+                problem = _label_fault(rec)
+                if problem is None:
+                    out.labels.append((i, LabelColumns.from_record(rec)))
             else:
-                alerts.append(decoded.record)
+                problem = None
+                out.alerts.append((i, rec))
+            if problem is not None:
+                out.faults.append((i, str(ErrorCode.BATCH_SHAPE), problem))
+        return out
+
+    async def __call__(self, messages: Sequence[Message]) -> list[Output]:
+        parsed = self.parse(messages)
         try:
             async with self._pool.acquire() as conn:
-                written = await write_batch(conn, decisions, labels, alerts)
-        except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+                try:
+                    written = await self._write_all(conn, parsed)
+                except DATA_ERRORS as exc:
+                    logger.warning("batch refused (%s); writing it message by message", exc)
+                    written = await self._write_each(conn, parsed)
+        except TRANSIENT_ERRORS as exc:
             # Nothing was committed; the pipeline retries the same batch once PostgreSQL is back.
             raise ConnectionError(f"PostgreSQL unavailable: {exc}") from exc
+        now_ms = int(time.time() * 1000)
+        dead = [
+            self._dead_letter(messages[i], code, text, now_ms) for i, code, text in parsed.faults
+        ]
         if self._metrics is not None:
-            rows = self._metrics.rows
-            rows.labels("predictions", "insert").inc(written.predictions)
-            rows.labels("predictions", "label").inc(written.labelled)
-            rows.labels("pending_labels", "insert").inc(written.pending)
-            rows.labels("alerts", "insert").inc(written.alerts)
-        return []
+            self._metrics.count(written, [code for _, code, _ in parsed.faults])
+        return dead
+
+    async def _write_all(self, conn: asyncpg.Connection, parsed: Parsed) -> Written:
+        async with conn.transaction():
+            return await write(
+                conn,
+                [d for _, d in parsed.decisions],
+                [lbl for _, lbl in parsed.labels],
+                [a for _, a in parsed.alerts],
+            )
+
+    async def _write_each(self, conn: asyncpg.Connection, parsed: Parsed) -> Written:
+        """The same writes in the same order, one message per savepoint."""
+        total = Written()
+        items: list[tuple[int, dict[str, Any]]] = [
+            *((i, {"decisions": [d]}) for i, d in parsed.decisions),
+            *((i, {"labels": [lbl]}) for i, lbl in parsed.labels),
+            *((i, {"alerts": [a]}) for i, a in parsed.alerts),
+        ]
+        async with conn.transaction():
+            for i, kwargs in items:
+                try:
+                    async with conn.transaction():
+                        total.add(await write(conn, **kwargs))
+                except DATA_ERRORS as exc:
+                    parsed.faults.append((i, str(ErrorCode.REJECTED_BY_DATABASE), str(exc)))
+        return total
+
+    def _dead_letter(self, m: Message, code: str, message: str, now_ms: int) -> Output:
+        logger.error(
+            "dead letter from %s[%s]@%s: %s: %s",
+            m.topic(),
+            m.partition(),
+            m.offset(),
+            code,
+            message,
+        )
+        record = {
+            "source_topic": str(m.topic()),
+            "source_partition": int(m.partition() or 0),
+            "source_offset": int(m.offset() or 0),
+            "raw": m.value() or b"",
+            "error_code": code,
+            "message": message,
+            "event_id": None,
+            "service": "recorder",
+            "occurred_at_ms": now_ms,
+        }
+        return Output(self._topics.deadletter, None, self._codec.encode("DeadLetter", record))

@@ -1,4 +1,4 @@
-"""Settings of the recorder."""
+"""Settings of the recorder (``CALIBER_`` environment variables)."""
 
 from __future__ import annotations
 
@@ -8,4 +8,9 @@ from shared.settings import Settings
 
 
 class RecorderSettings(Settings):
-    metrics_port: int = Field(default=9105, ge=0, description="recorder /metrics port")
+    metrics_port: int = Field(default=9105, ge=0, description="recorder /metrics port (0 = none)")
+    recorder_max_messages: int = Field(
+        default=200,
+        ge=1,
+        description="messages the recorder fetches and writes in one PostgreSQL transaction",
+    )

@@ -1,51 +1,72 @@
 """Idempotent, batched writes of decisions, labels and alerts.
 
-Each statement takes whole columns (``unnest`` of arrays), so one consumed batch costs a
-handful of round trips whatever its size. Replays change nothing: predictions and alerts
-are inserted ``ON CONFLICT DO NOTHING``, a label only fills a prediction that has none, and
-status moves to ``resolved`` once, never back.
+Each statement takes whole columns (``unnest`` of arrays), so a consumed batch costs one
+statement per kind of record whatever its size. Every value written comes from the
+messages, timestamps included (never ``now()``), so a replay changes no byte:
+predictions and alerts are inserted ``ON CONFLICT DO NOTHING``; a label only fills a
+prediction that has none (the first label of an event wins) and moves its status to
+``resolved``, never back; a label whose prediction has not arrived waits in
+``pending_labels`` and is applied, and removed, when the decision lands.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import numpy as np
 
 from shared.batches import DecisionColumns, LabelColumns
 
-
-def _ts(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+# Epoch milliseconds → timestamptz, exactly (integer milliseconds times an interval).
+_MS = "(TIMESTAMPTZ 'epoch' + ({} * INTERVAL '1 millisecond'))"
 
 
 @dataclass(slots=True)
 class Written:
+    """Rows changed by one write: inserted predictions, labelled predictions (directly or
+    from pending labels), labels kept pending, pending labels consumed, inserted alerts."""
+
     predictions: int = 0
     labelled: int = 0
     pending: int = 0
+    pending_applied: int = 0
     alerts: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: Written) -> None:
+        self.predictions += other.predictions
+        self.labelled += other.labelled
+        self.pending += other.pending
+        self.pending_applied += other.pending_applied
+        self.alerts += other.alerts
 
 
-INSERT_PREDICTIONS = """
+INSERT_PREDICTIONS = f"""
 INSERT INTO predictions (
     event_id, tenant_id, model_name, model_version, model_version_id, event_time,
     predicted_label, confidence, calibrated_confidence, threshold, calibrator_version,
-    status, probabilities, features, uncertainty, metadata, decided_at)
-SELECT * FROM unnest(
-    $1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::timestamptz[],
+    status, probabilities, features, uncertainty, metadata, decided_at, created_at)
+SELECT d.event_id, d.tenant_id, d.model_name, d.model_version, d.model_version_id,
+       {_MS.format("d.event_ms")}, d.predicted_label, d.confidence, d.calibrated,
+       d.threshold, d.calibrator_version, d.status, d.probabilities, d.features,
+       d.uncertainty, d.metadata, {_MS.format("d.decided_ms")}, {_MS.format("d.decided_ms")}
+FROM unnest(
+    $1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[],
     $7::text[], $8::float8[], $9::float8[], $10::float8[], $11::text[],
-    $12::text[], $13::jsonb[], $14::jsonb[], $15::float8[], $16::jsonb[], $17::timestamptz[])
+    $12::text[], $13::jsonb[], $14::jsonb[], $15::float8[], $16::jsonb[], $17::bigint[])
+    WITH ORDINALITY AS d(
+        event_id, tenant_id, model_name, model_version, model_version_id, event_ms,
+        predicted_label, confidence, calibrated, threshold, calibrator_version,
+        status, probabilities, features, uncertainty, metadata, decided_ms, ord)
+ORDER BY d.ord
 ON CONFLICT (event_id) DO NOTHING
 """
 
-# A label fills a prediction that has none and resolves it; never the other way round.
-LABEL_SET = """
+# A label fills a prediction of the same tenant that has none and resolves it.
+_LABEL_SET = """
 SET ground_truth = l.ground_truth,
     correct = (l.ground_truth = p.predicted_label),
     label_source = l.source,
@@ -54,40 +75,64 @@ SET ground_truth = l.ground_truth,
     resolved_at = COALESCE(p.resolved_at, l.label_time)
 """
 
-APPLY_LABELS = f"""
-UPDATE predictions AS p {LABEL_SET}
-FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[])
-     AS l(event_id, ground_truth, source, label_time)
-WHERE p.event_id = l.event_id AND p.ground_truth IS NULL
-"""
-
-KEEP_PENDING = """
-INSERT INTO pending_labels (event_id, tenant_id, ground_truth, source, label_time)
-SELECT l.* FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
-     AS l(event_id, tenant_id, ground_truth, source, label_time)
-WHERE NOT EXISTS (SELECT 1 FROM predictions p WHERE p.event_id = l.event_id)
-ON CONFLICT (event_id) DO NOTHING
-"""
-
 APPLY_PENDING = f"""
-WITH applied AS (
-    UPDATE predictions AS p {LABEL_SET}
-    FROM pending_labels l
-    WHERE l.event_id = ANY($1::uuid[]) AND p.event_id = l.event_id AND p.ground_truth IS NULL
+WITH pending AS (
+    SELECT * FROM pending_labels WHERE event_id = ANY($1::uuid[])
+), applied AS (
+    UPDATE predictions AS p {_LABEL_SET}
+    FROM pending AS l
+    WHERE p.event_id = l.event_id AND p.tenant_id = l.tenant_id AND p.ground_truth IS NULL
     RETURNING p.event_id
+), consumed AS (
+    DELETE FROM pending_labels AS g USING pending WHERE g.event_id = pending.event_id
+    RETURNING g.event_id
 )
-DELETE FROM pending_labels WHERE event_id IN (SELECT event_id FROM applied)
+SELECT (SELECT count(*) FROM applied), (SELECT count(*) FROM consumed)
 """
+"""Labels that waited for these events' decisions: applied, then removed."""
 
-INSERT_ALERTS = """
+WRITE_LABELS = f"""
+WITH l AS (
+    SELECT DISTINCT ON (u.event_id)
+           u.event_id, u.tenant_id, u.ground_truth, u.source,
+           {_MS.format("u.label_ms")} AS label_time
+    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[])
+        WITH ORDINALITY AS u(event_id, tenant_id, ground_truth, source, label_ms, ord)
+    ORDER BY u.event_id, u.ord
+), applied AS (
+    UPDATE predictions AS p {_LABEL_SET}
+    FROM l
+    WHERE p.event_id = l.event_id AND p.tenant_id = l.tenant_id AND p.ground_truth IS NULL
+    RETURNING p.event_id
+), kept AS (
+    INSERT INTO pending_labels (event_id, tenant_id, ground_truth, source, label_time)
+    SELECT l.event_id, l.tenant_id, l.ground_truth, l.source, l.label_time FROM l
+    WHERE NOT EXISTS (SELECT 1 FROM predictions p WHERE p.event_id = l.event_id)
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING event_id
+)
+SELECT (SELECT count(*) FROM applied), (SELECT count(*) FROM kept)
+"""
+"""The first label of each event in the batch: applied to its prediction, or kept pending."""
+
+INSERT_ALERTS = f"""
 INSERT INTO alerts (
     alert_id, tenant_id, kind, severity, model_name, model_version, model_version_id,
     metric, feature, method, value, threshold, window_name, reference_version, n_samples,
     created_at, payload)
-SELECT * FROM unnest(
+SELECT a.alert_id, a.tenant_id, a.kind, a.severity, a.model_name, a.model_version,
+       a.model_version_id, a.metric, a.feature, a.method, a.value, a.threshold,
+       a.window_name, a.reference_version, a.n_samples, {_MS.format("a.created_ms")},
+       a.payload
+FROM unnest(
     $1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[],
     $8::text[], $9::text[], $10::text[], $11::float8[], $12::float8[], $13::text[],
-    $14::text[], $15::bigint[], $16::timestamptz[], $17::jsonb[])
+    $14::text[], $15::bigint[], $16::bigint[], $17::jsonb[])
+    WITH ORDINALITY AS a(
+        alert_id, tenant_id, kind, severity, model_name, model_version, model_version_id,
+        metric, feature, method, value, threshold, window_name, reference_version,
+        n_samples, created_ms, payload, ord)
+ORDER BY a.ord
 ON CONFLICT (alert_id) DO NOTHING
 """
 
@@ -96,102 +141,118 @@ def _count(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
-def decision_rows(d: DecisionColumns) -> list[list[Any]]:
+def _features(d: DecisionColumns) -> list[str | None]:
+    """One JSON object per row; NaN (number) and "" (category) mean the event had none."""
     p = d.predictions
-    n = len(p)
-    features: list[dict[str, Any]] = [{} for _ in range(n)]
+    rows: list[dict[str, Any]] = [{} for _ in range(len(p))]
     for name, values in p.numeric_features.items():
-        for i, v in enumerate(values.tolist()):
-            if v == v:  # NaN = missing
-                features[i][name] = v
+        for row, v in zip(rows, values.tolist(), strict=True):
+            if v == v:
+                row[name] = v
     for name, cats in p.categorical_features.items():
-        for i, c in enumerate(cats):
+        for row, c in zip(rows, cats, strict=True):
             if c:
-                features[i][name] = c
-    probs: list[str | None] = [None] * n
-    if p.probabilities is not None:
-        for i, row in enumerate(p.probabilities.tolist()):
-            if row and row[0] == row[0]:
-                probs[i] = json.dumps(dict(zip(p.class_labels, row, strict=True)))
-    decided = _ts(d.decided_at_ms)
+                row[name] = c
+    return [json.dumps(r) if r else None for r in rows]
+
+
+def _probabilities(d: DecisionColumns) -> list[str | None]:
+    p = d.predictions
+    if p.probabilities is None:
+        return [None] * len(p)
+    labels = p.class_labels
     return [
-        p.event_ids,
-        [p.tenant] * n,
-        [p.model_name] * n,
-        [p.model_version] * n,
-        [p.model_version_id] * n,
-        [_ts(t) for t in p.event_time_ms.tolist()],
-        p.predicted_labels,
-        p.confidences.tolist(),
-        d.calibrated_confidences.tolist(),
-        [d.threshold] * n,
-        [d.calibrator_version] * n,
-        ["review" if r else "auto" for r in d.review.tolist()],
-        probs,
-        [json.dumps(f) if f else None for f in features],
-        [None if u != u else u for u in p.uncertainties.tolist()]
-        if p.uncertainties is not None
-        else [None] * n,
-        [json.dumps(m) if m else None for m in p.metadata] if p.metadata else [None] * n,
-        [decided] * n,
+        json.dumps(dict(zip(labels, row, strict=True))) if row and row[0] == row[0] else None
+        for row in p.probabilities.tolist()
     ]
 
 
-async def write_batch(
+def decision_columns(decisions: Sequence[DecisionColumns]) -> list[list[Any]]:
+    """The 17 parameter arrays of :data:`INSERT_PREDICTIONS`, all decisions concatenated."""
+    cols: list[list[Any]] = [[] for _ in range(17)]
+    for d in decisions:
+        p = d.predictions
+        n = len(p)
+        uncertainties = (
+            [None] * n
+            if p.uncertainties is None
+            else [None if u != u else u for u in p.uncertainties.tolist()]
+        )
+        metadata = [json.dumps(m) if m else None for m in p.metadata] if p.metadata else [None] * n
+        parts: list[list[Any]] = [
+            p.event_ids,
+            [p.tenant] * n,
+            [p.model_name] * n,
+            [p.model_version] * n,
+            [p.model_version_id] * n,
+            p.event_time_ms.tolist(),
+            p.predicted_labels,
+            p.confidences.tolist(),
+            d.calibrated_confidences.tolist(),
+            [d.threshold] * n,
+            [d.calibrator_version] * n,
+            np.where(d.review, "review", "auto").tolist(),
+            _probabilities(d),
+            _features(d),
+            uncertainties,
+            metadata,
+            [d.decided_at_ms] * n,
+        ]
+        for col, part in zip(cols, parts, strict=True):
+            col.extend(part)
+    return cols
+
+
+def label_columns(labels: Sequence[LabelColumns]) -> list[list[Any]]:
+    """The 5 parameter arrays of :data:`WRITE_LABELS`, in consumed order."""
+    cols: list[list[Any]] = [[] for _ in range(5)]
+    for lbl in labels:
+        parts: list[list[Any]] = [
+            lbl.event_ids,
+            [lbl.tenant] * len(lbl),
+            lbl.ground_truths,
+            lbl.sources,
+            lbl.label_time_ms.tolist(),
+        ]
+        for col, part in zip(cols, parts, strict=True):
+            col.extend(part)
+    return cols
+
+
+def alert_columns(alerts: Sequence[dict[str, Any]]) -> list[list[Any]]:
+    """The 17 parameter arrays of :data:`INSERT_ALERTS`."""
+    fields = (
+        "alert_id", "tenant", "kind", "severity", "model_name", "model_version",
+        "model_version_id", "metric", "feature", "method", "value", "threshold", "window",
+        "reference_version", "n_samples", "created_at_ms",
+    )  # fmt: skip
+    cols = [[a[f] for a in alerts] for f in fields]
+    cols.append([json.dumps(a["details"], sort_keys=True) for a in alerts])
+    return cols
+
+
+async def write(
     conn: asyncpg.Connection,
-    decisions: Sequence[DecisionColumns],
-    labels: Sequence[LabelColumns],
-    alerts: Sequence[dict[str, Any]],
+    decisions: Sequence[DecisionColumns] = (),
+    labels: Sequence[LabelColumns] = (),
+    alerts: Sequence[dict[str, Any]] = (),
 ) -> Written:
-    """Everything of one consumed batch, in one transaction: decisions, then labels."""
+    """Write decisions, then labels, then alerts, in the caller's transaction.
+
+    Decisions go first so a label consumed in the same batch as its decision is applied,
+    not parked; labels parked earlier are applied as their decisions land.
+    """
     out = Written()
-    async with conn.transaction():
-        ids: list[str] = []
-        for d in decisions:
-            status = await conn.execute(INSERT_PREDICTIONS, *decision_rows(d))
-            out.predictions += _count(status)
-            ids.extend(d.predictions.event_ids)
-        if ids:
-            status = await conn.execute(APPLY_PENDING, ids)
-            out.labelled += _count(status)
-        for lbl in labels:
-            times = [_ts(t) for t in lbl.label_time_ms.tolist()]
-            status = await conn.execute(
-                APPLY_LABELS, lbl.event_ids, lbl.ground_truths, lbl.sources, times
-            )
-            out.labelled += _count(status)
-            status = await conn.execute(
-                KEEP_PENDING,
-                lbl.event_ids,
-                [lbl.tenant] * len(lbl),
-                lbl.ground_truths,
-                lbl.sources,
-                times,
-            )
-            out.pending += _count(status)
-        if alerts:
-            status = await conn.execute(INSERT_ALERTS, *_alert_columns(alerts))
-            out.alerts += _count(status)
+    if decisions:
+        cols = decision_columns(decisions)
+        out.predictions = _count(await conn.execute(INSERT_PREDICTIONS, *cols))
+        applied, consumed = await conn.fetchrow(APPLY_PENDING, cols[0])
+        out.labelled += applied
+        out.pending_applied = consumed
+    if labels:
+        applied, kept = await conn.fetchrow(WRITE_LABELS, *label_columns(labels))
+        out.labelled += applied
+        out.pending = kept
+    if alerts:
+        out.alerts = _count(await conn.execute(INSERT_ALERTS, *alert_columns(alerts)))
     return out
-
-
-def _alert_columns(alerts: Sequence[dict[str, Any]]) -> list[list[Any]]:
-    return [
-        [a["alert_id"] for a in alerts],
-        [a["tenant"] for a in alerts],
-        [a["kind"] for a in alerts],
-        [a["severity"] for a in alerts],
-        [a["model_name"] for a in alerts],
-        [a["model_version"] for a in alerts],
-        [a["model_version_id"] for a in alerts],
-        [a["metric"] for a in alerts],
-        [a["feature"] for a in alerts],
-        [a["method"] for a in alerts],
-        [a["value"] for a in alerts],
-        [a["threshold"] for a in alerts],
-        [a["window"] for a in alerts],
-        [a["reference_version"] for a in alerts],
-        [a["n_samples"] for a in alerts],
-        [_ts(a["created_at_ms"]) for a in alerts],
-        [json.dumps(a["details"]) for a in alerts],
-    ]

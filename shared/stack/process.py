@@ -15,19 +15,25 @@ class StackError(RuntimeError):
     """A component of the local stack could not be installed, started or reached."""
 
 
-def read_pid(pidfile: Path) -> int | None:
-    """The pid in ``pidfile`` when that process still runs; stale files are removed."""
+def read_pid(pidfile: Path, expect: str | None = None) -> int | None:
+    """The pid in ``pidfile`` when that process still runs; stale files are removed.
+
+    With ``expect``, the process's command line must contain that text too: after a reboot
+    the recorded pid may belong to an unrelated process, which must not count as ours.
+    """
     try:
         pid = int(pidfile.read_text().strip())
     except (FileNotFoundError, ValueError):
         return None
-    if pid_alive(pid):
+    if pid_alive(pid) and (expect is None or expect in command_line(pid)):
         return pid
     pidfile.unlink(missing_ok=True)
     return None
 
 
 def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -42,6 +48,15 @@ def pid_alive(pid: int) -> bool:
     return state != "Z"
 
 
+def command_line(pid: int) -> str:
+    """The command line of ``pid``, arguments joined by spaces ('' when unknown)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()
+
+
 def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.3) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):
@@ -51,14 +66,25 @@ def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.3) -> bool:
 
 
 def wait_until(
-    check: Callable[[], bool], timeout: float, what: str, log: Path | None = None
+    check: Callable[[], bool],
+    timeout: float,
+    what: str,
+    log: Path | None = None,
+    alive: Callable[[], bool] | None = None,
 ) -> None:
+    """Poll ``check`` until it is true; raise naming ``log`` on timeout.
+
+    ``alive`` tells whether the process being waited for still runs, so a server that
+    exits during start-up fails at once instead of after the whole timeout.
+    """
+    hint = f"; read {log}" if log else ""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
             return
+        if alive is not None and not alive():
+            raise StackError(f"{what} exited during start-up{hint}")
         time.sleep(0.2)
-    hint = f"; read {log}" if log else ""
     raise StackError(f"{what} was not ready after {timeout:.0f} s{hint}")
 
 
@@ -75,6 +101,7 @@ def spawn(
     it could not open that path itself.
     """
     log.parent.mkdir(parents=True, exist_ok=True)
+    pidfile.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         proc = subprocess.Popen(
             list(cmd),
@@ -85,6 +112,7 @@ def spawn(
             env=env,
             user=user,
             group=user,
+            extra_groups=[] if user else None,  # drop root's supplementary groups
         )
     pidfile.write_text(str(proc.pid))
     return proc.pid
@@ -111,7 +139,10 @@ def run(
     cmd: Sequence[str], what: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run a set-up command; a failure raises with its output, never silently."""
-    proc = subprocess.run(list(cmd), capture_output=True, text=True, check=False, env=env)
+    try:
+        proc = subprocess.run(list(cmd), capture_output=True, text=True, check=False, env=env)
+    except FileNotFoundError as exc:
+        raise StackError(f"{what} failed: {cmd[0]!r} is not installed") from exc
     if proc.returncode != 0:
         raise StackError(
             f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}\n"

@@ -2,18 +2,63 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
 import redis
 
 from shared.settings import Settings
 from shared.stack.apt import ensure_packages
-from shared.stack.base import Server
-from shared.stack.process import StackError, port_open, read_pid, run, wait_until
+from shared.stack.base import Server, StartAction
+from shared.stack.process import StackError, port_open, run, wait_until
 
 REDIS_SERVER = "redis-server"
 
 
+def server_arguments(port: int, home: Path, pidfile: Path, log: Path) -> list[str]:
+    """Command-line configuration of the stack's Redis (no config file to keep in sync)."""
+    return [
+        "--port",
+        str(port),
+        # Loopback only: protected mode then never refuses a client, and nothing else
+        # on the network can reach a server without a password.
+        "--bind",
+        "127.0.0.1",
+        "--protected-mode",
+        "yes",
+        "--daemonize",
+        "yes",
+        "--pidfile",
+        str(pidfile),
+        "--logfile",
+        str(log),
+        "--dir",
+        str(home),
+        # Workers keep windows, dedupe and pending joins here and count on them after a
+        # restart: every write is in the append-only file within a second.
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "everysec",
+        "--save",
+        "",
+        "--maxmemory-policy",
+        "noeviction",
+    ]
+
+
+def public_url(url: str) -> str:
+    """``url`` with its password, if any, masked."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 class Redis(Server):
     name = "redis"
+    process_marker = REDIS_SERVER
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -26,6 +71,10 @@ class Redis(Server):
     def managed(self) -> bool:
         return self.settings.redis_url is None
 
+    @property
+    def address(self) -> str:
+        return public_url(self.settings.redis_dsn)
+
     def ready(self) -> bool:
         try:
             client = redis.Redis.from_url(self.settings.redis_dsn, socket_timeout=1)
@@ -36,12 +85,12 @@ class Redis(Server):
         except (redis.RedisError, OSError):
             return False
 
-    def start(self, timeout: float = 30.0) -> str:
+    def start(self, timeout: float = 30.0) -> StartAction:
         if not self.managed:
             wait_until(self.ready, 10, f"external Redis at {self.settings.redis_dsn}")
             return "external"
-        if read_pid(self.pidfile) is not None:
-            wait_until(self.ready, timeout, "Redis", self.log)
+        if self.alive():
+            wait_until(self.ready, timeout, "Redis", self.log, alive=self.alive)
             return "reused"
         if port_open(self.port):
             raise StackError(
@@ -52,34 +101,10 @@ class Redis(Server):
         self.home.mkdir(parents=True, exist_ok=True)
         self.log.parent.mkdir(parents=True, exist_ok=True)
         run(
-            [
-                REDIS_SERVER,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--daemonize",
-                "yes",
-                "--pidfile",
-                str(self.pidfile),
-                "--logfile",
-                str(self.log),
-                "--dir",
-                str(self.home),
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "everysec",
-                "--save",
-                "",
-                "--maxmemory-policy",
-                "noeviction",
-            ],
+            [REDIS_SERVER, *server_arguments(self.port, self.home, self.pidfile, self.log)],
             "starting Redis",
         )
+        # A daemonized Redis writes its pid file just after forking; until then only the
+        # readiness check can tell.
         wait_until(self.ready, timeout, "Redis", self.log)
         return "started"
-
-    @property
-    def address(self) -> str:
-        return self.settings.redis_dsn

@@ -1,9 +1,12 @@
-"""Ingest → policy → recorder on the real stack: decisions, the review queue, labels."""
+"""Ingest → policy → recorder on the real stack: decisions, the review queue, labels.
+
+Replays and the recorder's other guarantees are tested on the recorder alone in
+test_recorder.py; the policy's in test_policy.py.
+"""
 
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -197,29 +200,18 @@ def test_labels_resolve_predictions_in_any_order(running: Settings) -> None:
     )
 
 
-def test_replaying_decisions_and_labels_changes_no_row(running: Settings) -> None:
+def test_ground_truth_on_the_event_resolves_its_prediction(running: Settings) -> None:
     topics = Topics.for_namespace(running.topic_namespace)
-    dump = "SELECT p.*::text FROM predictions p ORDER BY event_id"
-    time.sleep(1.0)
-    before = _rows(running, dump)
-    assert before, "earlier tests left rows to replay"
-    reader = TopicReader(running, [topics.decisions, topics.labels], CODEC)
-    reader.poll(3.0)
-    replay = [
-        (d.name, d.record) for t in (topics.decisions, topics.labels) for d in reader.records[t]
-    ]
-    reader.close()
-    assert len(replay) >= 4
-    marker = event(
-        confidence=0.9, probabilities=None, model_version="v1", event_id=str(uuid.uuid4())
+    right = event(model_version="v2", confidence=0.5, probabilities=None, ground_truth="yes")
+    wrong = event(model_version="v2", confidence=0.9, probabilities=None, ground_truth="no")
+    _send(running, topics.inference_raw, [("InferenceEvent", right), ("InferenceEvent", wrong)])
+    rows = _wait_rows(
+        running,
+        "SELECT event_id::text, status, ground_truth, correct, label_source FROM predictions "
+        f"WHERE event_id IN ('{right['event_id']}', '{wrong['event_id']}') "
+        "AND status = 'resolved'",
+        2,
     )
-    producer = make_producer(running)
-    for name, rec in replay:
-        topic = topics.decisions if name == "DecisionBatch" else topics.labels
-        producer.produce(topic, CODEC.encode(name, rec))
-    assert producer.flush(10) == 0
-    # A fresh event after the replay proves the recorder has consumed past it.
-    _send(running, topics.inference_raw, [("InferenceEvent", marker)])
-    _wait_rows(running, f"SELECT 1 FROM predictions WHERE event_id = '{marker['event_id']}'", 1)
-    after = [r for r in _rows(running, dump) if marker["event_id"] not in r[0]]
-    assert after == before
+    got = {r[0]: r[1:] for r in rows}
+    assert got[right["event_id"]] == ("resolved", "yes", True, "event")
+    assert got[wrong["event_id"]] == ("resolved", "no", False, "event")

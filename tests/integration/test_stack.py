@@ -2,65 +2,121 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+import uuid
 
 import psycopg
 from confluent_kafka.admin import ConfigResource, ResourceType
+from psycopg import sql
+from typer.testing import CliRunner
 
-from shared.db import current_revision, head_revision
+from shared.cli import app
+from shared.db import current_revision, head_revision, migrate
 from shared.kafka import make_admin
 from shared.settings import Settings
-from shared.stack import ensure_topics, stack_status, stack_up
+from shared.stack import delete_topics, ensure_topics, stack_status, stack_up
 from shared.topics import Topics
+from tests.integration.conftest import with_database
+
+CORE_TABLES = {
+    "tenants",
+    "api_keys",
+    "model_versions",
+    "predictions",
+    "pending_labels",
+    "review_resolutions",
+    "alerts",
+    "outbox",
+}
 
 
 def test_a_second_up_reuses_everything_quickly(stack_settings: Settings) -> None:
     started = time.monotonic()
     result = stack_up(stack_settings)
     assert time.monotonic() - started < 10
+    assert set(result.actions) == {"kafka", "redis", "postgres"}
     assert set(result.actions.values()) <= {"reused", "external"}
     assert result.topics_created == []
+    assert result.database_revision == head_revision()
 
 
-def test_status_reports_every_server(stack_settings: Settings) -> None:
+def test_status_reports_every_server_with_its_port(stack_settings: Settings) -> None:
     rows = {s.name: s for s in stack_status(stack_settings)}
     assert set(rows) == {"kafka", "redis", "postgres"}
     assert all(s.running for s in rows.values())
-    assert str(stack_settings.kafka_port) in rows["kafka"].address
-    for s in rows.values():
+    ports = {
+        "kafka": stack_settings.kafka_port,
+        "redis": stack_settings.redis_port,
+        "postgres": stack_settings.postgres_port,
+    }
+    for name, s in rows.items():
         if s.managed:
+            assert s.port == ports[name]
             assert s.pid is not None and s.log is not None and s.log.exists()
 
 
-def test_topics_partitions_and_compaction(isolated_settings: Settings) -> None:
+def test_status_command_prints_the_table(stack_settings: Settings) -> None:
+    result = CliRunner().invoke(app, ["stack", "status"])
+    assert result.exit_code == 0, result.output
+    header, *lines = result.output.splitlines()
+    assert header.split()[:5] == ["COMPONENT", "STATE", "KIND", "PORT", "PID"]
+    assert {line.split()[0] for line in lines} == {"kafka", "redis", "postgres"}
+    assert all(line.split()[1] == "running" for line in lines)
+
+
+def test_ensure_topics_twice_creates_once(stack_settings: Settings) -> None:
+    namespace = f"t{uuid.uuid4().hex[:10]}"
+    try:
+        first = ensure_topics(stack_settings, namespace=namespace)
+        second = ensure_topics(stack_settings, namespace=namespace)
+    finally:
+        delete_topics(stack_settings, namespace)
+    assert sorted(first) == sorted(Topics.for_namespace(namespace).all())
+    assert second == []
+
+
+def test_topics_have_the_partitions_and_model_updates_is_compacted(
+    isolated_settings: Settings,
+) -> None:
     topics = Topics.for_namespace(isolated_settings.topic_namespace)
-    assert ensure_topics(isolated_settings) == []  # idempotent
     admin = make_admin(isolated_settings)
     meta = admin.list_topics(timeout=10).topics
     for name in topics.all():
         assert len(meta[name].partitions) == isolated_settings.topic_partitions, name
-    resources = [
-        ConfigResource(ResourceType.TOPIC, t) for t in (topics.model_updates, topics.predictions)
-    ]
+    resources = [ConfigResource(ResourceType.TOPIC, name) for name in topics.all()]
     configs = {r.name: f.result() for r, f in admin.describe_configs(resources).items()}
-    assert configs[topics.model_updates]["cleanup.policy"].value == "compact"
-    assert configs[topics.predictions]["cleanup.policy"].value == "delete"
+    for name in topics.all():
+        expected = "compact" if name == topics.model_updates else "delete"
+        assert configs[name]["cleanup.policy"].value == expected, name
 
 
-def test_migrations_are_at_head(isolated_settings: Settings) -> None:
+def test_migrations_are_at_head_with_every_table(isolated_settings: Settings) -> None:
+    assert head_revision() is not None
     assert current_revision(isolated_settings.postgres_url) == head_revision()
     with psycopg.connect(isolated_settings.postgres_url) as conn:
         tables = {
             r[0]
             for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
         }
-    assert {
-        "tenants",
-        "api_keys",
-        "model_versions",
-        "predictions",
-        "pending_labels",
-        "review_resolutions",
-        "alerts",
-        "outbox",
-    } <= tables
+    assert tables >= CORE_TABLES
+
+
+def test_concurrent_migrations_of_a_new_database_all_succeed(stack_settings: Settings) -> None:
+    database = f"caliber_m{uuid.uuid4().hex[:10]}"
+    admin_dsn = stack_settings.postgres_url
+    dsn = with_database(admin_dsn, database)
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+    try:
+        code = f"from shared.db import migrate; migrate({dsn!r})"
+        runs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(3)]
+        assert [run.wait(timeout=120) for run in runs] == [0, 0, 0]
+        migrate(dsn)  # and again, with nothing left to do
+        assert current_revision(dsn) == head_revision()
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database))
+            )

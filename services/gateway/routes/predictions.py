@@ -1,0 +1,203 @@
+"""Predictions over REST: the same validation as ingest, published to inference.raw."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from confluent_kafka import KafkaException
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi.responses import JSONResponse
+
+from services.gateway.auth import PRODUCE, READ, Principal, require
+from services.gateway.intake import Prepared, batch_messages, event_message, prepare
+from services.gateway.model_cache import ModelCache, ModelRef
+from services.gateway.schemas import (
+    BatchAccepted,
+    PredictionAccepted,
+    PredictionBatchIn,
+    PredictionIn,
+    PredictionOut,
+)
+
+router = APIRouter(prefix="/api", tags=["predictions"])
+
+_422 = {"description": "a field is missing, of the wrong type or out of range; `detail` names it"}
+_413 = {"description": "the body is larger than CALIBER_GATEWAY_MAX_BODY_BYTES"}
+_503 = {"description": "Kafka did not acknowledge the events; nothing was accepted"}
+
+
+async def _resolve(
+    cache: ModelCache, tenant: str, events: Sequence[PredictionIn]
+) -> list[ModelRef | None]:
+    """Each event's model version (None: unknown to this tenant), one lookup per model."""
+    seen: dict[tuple[Any, ...], ModelRef | None] = {}
+    out: list[ModelRef | None] = []
+    for e in events:
+        if e.model_version_id is not None:
+            ident: tuple[Any, ...] = ("id", e.model_version_id)
+        elif e.model_name and e.model_version:
+            ident = ("name", e.model_name, e.model_version)
+        else:
+            out.append(None)
+            continue
+        if ident not in seen:
+            seen[ident] = (
+                await cache.by_id(tenant, ident[1])
+                if ident[0] == "id"
+                else await cache.by_name(tenant, ident[1], ident[2])
+            )
+        out.append(seen[ident])
+    return out
+
+
+async def _accept(
+    request: Request, who: Principal, events: Sequence[PredictionIn], batch: bool
+) -> Prepared:
+    state = request.app.state
+    now_ms = int(time.time() * 1000)
+    models = await _resolve(state.models, who.tenant, events)
+    prepared = prepare(events, who.tenant, models, now_ms, batch)
+    if not isinstance(prepared, Prepared):
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail=prepared)
+    if batch:
+        messages = batch_messages(prepared, state.codec, state.settings.batch_max_events)
+    else:
+        messages = [event_message(prepared.records[0], state.codec)]
+    topic = state.topics.inference_raw
+    try:
+        await state.publisher.send([(topic, k, v) for k, v in messages])
+    except KafkaException as exc:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail=f"Kafka did not acknowledge the events, none was accepted: {exc}",
+        ) from exc
+    state.metrics.events_accepted.inc(len(prepared.records))
+    return prepared
+
+
+@router.post(
+    "/predictions",
+    response_model=PredictionAccepted,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={413: _413, 422: _422, 503: _503},
+)
+async def post_prediction(
+    body: PredictionIn, request: Request, who: Annotated[Principal, Depends(require(PRODUCE))]
+) -> PredictionAccepted:
+    """Validate one event, publish it, and answer with the decision the policy will take.
+
+    The decision uses the model version's abstain threshold and calibration map: calibrated
+    confidence at or above the threshold is ``auto``, below it ``review``.
+    """
+    prepared = await _accept(request, who, [body], batch=False)
+    r, d = prepared.records[0], prepared.decisions[0]
+    return PredictionAccepted(
+        id=r["event_id"],
+        event_id=r["event_id"],
+        model_version_id=r["model_version_id"],
+        model_name=r["model_name"],
+        model_version=r["model_version"],
+        predicted_label=r["predicted_label"],
+        confidence=r["confidence"],
+        calibrated_confidence=d.calibrated_confidence,
+        threshold=d.threshold,
+        status=d.status,  # type: ignore[arg-type]
+        uncertainty=r["uncertainty"],
+        ground_truth=r["ground_truth"],
+        correct=None if r["ground_truth"] is None else r["ground_truth"] == r["predicted_label"],
+        event_time=datetime.fromtimestamp(r["event_time_ms"] / 1000, tz=UTC),
+        created_at=datetime.now(tz=UTC),
+    )
+
+
+@router.post(
+    "/predictions/batch",
+    response_model=BatchAccepted,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={413: _413, 422: _422, 503: _503},
+)
+async def post_batch(
+    body: PredictionBatchIn, request: Request, who: Annotated[Principal, Depends(require(PRODUCE))]
+) -> JSONResponse:
+    """Many events in one request, published as columnar batches: all of them or none.
+
+    A 422 lists every faulty event, its ``loc`` holding the event's index.
+    """
+    prepared = await _accept(request, who, body.events, batch=True)
+    predictions = [
+        {
+            "event_id": r["event_id"],
+            "model_version_id": r["model_version_id"],
+            "status": d.status,
+            "calibrated_confidence": d.calibrated_confidence,
+            "threshold": d.threshold,
+        }
+        for r, d in zip(prepared.records, prepared.decisions, strict=True)
+    ]
+    # Built by hand: validating hundreds of answers against the response model costs more
+    # than the rest of the request; the model still documents the shape.
+    return JSONResponse(
+        {"accepted": len(predictions), "predictions": predictions},
+        status_code=status.HTTP_202_ACCEPTED,
+    )
+
+
+PREDICTION_COLUMNS = (
+    "event_id::text AS event_id, model_version_id, model_name, model_version, predicted_label, "
+    "confidence, calibrated_confidence, threshold, uncertainty, ground_truth, correct, "
+    "label_source, status, probabilities::text AS probabilities, features::text AS features, "
+    "event_time, created_at, resolved_at"
+)
+
+
+def prediction_out(r: Any) -> PredictionOut:
+    return PredictionOut(
+        id=r["event_id"],
+        event_id=r["event_id"],
+        model_version_id=r["model_version_id"],
+        model_name=r["model_name"],
+        model_version=r["model_version"],
+        predicted_label=r["predicted_label"],
+        confidence=r["confidence"],
+        calibrated_confidence=r["calibrated_confidence"],
+        threshold=r["threshold"],
+        uncertainty=r["uncertainty"],
+        ground_truth=r["ground_truth"],
+        correct=r["correct"],
+        label_source=r["label_source"],
+        status=r["status"],
+        probabilities=json.loads(r["probabilities"]) if r["probabilities"] else None,
+        features=json.loads(r["features"]) if r["features"] else None,
+        event_time=r["event_time"],
+        created_at=r["created_at"],
+        resolved_at=r["resolved_at"],
+    )
+
+
+@router.get("/predictions", response_model=list[PredictionOut])
+async def list_predictions(
+    request: Request,
+    who: Annotated[Principal, Depends(require(READ))],
+    model_version_id: int | None = None,
+    status_: Annotated[
+        Literal["pending", "auto", "review", "resolved"] | None, Query(alias="status")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[PredictionOut]:
+    """Recorded predictions of this tenant, newest first; filter by model and status."""
+    rows = await request.app.state.pool.fetch(
+        f"SELECT {PREDICTION_COLUMNS} FROM predictions WHERE tenant_id = $1 "
+        "AND ($2::bigint IS NULL OR model_version_id = $2) AND ($3::text IS NULL OR status = $3) "
+        "ORDER BY event_time DESC, event_id LIMIT $4 OFFSET $5",
+        who.tenant,
+        model_version_id,
+        status_,
+        limit,
+        offset,
+    )
+    return [prediction_out(r) for r in rows]

@@ -1,0 +1,127 @@
+"""The review queue and its resolutions; a resolution reaches labels.raw via the outbox."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+
+from services.gateway.auth import READ, REVIEW, Principal, require
+from services.gateway.outbox import enqueue
+from services.gateway.routes.predictions import PREDICTION_COLUMNS, prediction_out
+from services.gateway.schemas import PredictionOut, ResolutionIn, ResolutionOut
+from shared.batches import model_key
+
+router = APIRouter(prefix="/api", tags=["review"])
+
+
+@router.get("/review-queue", response_model=list[PredictionOut])
+async def review_queue(
+    request: Request,
+    who: Annotated[Principal, Depends(require(READ))],
+    model_version_id: int | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[PredictionOut]:
+    """Withheld predictions awaiting a human, oldest first.
+
+    A prediction leaves the queue as soon as it is resolved here, before its label has
+    travelled through the pipeline back into the prediction.
+    """
+    rows = await request.app.state.pool.fetch(
+        f"SELECT {PREDICTION_COLUMNS} FROM predictions p WHERE tenant_id = $1 "
+        "AND status = 'review' AND ($2::bigint IS NULL OR model_version_id = $2) "
+        "AND NOT EXISTS (SELECT 1 FROM review_resolutions r WHERE r.event_id = p.event_id) "
+        "ORDER BY event_time, event_id LIMIT $3 OFFSET $4",
+        who.tenant,
+        model_version_id,
+        limit,
+        offset,
+    )
+    return [prediction_out(r) for r in rows]
+
+
+def _not_found(event_id: str) -> HTTPException:
+    return HTTPException(status.HTTP_404_NOT_FOUND, detail=f"prediction {event_id} not found")
+
+
+def _already(event_id: str) -> HTTPException:
+    return HTTPException(
+        status.HTTP_409_CONFLICT, detail=f"prediction {event_id} is already resolved"
+    )
+
+
+@router.post(
+    "/review/{event_id}",
+    response_model=ResolutionOut,
+    responses={404: {"description": "no such prediction"}, 409: {"description": "resolved"}},
+)
+async def resolve(
+    event_id: str,
+    body: ResolutionIn,
+    request: Request,
+    who: Annotated[Principal, Depends(require(REVIEW))],
+) -> ResolutionOut:
+    """Resolve a prediction with its ground truth: 404 unknown, 409 already resolved.
+
+    The resolution and the Label for ``<ns>.labels.raw`` are written in one transaction;
+    the outbox relay publishes the label, and the pipeline brings it back into the
+    prediction and the metrics.
+    """
+    try:
+        eid = uuid.UUID(event_id)
+    except ValueError:
+        raise _not_found(event_id) from None
+    state = request.app.state
+    async with state.pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            "SELECT event_id::text AS event_id, model_version_id, model_name, model_version, "
+            "predicted_label, confidence, status FROM predictions "
+            "WHERE event_id = $1 AND tenant_id = $2",
+            eid,
+            who.tenant,
+        )
+        if row is None:
+            raise _not_found(event_id)
+        if row["status"] == "resolved":
+            raise _already(row["event_id"])
+        resolved_at = await conn.fetchval(
+            "INSERT INTO review_resolutions (event_id, tenant_id, ground_truth, api_key_id) "
+            "VALUES ($1, $2, $3, $4) ON CONFLICT (event_id) DO NOTHING RETURNING resolved_at",
+            eid,
+            who.tenant,
+            body.ground_truth,
+            who.key_id,
+        )
+        if resolved_at is None:
+            raise _already(row["event_id"])
+        label = {
+            "event_id": row["event_id"],
+            "tenant": who.tenant,
+            "model_name": row["model_name"],
+            "model_version": row["model_version"],
+            "ground_truth": body.ground_truth,
+            "source": "review",
+            "label_time_ms": int(resolved_at.timestamp()) * 1000 + resolved_at.microsecond // 1000,
+        }
+        key = model_key(who.tenant, row["model_name"], row["model_version"])
+        await enqueue(
+            conn, state.topics.labels_raw, key.encode(), state.codec.encode("Label", label)
+        )
+    out = ResolutionOut(
+        id=row["event_id"],
+        event_id=row["event_id"],
+        model_version_id=row["model_version_id"],
+        model_name=row["model_name"],
+        model_version=row["model_version"],
+        predicted_label=row["predicted_label"],
+        confidence=row["confidence"],
+        ground_truth=body.ground_truth,
+        correct=body.ground_truth == row["predicted_label"],
+        status="resolved",
+        resolved_at=resolved_at,
+    )
+    event: dict[str, Any] = {"type": "review", "model": key, **out.model_dump(mode="json")}
+    state.hub.publish(who.tenant, row["model_version_id"], [event])
+    return out
