@@ -38,7 +38,7 @@ from shared.calibration import (
     nll,
     reliability_bins,
 )
-from shared.selective import ConfidenceHistogram
+from shared.selective import ConfidenceHistogram, RiskCoverage
 
 SCALE = 1_000_000_000
 """Fixed-point unit of sums: 1e-9."""
@@ -88,6 +88,11 @@ class RiskCoverageAnswer:
     aurc: float | None
     e_aurc: float | None
     points: list[Point]
+    curve: RiskCoverage | None = None
+
+    def risk_at_coverage(self, target_coverage: float) -> float | None:
+        """Selective risk at ``target_coverage`` (see ``RiskCoverage.risk_at_coverage``)."""
+        return None if self.curve is None else self.curve.risk_at_coverage(target_coverage)
 
 
 class Totals:
@@ -204,7 +209,7 @@ class WindowReader:
             for c, r, th in zip(curve.coverage, curve.risk, curve.thresholds, strict=True)
         ]
         return RiskCoverageAnswer(
-            window, int(t.histogram().count.sum()), curve.aurc, curve.e_aurc, points
+            window, int(t.histogram().count.sum()), curve.aurc, curve.e_aurc, points, curve
         )
 
     async def timeseries(

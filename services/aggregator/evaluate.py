@@ -11,7 +11,7 @@ from typing import Any
 from confluent_kafka import Producer
 
 from services.aggregator.alerts import AlertState, Breach, alert_record, severity
-from services.aggregator.metrics import MAX_EXPORTED, AggregatorMetrics
+from services.aggregator.metrics import MAX_EXPORTED, RISK_COVERAGES, AggregatorMetrics
 from services.aggregator.settings import AggregatorSettings
 from shared.batches import split_model_key
 from shared.codec import AvroCodec
@@ -40,6 +40,8 @@ class Evaluator:
         self.codec = codec
         self.metrics = metrics
         self.topics = Topics.for_namespace(settings.topic_namespace)
+        if metrics is not None:
+            metrics.ece_slo.set(settings.ece_slo)
 
     async def run(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
@@ -54,23 +56,24 @@ class Evaluator:
         """One round over every model version; returns the alerts it raised or resolved."""
         alerts: list[dict[str, Any]] = []
         for rank, model in enumerate(await self.reader.models()):
+            export = self.metrics is not None and rank < MAX_EXPORTED
+            pending = await self.reader.labels_pending(model)
             answers = {}
             for window in SNAPSHOT_WINDOWS:
                 cal = await self.reader.calibration(model, window, now_ms // 1000)
                 rc = await self.reader.risk_coverage(model, window, now_ms // 1000)
                 answers[window] = cal
-                self._publish_snapshot(model, window, cal, rc, now_ms)
-                if self.metrics is not None and rank < MAX_EXPORTED:
+                self._publish_snapshot(model, window, cal, rc, pending, now_ms)
+                if export:
                     self._export(model, window, cal, rc)
-            if self.metrics is not None and rank < MAX_EXPORTED:
-                self.metrics.labels_pending.labels(model).set(
-                    await self.reader.labels_pending(model)
-                )
+            if export:
+                assert self.metrics is not None
+                self.metrics.labels_pending.labels(model).set(pending)
             window = self.settings.alert_window
             cal = answers.get(window) or await self.reader.calibration(
                 model, window, now_ms // 1000
             )
-            alerts += await self._alerts(model, cal, now_ms)
+            alerts += await self._alerts(model, cal, now_ms, export)
         for a in alerts:
             key = f"{a['tenant']}/{a['model_name']}/{a['model_version']}".encode()
             self.producer.produce(self.topics.alerts, self.codec.encode("Alert", a), key)
@@ -81,7 +84,9 @@ class Evaluator:
             raise ConnectionError(f"{remaining} snapshots/alerts not acknowledged by Kafka")
         return alerts
 
-    async def _alerts(self, model: str, cal: Calibration, now_ms: int) -> list[dict[str, Any]]:
+    async def _alerts(
+        self, model: str, cal: Calibration, now_ms: int, export: bool = False
+    ) -> list[dict[str, Any]]:
         s = self.settings
         if cal.n_labeled < s.alert_min_labeled or cal.ece is None or cal.brier is None:
             return []
@@ -95,6 +100,10 @@ class Evaluator:
             breaches.append(
                 Breach("ece_control", cal.ece, limit, "warning" if cal.ece > limit else None)
             )
+        if export and self.metrics is not None:
+            self.metrics.brier_baseline.labels(model).set(base)
+            if limit is not None:
+                self.metrics.ece_control_limit.labels(model).set(limit)
         out = []
         for b in breaches:
             action = await self.state.transition(model, b, now_ms, s.alert_cooldown_seconds)
@@ -111,7 +120,13 @@ class Evaluator:
         return out
 
     def _publish_snapshot(
-        self, model: str, window: str, cal: Calibration, rc: RiskCoverageAnswer, now_ms: int
+        self,
+        model: str,
+        window: str,
+        cal: Calibration,
+        rc: RiskCoverageAnswer,
+        labels_pending: int,
+        now_ms: int,
     ) -> None:
         tenant, name, version = split_model_key(model)
         record = {
@@ -125,7 +140,7 @@ class Evaluator:
             "n_predictions": cal.n_predictions,
             "n_labeled": cal.n_labeled,
             "n_review": cal.n_review,
-            "labels_pending": 0,
+            "labels_pending": labels_pending,
             "ece": cal.ece,
             "mce": cal.mce,
             "brier": cal.brier,
@@ -167,6 +182,10 @@ class Evaluator:
             if value is not None:
                 gauge.labels(model, window).set(value)
         if window in ("1h", "24h"):
+            for coverage in RISK_COVERAGES:
+                risk = rc.risk_at_coverage(float(coverage))
+                if risk is not None:
+                    m.selective_risk.labels(model, window, coverage).set(risk)
             for i, b in enumerate(cal.bins):
                 if b.accuracy is not None and b.confidence is not None:
                     m.reliability_accuracy.labels(model, window, str(i)).set(b.accuracy)

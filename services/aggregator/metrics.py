@@ -13,6 +13,8 @@ from shared.pipeline_metrics import PipelineMetrics
 from shared.window_store import DELAY_BUCKETS_S
 
 MAX_EXPORTED = 200
+RISK_COVERAGES = ("0.5", "0.8", "0.9", "0.95")
+"""Coverages at which ``caliber_selective_risk`` reports the risk–coverage curve."""
 
 
 class AggregatorMetrics(PipelineMetrics):
@@ -40,6 +42,27 @@ class AggregatorMetrics(PipelineMetrics):
             "caliber_reliability_confidence",
             "Mean confidence of each reliability bin",
             ["model", "window", "bin"],
+            registry=registry,
+        )
+        self.selective_risk = Gauge(
+            "caliber_selective_risk",
+            "Error rate of the most confident predictions that make up the coverage",
+            ["model", "window", "coverage"],
+            registry=registry,
+        )
+        self.ece_slo = Gauge(
+            "caliber_ece_slo", "ECE at or above which a calibration alert fires", registry=registry
+        )
+        self.brier_baseline = Gauge(
+            "caliber_brier_baseline",
+            "Brier of the model's baseline window; 1.1 × this raises a performance alert",
+            ["model"],
+            registry=registry,
+        )
+        self.ece_control_limit = Gauge(
+            "caliber_ece_control_limit",
+            "Control-chart limit of the alert window's ECE: mean + 3σ of its history",
+            ["model"],
             registry=registry,
         )
         self.labels_pending = Gauge(

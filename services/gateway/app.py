@@ -131,7 +131,14 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             status_code=503,
         )
 
-    async def metrics_text() -> Response:
+    async def metrics_text(request: Request) -> Response:
+        pool = getattr(request.app.state, "pool", None)
+        if pool is not None:
+            try:
+                metrics.set_review_queue(await reviews.queue_depth(pool))
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                # A scrape still answers; the depths keep their last values.
+                logger.warning("review queue depth not refreshed: %s", exc)
         return Response(generate_latest(registry_), media_type=CONTENT_TYPE_LATEST)
 
     if settings.gateway_open_metrics:
@@ -142,7 +149,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         async def guarded_metrics(
             request: Request, _: Annotated[Principal, Depends(require(ANY))]
         ) -> Response:
-            return await metrics_text()
+            return await metrics_text(request)
 
     app.add_middleware(BodyLimit, limit=settings.gateway_max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: counts 413s too

@@ -40,8 +40,13 @@ class GatewayMetrics:
         )
         self.review_queue = Gauge(
             "caliber_review_queue_depth",
-            "Predictions withheld and awaiting review, per model name",
+            "Predictions withheld and awaiting review, per model name (counted at each scrape)",
             ["model"],
+            registry=registry,
+        )
+        self.reviews_resolved = Counter(
+            "caliber_gateway_reviews_resolved_total",
+            "Withheld predictions resolved by a reviewer",
             registry=registry,
         )
         self.outbox_backlog = Gauge(
@@ -59,3 +64,9 @@ class GatewayMetrics:
             "Relay rounds that failed (Kafka or PostgreSQL unavailable, delivery refused)",
             registry=registry,
         )
+
+    def set_review_queue(self, depth: dict[str, int]) -> None:
+        """Replace the queue depths, so a model whose queue emptied drops out."""
+        self.review_queue.clear()
+        for model, n in depth.items():
+            self.review_queue.labels(model).set(n)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
+import asyncpg
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 
 from services.gateway.auth import READ, REVIEW, Principal, require
@@ -40,6 +41,16 @@ async def review_queue(
         offset,
     )
     return [prediction_out(r) for r in rows]
+
+
+async def queue_depth(pool: asyncpg.Pool) -> dict[str, int]:
+    """Unresolved withheld predictions per model name, every tenant's together."""
+    rows = await pool.fetch(
+        "SELECT model_name, count(*) AS n FROM predictions p WHERE status = 'review' "
+        "AND NOT EXISTS (SELECT 1 FROM review_resolutions r WHERE r.event_id = p.event_id) "
+        "GROUP BY model_name"
+    )
+    return {r["model_name"]: int(r["n"]) for r in rows}
 
 
 def _not_found(event_id: str) -> HTTPException:
@@ -109,6 +120,7 @@ async def resolve(
         await enqueue(
             conn, state.topics.labels_raw, key.encode(), state.codec.encode("Label", label)
         )
+    state.metrics.reviews_resolved.inc()
     out = ResolutionOut(
         id=row["event_id"],
         event_id=row["event_id"],
