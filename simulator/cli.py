@@ -72,3 +72,28 @@ def run(
         f"sent {sent.predictions} predictions and {sent.labels} labels in {sent.messages} "
         f"messages, {sent.seconds:.1f} s ({rate_done:,.0f} events/s)"
     )
+
+
+@app.command("real-models")
+def real_models(
+    api_key: str = typer.Option(..., envvar="CALIBER_API_KEY", help="an admin key of the tenant"),
+    gateway: str = typer.Option("http://127.0.0.1:8000", help="the gateway's base URL"),
+    dataset: list[str] = typer.Option(
+        ["digits", "breast-cancer"], help="scikit-learn data sets (repeat the option)"
+    ),
+    seed: int = typer.Option(0, help="train/test split seed"),
+) -> None:
+    """Train logistic regression and Gaussian naive Bayes on data sets shipped with
+    scikit-learn, register them as two versions of one model, stream their held-out outputs."""
+    from simulator.real_models import register_and_stream
+    from simulator.registry_client import RegistryClient
+
+    settings = Settings()
+    configure_logging(settings.log_level)
+    with RegistryClient(gateway, api_key) as registry:
+        streamed = register_and_stream(settings, registry, dataset, seed=seed)
+    for s in streamed:
+        typer.echo(
+            f"{s.key:<32} id={s.model_version_id:<5} events={s.events:>5} "
+            f"accuracy={s.accuracy:.3f} ece_of_outputs={s.expected_ece:.4f}"
+        )
