@@ -85,12 +85,12 @@ def real_models(
 ) -> None:
     """Train logistic regression and Gaussian naive Bayes on data sets shipped with
     scikit-learn, register them as two versions of one model, stream their held-out outputs."""
+    from simulator.gateway_client import GatewayClient
     from simulator.real_models import register_and_stream
-    from simulator.registry_client import RegistryClient
 
     settings = Settings()
     configure_logging(settings.log_level)
-    with RegistryClient(gateway, api_key) as registry:
+    with GatewayClient(gateway, api_key) as registry:
         streamed = register_and_stream(settings, registry, dataset, seed=seed)
     for s in streamed:
         typer.echo(

@@ -36,9 +36,9 @@ from shared.codec import AvroCodec
 from shared.kafka import make_producer
 from shared.settings import Settings
 from shared.topics import Topics
+from simulator.gateway_client import GatewayClient
 from simulator.generator import Generated, ModelSpec
 from simulator.producer import produce
-from simulator.registry_client import RegistryClient
 
 EVENT_NAMESPACE = uuid.UUID("0f3c5e7a-2b1d-4c8e-9a6f-5d4b3c2a1908")
 Loader = Callable[[], Any]
@@ -140,16 +140,29 @@ def held_out_outputs(
 class Streamed:
     """One streamed version: its registry id and what Caliber should measure for it."""
 
-    key: str
     model_version_id: int
-    events: int
-    accuracy: float
-    expected_ece: float
+    generated: Generated
+
+    @property
+    def key(self) -> str:
+        return self.generated.predictions.key
+
+    @property
+    def events(self) -> int:
+        return len(self.generated.predictions)
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.generated.correct.mean())
+
+    @property
+    def expected_ece(self) -> float:
+        return self.generated.expected_ece
 
 
 def register_and_stream(
     settings: Settings,
-    registry: RegistryClient,
+    registry: GatewayClient,
     datasets: list[str],
     seed: int = 0,
     now_ms: int | None = None,
@@ -164,7 +177,6 @@ def register_and_stream(
     for dataset in datasets:
         parent: int | None = None
         for model, gen in zip(MODELS, held_out_outputs(dataset, tenant, seed=seed), strict=True):
-            n = len(gen.predictions)
             # Event times end now, so every window (5 min and up) holds all of them.
             shift = now_ms - int(gen.predictions.event_time_ms[-1])
             gen.predictions.event_time_ms = gen.predictions.event_time_ms + shift
@@ -172,15 +184,7 @@ def register_and_stream(
             row = registry.ensure_version(dataset, model.version, model.stage, parent)
             parent = parent or int(row["id"])
             generated.append(gen)
-            streamed.append(
-                Streamed(
-                    gen.predictions.key,
-                    int(row["id"]),
-                    n,
-                    float(gen.correct.mean()),
-                    gen.expected_ece,
-                )
-            )
+            streamed.append(Streamed(int(row["id"]), gen))
     produce(
         make_producer(settings),
         Topics.for_namespace(settings.topic_namespace),

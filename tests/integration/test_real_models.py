@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from shared.settings import Settings
+from simulator.gateway_client import GatewayClient
 from simulator.real_models import Streamed, register_and_stream
-from simulator.registry_client import RegistryClient
 from tests.integration.conftest import start_service
 from tests.integration.gateway_client import make_keys, start_gateway
 
@@ -29,7 +29,7 @@ def streamed(
         for n in ("ingest", "policy", "aggregator")
     ]
     try:
-        with RegistryClient(base, key) as registry:
+        with GatewayClient(base, key) as registry:
             out = register_and_stream(isolated_settings, registry, ["digits", "breast-cancer"])
         yield base, key, out
     finally:
@@ -78,7 +78,7 @@ def test_measured_ece_equals_the_outputs_ece(streamed: tuple[str, str, list[Stre
 def test_the_candidate_descends_from_the_production_version(
     streamed: tuple[str, str, list[Streamed]],
 ) -> None:
-    base, key, versions = streamed
+    base, key, _ = streamed
     h = {"X-API-Key": key}
     models = {
         (m["name"], m["version"]): m for m in httpx.get(f"{base}/api/models", headers=h).json()

@@ -1,4 +1,4 @@
-"""Registering model versions through the gateway, as a user's deployment script would."""
+"""The gateway's REST API as a user's scripts call it: register versions, read metrics."""
 
 from __future__ import annotations
 
@@ -7,15 +7,15 @@ from typing import Any
 import httpx
 
 
-class RegistryClient:
-    """A thin client of the gateway's registry endpoints (``/api/models``)."""
+class GatewayClient:
+    """A thin client of the gateway for one API key (so one tenant)."""
 
     def __init__(self, base_url: str, api_key: str, timeout: float = 10.0) -> None:
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"), headers={"X-API-Key": api_key}, timeout=timeout
         )
 
-    def __enter__(self) -> RegistryClient:
+    def __enter__(self) -> GatewayClient:
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -61,3 +61,35 @@ class RegistryClient:
             if row["name"] == name and row["version"] == version:
                 return dict(row)
         raise LookupError(f"model {name!r} version {version!r} is not registered")
+
+    def _get(self, path: str, **params: Any) -> Any:
+        r = self._http.get(path, params=params)
+        r.raise_for_status()
+        return r.json()
+
+    def calibration(self, model_version_id: int, window: str = "all") -> dict[str, Any]:
+        return dict(self._get("/api/calibration", model_version_id=model_version_id, window=window))
+
+    def risk_coverage(self, model_version_id: int, window: str = "all") -> dict[str, Any]:
+        return dict(
+            self._get("/api/risk-coverage", model_version_id=model_version_id, window=window)
+        )
+
+    def review_queue_size(self, model_version_id: int) -> int:
+        """Withheld predictions of the version still waiting for a reviewer."""
+        size, page = 0, 1000
+        while True:
+            rows = self._get(
+                "/api/review-queue", model_version_id=model_version_id, limit=page, offset=size
+            )
+            size += len(rows)
+            if len(rows) < page:
+                return size
+
+    def drift_alerts(self, model_version_id: int) -> list[dict[str, Any]]:
+        """Drift alerts raised for the version (an empty list where drift is not served)."""
+        r = self._http.get("/api/drift-alerts", params={"model_version_id": model_version_id})
+        if r.status_code == httpx.codes.NOT_FOUND:
+            return []
+        r.raise_for_status()
+        return list(r.json())
