@@ -1,0 +1,1 @@
+"""The drift worker: reference profiles, windowed feature histograms, drift scores and alerts."""

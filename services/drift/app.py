@@ -1,0 +1,78 @@
+"""Wiring of the drift worker.
+
+The batch loop (:mod:`services.drift.processing`) counts ``<ns>.predictions`` into Redis;
+the evaluator (:mod:`services.drift.evaluate`) scores, exports and alerts at its cadence.
+One process runs both and shares the active profiles between them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import faust
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
+
+from services.drift.evaluate import Evaluator
+from services.drift.metrics import DriftMetrics
+from services.drift.processing import DriftProcessor, ProfileCache, WindowConfig
+from services.drift.settings import DriftSettings
+from services.drift.store import DriftStore
+from services.drift.uploads import UploadSource
+from shared.codec import AvroCodec
+from shared.kafka import make_producer
+from shared.observability import configure_logging, serve_metrics
+from shared.pipeline import Pipeline, PipelineConfig
+from shared.topics import Topics
+from shared.worker import create_app, run
+
+
+def build_app(settings: DriftSettings) -> faust.App:
+    registry = CollectorRegistry()
+    metrics = DriftMetrics(registry)
+    topics = Topics.for_namespace(settings.topic_namespace)
+    codec = AvroCodec()
+
+    async def loop(stopping: asyncio.Event) -> None:
+        client = aioredis.Redis.from_url(settings.redis_dsn)
+        store = DriftStore(client, settings.redis_prefix)
+        cache = ProfileCache()
+        uploads = UploadSource(settings.postgres_url)
+        evaluator = Evaluator(
+            settings, store, cache, uploads, make_producer(settings), codec, metrics
+        )
+        config = WindowConfig(
+            bucket_seconds=settings.drift_bucket_seconds,
+            window_seconds=settings.drift_window_seconds,
+            reference_events=settings.drift_reference_events,
+        )
+        pipeline = Pipeline(
+            settings,
+            PipelineConfig(
+                group_id=f"{settings.topic_namespace}-drift",
+                topics=[topics.predictions],
+                transactional=False,
+                max_messages=settings.drift_max_messages,
+            ),
+            DriftProcessor(codec, store, cache, config, metrics),
+            metrics,
+        )
+        evaluating = asyncio.create_task(evaluator.run(stopping))
+        try:
+            await pipeline.run(stopping)
+        finally:
+            stopping.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await evaluating
+            await uploads.close()
+            await client.aclose()
+
+    serve_metrics(settings.metrics_port, registry)
+    return create_app("drift", settings, loop)
+
+
+def main() -> None:
+    settings = DriftSettings()
+    configure_logging(settings.log_level)
+    run(build_app(settings), settings)

@@ -1,0 +1,138 @@
+"""Counting a batch's events into the cells of a reference profile, per event-time bucket.
+
+``shared.drift_profile`` fixes each part's cells; here every event gets its cell index
+(−1 when the value is missing) and one ``bincount`` over ``bucket × cells + cell`` counts a
+whole batch of one model version into every bucket it touches, so the cost per event is a
+few vectorised operations whatever the number of buckets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from shared.batches import PredictionColumns
+from shared.drift_profile import (
+    MISSING_CATEGORY,
+    CategoricalProfile,
+    FeatureProfile,
+    NumericProfile,
+    ReferenceProfile,
+)
+from shared.drift_window import CONFIDENCE_PART, FIRST_FEATURE_PART, LABEL_PART
+
+IntArray = npt.NDArray[np.int64]
+Counts = dict[int, dict[int, IntArray]]
+"""bucket start (epoch s) → part → counts over the part's cells."""
+
+
+def numeric_cells(feature: NumericProfile, values: npt.ArrayLike) -> IntArray:
+    """Quantile-bin cell, and fine cell offset by the bin count, of each value; a missing
+    value gets −1 in both. Returned as a (2, n) array."""
+    x = np.asarray(values, dtype=np.float64)
+    missing = np.isnan(x)
+    coarse = np.searchsorted(np.asarray(feature.edges), x, side="left")
+    fine = feature.n_bins + np.searchsorted(feature.fine_edges, x, side="left")
+    out = np.stack([coarse, fine]).astype(np.int64)
+    out[:, missing] = -1
+    return out
+
+
+def categorical_cells(feature: CategoricalProfile, values: Sequence[str]) -> IntArray:
+    index = {c: i for i, c in enumerate(feature.categories)}
+    other = len(feature.categories)
+    cells = [-1 if v == MISSING_CATEGORY else index.get(v, other) for v in values]
+    return np.asarray(cells, dtype=np.int64).reshape(1, -1)
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    index: int
+    name: str
+    profile: FeatureProfile
+
+
+def parts(profile: ReferenceProfile) -> list[Part]:
+    """The profile's parts in count-key order (``shared.drift_window``)."""
+    out = [
+        Part(CONFIDENCE_PART, profile.confidence.name, profile.confidence),
+        Part(LABEL_PART, profile.predicted_labels.name, profile.predicted_labels),
+    ]
+    for i, (name, feature) in enumerate(profile.features.items()):
+        out.append(Part(FIRST_FEATURE_PART + i, name, feature))
+    return out
+
+
+def _part_values(part: Part, cols: PredictionColumns) -> npt.ArrayLike | Sequence[str] | None:
+    if part.index == CONFIDENCE_PART:
+        return cols.confidences
+    if part.index == LABEL_PART:
+        return cols.predicted_labels
+    if isinstance(part.profile, NumericProfile):
+        return cols.numeric_features.get(part.name)
+    return cols.categorical_features.get(part.name)
+
+
+def bucketed_counts(
+    profile: ReferenceProfile, batches: Sequence[PredictionColumns], bucket_s: int
+) -> Counts:
+    """Counts of every part of ``profile`` per event-time bucket over ``batches`` (all of
+    the profile's model version). A feature missing from a batch counts nothing there."""
+    out: Counts = {}
+    for cols in batches:
+        if not len(cols):
+            continue
+        starts = (cols.event_time_ms // 1000) // bucket_s * bucket_s
+        uniq, pos = np.unique(starts, return_inverse=True)
+        nb = uniq.size
+        for part in parts(profile):
+            values = _part_values(part, cols)
+            if values is None:
+                continue
+            feature = part.profile
+            if isinstance(feature, NumericProfile):
+                cells = numeric_cells(feature, values)
+            else:
+                cells = categorical_cells(feature, list(values))  # type: ignore[arg-type]
+            width = feature.n_cells
+            for row in cells:
+                ok = row >= 0
+                flat = np.bincount(pos[ok] * width + row[ok], minlength=nb * width)
+                for b, counts in enumerate(flat.reshape(nb, width)):
+                    if not counts.any():
+                        continue
+                    slot = out.setdefault(int(uniq[b]), {})
+                    prev = slot.get(part.index)
+                    slot[part.index] = counts if prev is None else prev + counts
+    return out
+
+
+def encode_fields(parts_counts: dict[int, IntArray]) -> dict[str, int]:
+    """Redis hash fields ``{part}.{cell}`` of the non-zero counts."""
+    fields: dict[str, int] = {}
+    for part, counts in parts_counts.items():
+        for cell in np.flatnonzero(counts).tolist():
+            fields[f"{part}.{cell}"] = int(counts[cell])
+    return fields
+
+
+def decode_fields(
+    hashes: Sequence[dict[bytes, bytes]], widths: dict[int, int]
+) -> dict[int, IntArray]:
+    """Summed counts of bucket hashes, per part (parts ``widths`` does not know are
+    ignored); a part absent from every hash is absent from the result."""
+    out: dict[int, IntArray] = {}
+    for h in hashes:
+        for k, v in h.items():
+            part_s, cell_s = k.decode().split(".", 1)
+            part, cell = int(part_s), int(cell_s)
+            width = widths.get(part)
+            if width is None or cell >= width:
+                continue
+            if part not in out:
+                out[part] = np.zeros(width, dtype=np.int64)
+            out[part][cell] += int(v)
+    return out

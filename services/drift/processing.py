@@ -1,0 +1,187 @@
+"""The drift step: count each model version's events into its current-window histograms.
+
+A model version without a reference profile first fills its reference window (its first
+``reference_events`` events, see :mod:`services.drift.reference`); the batch that completes
+it builds the profile, and its remaining events, like every later one, are counted per
+event-time bucket against that profile. Everything a batch changes goes to Redis in one
+offset-fenced call (``shared.offset_fence``), so a replay after a crash counts nothing twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from confluent_kafka import Message
+
+from services.drift.binning import bucketed_counts, encode_fields
+from services.drift.metrics import DriftMetrics
+from services.drift.reference import build_from_chunks, chunk, parse_reference, reference_json
+from services.drift.store import DriftStore
+from shared.batches import PredictionColumns
+from shared.codec import AvroCodec, Decoded
+from shared.drift_profile import ReferenceProfile
+from shared.offset_fence import Effect, fresh
+from shared.pipeline import Output
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class ActiveProfile:
+    profile: ReferenceProfile
+    source: str
+    upload_id: int = 0
+
+
+@dataclass(slots=True)
+class ProfileCache:
+    """Active profile per model version, shared by the batch loop and the evaluator of one
+    process (Redis ``Pref:M`` is the durable copy)."""
+
+    active: dict[str, ActiveProfile] = field(default_factory=dict)
+
+    def get(self, model: str) -> ActiveProfile | None:
+        return self.active.get(model)
+
+    def load(self, model: str, raw: str | bytes) -> ActiveProfile:
+        profile, source, upload_id = parse_reference(raw)
+        self.active[model] = entry = ActiveProfile(profile, source, upload_id)
+        return entry
+
+
+@dataclass(frozen=True, slots=True)
+class WindowConfig:
+    bucket_seconds: int
+    window_seconds: int
+    reference_events: int
+
+    @property
+    def ttl(self) -> int:
+        return 2 * self.window_seconds + self.bucket_seconds
+
+
+class DriftProcessor:
+    def __init__(
+        self,
+        codec: AvroCodec,
+        store: DriftStore,
+        cache: ProfileCache,
+        config: WindowConfig,
+        metrics: DriftMetrics | None = None,
+    ) -> None:
+        self._codec = codec
+        self._store = store
+        self._cache = cache
+        self._config = config
+        self._metrics = metrics
+        self.events_scored = 0
+        self.events_reference = 0
+
+    async def __call__(self, messages: Sequence[Message]) -> list[Output]:
+        store = self._store
+        todo = fresh(messages, await store.fence.done())
+        if not todo:
+            return []
+        by_model: dict[str, list[PredictionColumns]] = {}
+        for m in todo:
+            decoded = self._codec.decode(m.value(), {"PredictionBatch"})
+            if not isinstance(decoded, Decoded):
+                logger.error(
+                    "skipping undecodable %s[%s]@%s: %s",
+                    m.topic(),
+                    m.partition(),
+                    m.offset(),
+                    decoded.message,
+                )
+                continue
+            cols = PredictionColumns.from_record(decoded.record)
+            if len(cols):
+                by_model.setdefault(cols.key, []).append(cols)
+        models = list(by_model)
+        unknown = [k for k in models if self._cache.get(k) is None]
+        for k, raw in (await store.references(unknown)).items():
+            self._cache.load(k, raw)
+        filling = [k for k in models if self._cache.get(k) is None]
+        collected = await store.collected(filling)
+        effect = Effect()
+        built: dict[str, ActiveProfile] = {}
+        scored = reference = 0
+        for model, batches in by_model.items():
+            self._model_state(model, batches, effect)
+            active = self._cache.get(model)
+            if active is None:
+                batches, taken, done = await self._collect(model, batches, collected[model], effect)
+                reference += taken
+                if done is not None:
+                    active = built[model] = done
+            if active is not None and batches:
+                scored += sum(len(b) for b in batches)
+                self._count(model, active.profile, batches, effect)
+        if await store.fence.apply(todo, effect):
+            self._cache.active.update(built)
+            self.events_scored += scored
+            self.events_reference += reference
+            if self._metrics is not None:
+                self._metrics.events.labels("scored").inc(scored)
+                self._metrics.events.labels("reference").inc(reference)
+                for a in built.values():
+                    self._metrics.profiles.labels(a.source).inc()
+            for model, a in built.items():
+                logger.info("%s: reference profile %s built", model, a.profile.version)
+        return []
+
+    def _model_state(self, model: str, batches: list[PredictionColumns], effect: Effect) -> None:
+        keys = self._store.keys
+        effect.sadd.append((keys.models, model))
+        latest = max(int(b.event_time_ms.max()) for b in batches)
+        effect.hmax.append((keys.watermarks, model, latest))
+        ids = [b.model_version_id for b in batches if b.model_version_id is not None]
+        if ids:
+            effect.hmax.append((keys.model_ids, model, int(ids[-1])))
+
+    async def _collect(
+        self, model: str, batches: list[PredictionColumns], have: int, effect: Effect
+    ) -> tuple[list[PredictionColumns], int, ActiveProfile | None]:
+        """(events left to score, events taken for the reference, the profile when this
+        batch completes the reference window)."""
+        keys = self._store.keys
+        need = self._config.reference_events - have
+        chunks = []
+        rest: list[PredictionColumns] = []
+        taken = 0
+        for cols in batches:
+            take = max(0, min(need - taken, len(cols)))
+            if take:
+                chunks.append(chunk(cols, slice(0, take)))
+                taken += take
+            if take < len(cols):
+                rest.append(cols.take(np.arange(take, len(cols))))
+        if have + taken < self._config.reference_events:
+            effect.rpush += [(keys.collect(model), json.dumps(c)) for c in chunks]
+            effect.counts.append((keys.collected(model), taken))
+            return rest, taken, None
+        profile = build_from_chunks(model, [*await self._store.chunks(model), *chunks])
+        effect.set.append((keys.reference(model), reference_json(profile, "window"), 0))
+        effect.delete += [keys.collect(model), keys.collected(model)]
+        return rest, taken, ActiveProfile(profile, "window")
+
+    def _count(
+        self,
+        model: str,
+        profile: ReferenceProfile,
+        batches: list[PredictionColumns],
+        effect: Effect,
+    ) -> None:
+        keys = self._store.keys
+        ttl = self._config.ttl
+        for start, parts_counts in bucketed_counts(
+            profile, batches, self._config.bucket_seconds
+        ).items():
+            effect.incr.append(
+                (keys.bucket(model, profile.version, start), ttl, encode_fields(parts_counts))
+            )
+            effect.zadd.append((keys.index(model, profile.version), start, str(start), ttl))

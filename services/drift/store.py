@@ -1,0 +1,89 @@
+"""The drift worker's Redis state (layout in ``shared.drift_window``): the fenced writes of
+the batch loop, and what the evaluator reads and writes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from shared.drift_window import DriftKeys
+from shared.offset_fence import OffsetFence
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _ints(values: Any) -> list[int]:
+    return [int(v) for v in values]
+
+
+class DriftStore:
+    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+        self.r = client
+        self.prefix = prefix
+        self.keys = DriftKeys(prefix)
+        self.fence = OffsetFence(client, self.keys.offsets)
+
+    async def references(self, models: Sequence[str]) -> dict[str, bytes | str]:
+        """Stored reference JSON of each of ``models`` that has one."""
+        if not models:
+            return {}
+        values = await self.r.mget([self.keys.reference(m) for m in models])
+        return {m: v for m, v in zip(models, values, strict=True) if v is not None}
+
+    async def collected(self, models: Sequence[str]) -> dict[str, int]:
+        if not models:
+            return {}
+        values = await self.r.mget([self.keys.collected(m) for m in models])
+        return {m: int(v or 0) for m, v in zip(models, values, strict=True)}
+
+    async def chunks(self, model: str) -> list[dict[str, Any]]:
+        return [json.loads(c) for c in await self.r.lrange(self.keys.collect(model), 0, -1)]
+
+    async def models(self) -> list[str]:
+        return sorted(_text(m) for m in await self.r.smembers(self.keys.models))
+
+    async def model_ids(self) -> dict[str, int]:
+        raw = await self.r.hgetall(self.keys.model_ids)
+        return {_text(k): int(v) for k, v in raw.items()}
+
+    async def watermark_ms(self, model: str) -> int | None:
+        value = await self.r.hget(self.keys.watermarks, model)
+        return int(value) if value is not None else None
+
+    async def window(
+        self, model: str, version: str, lo_start: int, hi_start: int
+    ) -> list[dict[bytes, bytes]]:
+        """Bucket hashes of ``model`` under profile ``version`` whose start is in
+        [lo_start, hi_start]; buckets before ``lo_start`` are deleted (they left the window)."""
+        index = self.keys.index(model, version)
+        starts = _ints(await self.r.zrangebyscore(index, lo_start, hi_start))
+        old = _ints(await self.r.zrangebyscore(index, "-inf", f"({lo_start}"))
+        pipe = self.r.pipeline(transaction=False)
+        for s in starts:
+            pipe.hgetall(self.keys.bucket(model, version, s))
+        if old:
+            pipe.delete(*[self.keys.bucket(model, version, s) for s in old])
+            pipe.zremrangebyscore(index, "-inf", f"({lo_start}")
+        result = await pipe.execute()
+        return list(result[: len(starts)])
+
+    async def set_reference(self, model: str, body: str) -> None:
+        await self.r.set(self.keys.reference(model), body)
+
+    async def save_scores(self, model: str, body: dict[str, Any]) -> None:
+        await self.r.set(self.keys.scores(model), json.dumps(body, allow_nan=False))
+
+    async def alert_states(self, model: str, features: Sequence[str]) -> dict[str, dict[str, Any]]:
+        if not features:
+            return {}
+        values = await self.r.mget([self.keys.alert(model, f) for f in features])
+        return {f: json.loads(v) for f, v in zip(features, values, strict=True) if v is not None}
+
+    async def save_alert_states(self, model: str, states: dict[str, dict[str, Any]]) -> None:
+        if states:
+            await self.r.mset({self.keys.alert(model, f): json.dumps(s) for f, s in states.items()})
