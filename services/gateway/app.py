@@ -28,7 +28,7 @@ from services.gateway.middleware import BodyLimit, RequestMetrics
 from services.gateway.model_cache import ModelCache, RegistryIndex
 from services.gateway.outbox import Relay
 from services.gateway.publish import Publisher
-from services.gateway.routes import health, keys, live, predictions, registry, reviews
+from services.gateway.routes import drift, health, keys, live, predictions, registry, reviews
 from services.gateway.settings import GatewaySettings
 from shared.codec import AvroCodec
 from shared.kafka import make_producer
@@ -37,7 +37,7 @@ from shared.topics import Topics
 
 logger = logging.getLogger(__name__)
 
-ROUTERS = (predictions, reviews, registry, calibration, keys, health, live)
+ROUTERS = (predictions, reviews, registry, calibration, drift, keys, health, live)
 RESTART_SECONDS = 2.0
 PUBLISH_TIMEOUT_MS = 15_000
 """How long a request waits for Kafka before it fails with 503."""

@@ -1,0 +1,277 @@
+"""Drift: current scores, drift alerts, reference uploads and per-feature thresholds.
+
+Ownership. The gateway is the only writer of ``drift_references`` (uploaded reference
+profiles, versioned by content digest, newest first) and ``drift_thresholds``; the drift
+worker reads both from its evaluation loop and makes the newest upload of a model version
+its active profile (in the worker's own Redis keys) within one evaluation cadence. Scores
+come from the worker's Redis state (``shared.drift_window``), drift alerts from the
+``alerts`` table the recorder fills. Every query is scoped to the caller's tenant, so
+another tenant's model version ids look unknown (404).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import asyncpg
+import numpy as np
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from pydantic import BaseModel, Field
+
+from services.gateway.auth import ADMIN, READ, Principal, require
+from shared.batches import model_key
+from shared.drift_profile import CONFIDENCE_KEY, LABEL_KEY
+from shared.drift_profile_builder import build_profile
+from shared.drift_profile_codec import profile_to_dict
+from shared.drift_window import MAX_FEATURES, read_reference, read_scores
+
+router = APIRouter(prefix="/api", tags=["drift"])
+MAX_REFERENCE_EVENTS = 100_000
+MIN_REFERENCE_EVENTS = 100
+
+
+class ReferenceEvent(BaseModel):
+    confidence: float = Field(ge=0.0, le=1.0, description="top-label probability")
+    predicted_label: str
+    features: dict[str, float | str] | None = None
+
+
+class ReferenceIn(BaseModel):
+    model_version_id: int
+    events: list[ReferenceEvent] = Field(
+        min_length=MIN_REFERENCE_EVENTS, max_length=MAX_REFERENCE_EVENTS
+    )
+
+
+class ReferenceOut(BaseModel):
+    model_version_id: int
+    reference_version: str
+    n_samples: int
+    features: list[str]
+    created_at: datetime | None = None
+    source: str = "upload"
+
+
+class ThresholdsIn(BaseModel):
+    model_version_id: int
+    thresholds: dict[str, Annotated[float, Field(gt=0)]] = Field(
+        description="feature (or __confidence__, __predicted_label__) → threshold of its "
+        "alerting method (PSI for numbers, Cohen's w for categories)"
+    )
+
+
+class DriftAlertOut(BaseModel):
+    model_version_id: int | None
+    feature: str | None
+    drift_score: float
+    threshold: float
+    severity: Literal["warning", "critical", "resolved"]
+    created_at: datetime
+    method: str | None
+    window: str
+    reference_version: str | None
+    n_samples: int
+
+
+async def _owned(request: Request, who: Principal, model_version_id: int) -> asyncpg.Record:
+    row = await request.app.state.pool.fetchrow(
+        "SELECT id, tenant_id, name, version FROM model_versions WHERE id = $1 AND tenant_id = $2",
+        model_version_id,
+        who.tenant,
+    )
+    if row is None:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, detail=f"model version {model_version_id} not found"
+        )
+    return row
+
+
+def _unprocessable(loc: list[str | int], msg: str) -> HTTPException:
+    return HTTPException(
+        status.HTTP_422_UNPROCESSABLE_ENTITY, detail=[{"loc": loc, "msg": msg, "type": "value"}]
+    )
+
+
+def _columns(events: list[ReferenceEvent]) -> dict[str, Any]:
+    """Feature name → numeric array (NaN = missing) or list of categories ("" = missing)."""
+    names = sorted({k for e in events for k in (e.features or {})})
+    if len(names) > MAX_FEATURES:
+        raise _unprocessable(
+            ["body", "events"], f"{len(names)} features; a profile holds at most {MAX_FEATURES}"
+        )
+    out: dict[str, Any] = {}
+    for name in names:
+        if name in (CONFIDENCE_KEY, LABEL_KEY):
+            raise _unprocessable(["body", "events", "features", name], "reserved feature name")
+        values = [(e.features or {}).get(name) for e in events]
+        present = [v for v in values if v is not None]
+        if all(isinstance(v, str) for v in present):
+            out[name] = ["" if v is None else str(v) for v in values]
+        elif all(not isinstance(v, str) for v in present):
+            x = np.array([np.nan if v is None else float(v) for v in values])
+            if not np.all(np.isfinite(x[~np.isnan(x)])):
+                raise _unprocessable(["body", "events", "features", name], "not finite")
+            out[name] = x
+        else:
+            raise _unprocessable(
+                ["body", "events", "features", name], "mixes numbers and categories"
+            )
+    return out
+
+
+@router.post("/drift/reference", response_model=ReferenceOut, status_code=status.HTTP_201_CREATED)
+async def upload_reference(
+    request: Request, who: Annotated[Principal, Depends(require(ADMIN))], body: ReferenceIn
+) -> ReferenceOut:
+    """Build a reference profile from a batch of events and make it the model version's
+    active one (it replaces any earlier profile once the drift worker's next evaluation
+    picks it up). The version is a digest of the profile's content."""
+    row = await _owned(request, who, body.model_version_id)
+    key = model_key(row["tenant_id"], row["name"], row["version"])
+    try:
+        profile = build_profile(
+            key,
+            [e.confidence for e in body.events],
+            [e.predicted_label for e in body.events],
+            _columns(body.events),
+        )
+    except ValueError as exc:
+        raise _unprocessable(["body", "events"], str(exc)) from exc
+    created = await request.app.state.pool.fetchval(
+        "INSERT INTO drift_references (tenant_id, model_version_id, version, n_samples, "
+        "profile, api_key_id) VALUES ($1, $2, $3, $4, $5::jsonb, $6) RETURNING created_at",
+        who.tenant,
+        body.model_version_id,
+        profile.version,
+        profile.n_samples,
+        json.dumps(profile_to_dict(profile), allow_nan=False),
+        who.key_id,
+    )
+    return ReferenceOut(
+        model_version_id=body.model_version_id,
+        reference_version=profile.version,
+        n_samples=profile.n_samples,
+        features=list(profile.features),
+        created_at=created,
+    )
+
+
+@router.get("/drift/reference", response_model=ReferenceOut)
+async def active_reference(
+    request: Request, who: Annotated[Principal, Depends(require(READ))], model_version_id: int
+) -> ReferenceOut:
+    """The profile the drift worker scores against now (built from the reference window,
+    or uploaded); 404 while the model version's reference window is still filling."""
+    row = await _owned(request, who, model_version_id)
+    key = model_key(row["tenant_id"], row["name"], row["version"])
+    ref = await read_reference(
+        request.app.state.redis, request.app.state.settings.redis_prefix, key
+    )
+    if ref is None:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, detail=f"model version {model_version_id} has no profile yet"
+        )
+    profile = ref["profile"]
+    return ReferenceOut(
+        model_version_id=model_version_id,
+        reference_version=profile["version"],
+        n_samples=profile["n_samples"],
+        features=sorted(profile["features"]),
+        source=ref["source"],
+    )
+
+
+@router.put("/drift/thresholds")
+async def set_thresholds(
+    request: Request, who: Annotated[Principal, Depends(require(ADMIN))], body: ThresholdsIn
+) -> dict[str, Any]:
+    """Set thresholds per feature of one model version (unnamed features keep the worker's
+    defaults: PSI 0.2, Cohen's w 0.1); returns every threshold the version has."""
+    await _owned(request, who, body.model_version_id)
+    async with request.app.state.pool.acquire() as conn, conn.transaction():
+        for feature, threshold in body.thresholds.items():
+            if not feature or not math.isfinite(threshold):
+                raise _unprocessable(
+                    ["body", "thresholds", feature], "expected a name and a number"
+                )
+            await conn.execute(
+                "INSERT INTO drift_thresholds (model_version_id, feature, threshold) "
+                "VALUES ($1, $2, $3) ON CONFLICT (model_version_id, feature) DO UPDATE "
+                "SET threshold = EXCLUDED.threshold, updated_at = now()",
+                body.model_version_id,
+                feature,
+                threshold,
+            )
+        rows = await conn.fetch(
+            "SELECT feature, threshold FROM drift_thresholds WHERE model_version_id = $1 "
+            "ORDER BY feature",
+            body.model_version_id,
+        )
+    return {
+        "model_version_id": body.model_version_id,
+        "thresholds": {r["feature"]: r["threshold"] for r in rows},
+    }
+
+
+@router.get("/drift")
+async def current_drift(
+    request: Request, who: Annotated[Principal, Depends(require(READ))], model_version_id: int
+) -> dict[str, Any]:
+    """Current scores of every profiled feature, the confidence and the predicted-label mix
+    over the sliding window: each method's score, the samples it used (trusted once at
+    least ``min_samples``), the alerting method's threshold and severity, and the
+    reference version they were measured against."""
+    row = await _owned(request, who, model_version_id)
+    key = model_key(row["tenant_id"], row["name"], row["version"])
+    scores = await read_scores(
+        request.app.state.redis, request.app.state.settings.redis_prefix, key
+    )
+    if scores is None:
+        return {"model_version_id": model_version_id, "status": "no scores yet", "features": []}
+    scores.pop("model", None)
+    return {**scores, "model_version_id": model_version_id, "status": "scored"}
+
+
+@router.get("/drift-alerts", response_model=list[DriftAlertOut])
+async def drift_alerts(
+    request: Request,
+    who: Annotated[Principal, Depends(require(READ))],
+    model_version_id: int | None = None,
+    feature: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[DriftAlertOut]:
+    """Drift alerts and recoveries of the tenant's model versions, newest first."""
+    rows = await request.app.state.pool.fetch(
+        "SELECT coalesce(a.model_version_id, m.id) AS model_version_id, a.feature, a.value, "
+        "a.threshold, a.severity, a.created_at, a.method, a.window_name, a.reference_version, "
+        "a.n_samples FROM alerts a LEFT JOIN model_versions m ON m.tenant_id = a.tenant_id "
+        "AND m.name = a.model_name AND m.version = a.model_version "
+        "WHERE a.tenant_id = $1 AND a.kind = 'drift' "
+        "AND ($2::bigint IS NULL OR coalesce(a.model_version_id, m.id) = $2) "
+        "AND ($3::text IS NULL OR a.feature = $3) "
+        "ORDER BY a.created_at DESC, a.id DESC LIMIT $4 OFFSET $5",
+        who.tenant,
+        model_version_id,
+        feature,
+        limit,
+        offset,
+    )
+    return [
+        DriftAlertOut(
+            model_version_id=r["model_version_id"],
+            feature=r["feature"],
+            drift_score=r["value"],
+            threshold=r["threshold"],
+            severity=r["severity"],
+            created_at=r["created_at"],
+            method=r["method"],
+            window=r["window_name"],
+            reference_version=r["reference_version"],
+            n_samples=r["n_samples"],
+        )
+        for r in rows
+    ]
