@@ -12,7 +12,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"
 def configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format=LOG_FORMAT, force=True)
     # Client libraries are chatty at INFO; their warnings still come through.
-    for noisy in ("aiokafka", "faust", "mode", "kafka"):
+    for noisy in ("aiokafka", "faust", "mode", "kafka", "httpx"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 

@@ -97,3 +97,34 @@ def real_models(
             f"{s.key:<32} id={s.model_version_id:<5} events={s.events:>5} "
             f"accuracy={s.accuracy:.3f} ece_of_outputs={s.expected_ece:.4f}"
         )
+
+
+@app.command("scenario")
+def run_scenario(
+    names: list[str] = typer.Argument(..., help="seed | drift | label-delay | tenants"),
+    gateway: str = typer.Option("http://127.0.0.1:8000", help="the gateway's base URL"),
+    timeout: float = typer.Option(240, min=1, help="longest wait for Caliber to count it all"),
+) -> None:
+    """Send named scenarios through the running services (an admin key per tenant is
+    created) and print what their events say beside what Caliber measured."""
+    from contextlib import ExitStack
+
+    from simulator.demo import create_keys
+    from simulator.gateway_client import GatewayClient
+    from simulator.scenario_runner import measure, send, table
+    from simulator.scenarios import scenario
+
+    settings = Settings()
+    configure_logging(settings.log_level)
+    try:
+        chosen = [scenario(n) for n in names]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    keys = create_keys(settings, sorted({t for s in chosen for t in s.tenants}))
+    with ExitStack() as stack:
+        clients = {t: stack.enter_context(GatewayClient(gateway, k)) for t, k in keys.items()}
+        outcomes = measure(
+            clients.__getitem__, send(settings, clients.__getitem__, chosen), timeout
+        )
+    for line in table(outcomes):
+        typer.echo(line)
