@@ -28,7 +28,16 @@ from services.gateway.middleware import BodyLimit, RequestMetrics
 from services.gateway.model_cache import ModelCache, RegistryIndex
 from services.gateway.outbox import Relay
 from services.gateway.publish import Publisher
-from services.gateway.routes import drift, health, keys, live, predictions, registry, reviews
+from services.gateway.routes import (
+    console,
+    drift,
+    health,
+    keys,
+    live,
+    predictions,
+    registry,
+    reviews,
+)
 from services.gateway.settings import GatewaySettings
 from shared.codec import AvroCodec
 from shared.kafka import make_producer
@@ -118,6 +127,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     )
     for module in ROUTERS:
         app.include_router(module.router)
+    console.mount(app)
 
     @app.exception_handler(asyncpg.PostgresConnectionError)
     @app.exception_handler(asyncpg.InterfaceError)
