@@ -9,8 +9,15 @@ import subprocess
 import sys
 import urllib.request
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import psycopg
+from psycopg import sql
+from pydantic import SecretStr
+
+from shared.db import migrate
 from shared.settings import Settings
 from shared.stack import ensure_topics
 
@@ -24,6 +31,34 @@ def bench_settings(base: Settings | None = None) -> Settings:
     settings = base.model_copy(update={"topic_namespace": ns, "redis_prefix": f"{ns}:"})
     ensure_topics(settings)
     return settings
+
+
+def with_database(dsn: str, database: str) -> str:
+    """``dsn`` pointed at another database of the same server."""
+    base, _, _ = dsn.partition("?")[0].rpartition("/")
+    query = dsn.partition("?")[2]
+    return f"{base}/{database}" + (f"?{query}" if query else "")
+
+
+@contextmanager
+def scratch_database(settings: Settings, prefix: str = "caliber_scratch") -> Iterator[Settings]:
+    """``settings`` pointed at a new, migrated database of the same server, dropped on
+    exit, so a benchmark or a test module never touches the data of the main one."""
+    database = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin_dsn = settings.postgres_url
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+    scratch = settings.model_copy(
+        update={"postgres_dsn": SecretStr(with_database(admin_dsn, database))}
+    )
+    try:
+        migrate(scratch.postgres_url)
+        yield scratch
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database))
+            )
 
 
 def service_env(settings: Settings, **extra: str) -> dict[str, str]:

@@ -12,14 +12,11 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 import redis
-from psycopg import sql
-from pydantic import SecretStr
 
+from shared.benchmarking import scratch_database
 from shared.benchmarking import start_service as run_service
-from shared.db import migrate
 from shared.settings import Settings
 from shared.stack import delete_topics, ensure_topics, stack_up
 
@@ -32,41 +29,21 @@ def stack_settings() -> Settings:
     return settings
 
 
-def with_database(dsn: str, database: str) -> str:
-    """``dsn`` pointed at another database of the same server."""
-    base, _, _ = dsn.partition("?")[0].rpartition("/")
-    query = dsn.partition("?")[2]
-    return f"{base}/{database}" + (f"?{query}" if query else "")
-
-
 @pytest.fixture(scope="module")
 def isolated_settings(stack_settings: Settings) -> Iterator[Settings]:
     """The stack's settings with a private topic namespace (``t<hex>``, topics created),
     Redis prefix and freshly migrated database; all three are removed afterwards."""
-    tag = uuid.uuid4().hex[:10]
-    namespace = f"t{tag}"
-    database = f"caliber_t{tag}"
-    admin_dsn = stack_settings.postgres_url
-    settings = stack_settings.model_copy(
-        update={
-            "topic_namespace": namespace,
-            "redis_prefix": f"{namespace}:",
-            "postgres_dsn": SecretStr(with_database(admin_dsn, database)),
-        }
-    )
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
-    try:
-        migrate(settings.postgres_url)
-        ensure_topics(settings)
-        yield settings
-    finally:
-        delete_topics(settings, namespace)
-        _delete_redis_keys(settings)
-        with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database))
-            )
+    namespace = f"t{uuid.uuid4().hex[:10]}"
+    with scratch_database(stack_settings, prefix=f"caliber_{namespace}") as with_db:
+        settings = with_db.model_copy(
+            update={"topic_namespace": namespace, "redis_prefix": f"{namespace}:"}
+        )
+        try:
+            ensure_topics(settings)
+            yield settings
+        finally:
+            delete_topics(settings, namespace)
+            _delete_redis_keys(settings)
 
 
 def _delete_redis_keys(settings: Settings) -> None:
