@@ -38,6 +38,13 @@ THRESHOLDS = {"v1": 0.6, "v2": 0.8}
 EVENTS_PER_VERSION = 300
 LABELS = ("cat", "dog", "fox")
 WAIT_S = 90
+SHIFT_AFTER = 150
+"""v1's events from here on have a length 4 standard deviations longer: a drift alert."""
+DRIFT_ENV = {
+    "CALIBER_DRIFT_REFERENCE_EVENTS": "100",
+    "CALIBER_DRIFT_MIN_SAMPLES": "50",
+    "CALIBER_DRIFT_EVAL_SECONDS": "1",
+}
 
 
 @dataclass
@@ -63,12 +70,15 @@ def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def _events(rng: random.Random, model_id: int, over_confident: bool) -> list[dict[str, Any]]:
+def _events(
+    rng: random.Random, model_id: int, over_confident: bool, shift_after: int | None
+) -> list[dict[str, Any]]:
     """Three-class predictions; the over-confident version is right less often than it says.
 
     Four in five carry their ground truth; the rest wait for a label (or a reviewer)."""
     out = []
     for i in range(EVENTS_PER_VERSION):
+        length = rng.gauss(40 if shift_after is None or i < shift_after else 72, 8)
         confidence = round(rng.uniform(0.4, 1.0), 4)
         predicted = rng.choice(LABELS)
         others = [label for label in LABELS if label != predicted]
@@ -85,7 +95,7 @@ def _events(rng: random.Random, model_id: int, over_confident: bool) -> list[dic
                 others[1]: 1 - confidence - split,
             },
             "features": {
-                "length_cm": round(rng.gauss(40, 8), 2),
+                "length_cm": round(length, 2),
                 "channel": rng.choice(["web", "app"]),
             },
         }
@@ -139,10 +149,16 @@ def env(isolated_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -
             start_service(n, isolated_settings, logs / f"{n}.log")
             for n in ("ingest", "policy", "recorder", "aggregator")
         ]
+        workers.append(start_service("drift", isolated_settings, logs / "drift.log", **DRIFT_ENV))
         rng = random.Random(6)
         with e.client("producer") as c:
             for version, model_id in e.models.items():
-                events = _events(rng, model_id, over_confident=version == "v2")
+                events = _events(
+                    rng,
+                    model_id,
+                    over_confident=version == "v2",
+                    shift_after=SHIFT_AFTER if version == "v1" else None,
+                )
                 r = c.post("/api/predictions/batch", json={"events": events})
                 assert r.status_code == 202, r.text
                 e.labeled[version] = sum("ground_truth" in ev for ev in events)
@@ -173,6 +189,16 @@ def env(isolated_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -
                 ),
                 WAIT_S,
                 "the review queue to hold the unlabeled withheld predictions",
+            )
+            _wait(
+                lambda: any(
+                    a["feature"] == "length_cm" and a["severity"] != "resolved"
+                    for a in c.get(
+                        "/api/drift-alerts", params={"model_version_id": e.models["v1"]}
+                    ).json()
+                ),
+                WAIT_S,
+                "v1's drift alert on length_cm",
             )
         yield e
     finally:
@@ -205,6 +231,7 @@ def browser() -> Iterator[WebDriver]:
         "--lang=en-GB",
     ):
         options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     # An explicit driver path: Selenium Manager never runs, so nothing is downloaded.
     driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
     try:
@@ -299,6 +326,7 @@ def test_a_reviewer_reads_the_ece_resolves_one_and_the_feed_moves(
         }
     assert ece["v2"] > ece["v1"] + 0.1, f"the over-confident version shows it: {ece}"
 
+    browser.get_log("browser")  # drop what earlier tests left (the bad key's 401)
     _sign_in(browser, env.base, env.keys["reviewer"])
     _until(browser, lambda d: _text(d, "#tenant") == "acme", "the tenant")
     assert _text(browser, "#roles") == "reviewer"
@@ -317,6 +345,8 @@ def test_a_reviewer_reads_the_ece_resolves_one_and_the_feed_moves(
     )
     assert browser.find_elements(By.CSS_SELECTOR, "#reliability-chart svg .acc-bar")
     assert browser.find_elements(By.CSS_SELECTOR, "#risk-chart svg path.area")
+    _until(browser, lambda d: "length_cm" in _text(d, "#alerts-table"), "v1's drift alert")
+    assert "length_cm" in _text(browser, "#drift-scores"), "the drifted feature's score"
 
     before = len(env.queued)
     _until(browser, lambda d: _text(d, "#queue-count") == str(before), f"{before} queued")
@@ -359,6 +389,9 @@ def test_a_reviewer_reads_the_ece_resolves_one_and_the_feed_moves(
     )
     assert len(browser.find_elements(By.CSS_SELECTOR, "#feed li")) >= feed_before + 6
     assert _text(browser, "#queue-count") == str(before - 1)
+
+    errors = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == [], "the page logged errors (scripts, CSP, failed requests)"
 
     # For the screenshot: the next withheld prediction open, the whole page in view.
     browser.find_element(By.CSS_SELECTOR, "#queue tr.queue-row").click()

@@ -56,6 +56,11 @@ export function when(value) {
     : t.toLocaleString("en-GB", { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
 }
 
+// The drift worker's names for the two model-level signals it scores beside the features.
+const SIGNALS = { __confidence__: "confidence", __predicted_label__: "predicted-label mix" };
+
+export const featureName = (f) => (f === null || f === undefined ? "—" : SIGNALS[f] ?? f);
+
 let toastTimer = 0;
 
 export function toast(message, kind = "info") {

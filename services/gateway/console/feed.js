@@ -1,7 +1,7 @@
 // The live feed: /ws/live messages, rendered a few times a second, the newest on top.
 
 import { liveFeed } from "./api.js";
-import { $, h, num, when } from "./dom.js";
+import { $, featureName, h, num, when } from "./dom.js";
 
 const KEEP = 150;
 const RENDER_MS = 250;
@@ -14,7 +14,7 @@ function summary(m) {
     case "review":
       return ["resolved as ", h("code", {}, m.ground_truth), m.correct ? " (model right)" : " (model wrong)"];
     case "alert":
-      return [h("span", { class: `badge ${m.severity}` }, m.severity), ` ${m.kind} ${m.feature ?? m.metric ?? ""} `,
+      return [h("span", { class: `badge ${m.severity}` }, m.severity), ` ${m.kind} ${m.feature ? featureName(m.feature) : m.metric ?? ""} `,
         `${num(m.value)} ≥ ${num(m.threshold)}`];
     case "metrics":
       return [`${m.window} window: ECE ${num(m.ece)}, ${m.n_labeled ?? 0} labeled of ${m.n_predictions ?? 0}`];

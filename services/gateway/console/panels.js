@@ -3,7 +3,7 @@
 
 import { api, optional } from "./api.js";
 import { bars, empty, overTime, reliability, riskCoverage } from "./charts.js";
-import { $, count, h, num, pct, when } from "./dom.js";
+import { $, count, featureName, h, num, pct, when } from "./dom.js";
 
 /** Calibration and AURC of every model version, for the overview table. */
 export async function loadOverview(models, window) {
@@ -114,10 +114,10 @@ function scoreBar(sc) {
   const severity = sc.severity
     ?? (sc.threshold && value >= sc.threshold ? (value >= 1.5 * sc.threshold ? "critical" : "warning") : null);
   return {
-    label: sc.feature,
+    label: featureName(sc.feature),
     value,
     cls: sc.trusted === false ? "untrusted" : severity ?? "",
-    title: `${sc.feature}: ${sc.method ?? "score"} ${num(value)}`
+    title: `${featureName(sc.feature)}: ${sc.method ?? "score"} ${num(value)}`
       + (sc.threshold !== undefined ? `, threshold ${num(sc.threshold)}` : "")
       + (sc.n_samples !== undefined ? `, ${sc.n_samples} samples` : "")
       + (sc.trusted === false ? " (too few samples to trust yet)" : ""),
@@ -156,7 +156,7 @@ export function renderDrift(drift, liveAlerts) {
     h("tbody", {}, alerts.map((a) => h("tr", {},
       h("td", {}, when(a.created_at)),
       h("td", {}, a.kind ?? "drift"),
-      h("td", {}, a.feature ?? "—"),
+      h("td", {}, featureName(a.feature)),
       h("td", { class: "num" }, num(a.drift_score)),
       h("td", { class: "num" }, num(a.threshold)),
       h("td", {}, severityBadge(a.severity)),
