@@ -1,7 +1,7 @@
 // The review console: sign in with a key, then watch and review the tenant's models.
 
 import { api, ApiError, forgetKey, storedKey, storeKey } from "./api.js";
-import { $, debounce, h, toast } from "./dom.js";
+import { $, h, soon, toast } from "./dom.js";
 import { startFeed } from "./feed.js";
 import * as panels from "./panels.js";
 import * as queue from "./queue.js";
@@ -143,9 +143,11 @@ function select(id) {
   guard("the selected version", refreshSelected);
 }
 
-const soonQueue = debounce(() => guard("the review queue", refreshQueue), 300);
-const laterQueue = debounce(() => guard("the review queue", refreshQueue), 1500);
-const soonMetrics = debounce(() => Promise.all([
+// Live messages say something changed; the cards are read again shortly after, at most
+// once per burst, so a busy feed costs a few requests a second, not one per message.
+const soonQueue = soon(() => guard("the review queue", refreshQueue), 300);
+const laterQueue = soon(() => guard("the review queue", refreshQueue), 2000);
+const soonMetrics = soon(() => Promise.all([
   guard("the metrics", refreshOverview), guard("the selected version", refreshSelected),
 ]), 2000);
 

@@ -72,11 +72,14 @@ export function toast(message, kind = "info") {
   toastTimer = setTimeout(() => { el.hidden = true; }, 4000);
 }
 
-/** fn, run at most once per `ms` (trailing call kept). */
-export function debounce(fn, ms) {
+/** fn, run `ms` after the first of a burst of calls; the rest of the burst joins that run. */
+export function soon(fn, ms) {
   let timer = 0;
-  return (...args) => {
-    clearTimeout(timer);
-    timer = setTimeout(() => fn(...args), ms);
+  return () => {
+    if (timer) return;
+    timer = setTimeout(() => {
+      timer = 0;
+      fn();
+    }, ms);
   };
 }

@@ -15,8 +15,7 @@ function modelName(state, id) {
 }
 
 export function renderQueue(state, actions) {
-  const only = $("#queue-only-selected").checked;
-  const rows = only ? state.queue.filter((p) => p.model_version_id === state.selected) : state.queue;
+  const rows = visible(state);
   $("#queue-count").textContent = rows.length >= PAGE ? `${PAGE}+` : String(rows.length);
   $("#queue-readonly").hidden = state.canReview;
   const body = $("#queue tbody");
@@ -109,17 +108,31 @@ function renderDetail(state, actions) {
   box.hidden = false;
 }
 
-/** POST the ground truth; the queue row goes at once, and the queue is read again. */
+function visible(state) {
+  return $("#queue-only-selected").checked
+    ? state.queue.filter((p) => p.model_version_id === state.selected)
+    : state.queue;
+}
+
+/**
+ * POST the ground truth; the row goes at once and the next one opens, so a reviewer can
+ * work down the queue. The caller reads the queue again afterwards.
+ */
 export async function resolve(state, eventId, truth) {
   try {
     const out = await api(`review/${encodeURIComponent(eventId)}`, { method: "POST", body: { ground_truth: truth } });
     toast(`Resolved as “${truth}” (${out.correct ? "the model was right" : "the model was wrong"}).`, "ok");
   } catch (err) {
-    if (err instanceof ApiError && err.status === 409) toast("Someone already resolved this prediction.", "error");
-    else if (err instanceof ApiError && err.status === 403) toast(err.message, "error");
-    else { toast(`Not resolved: ${err.message}`, "error"); return false; }
+    if (!(err instanceof ApiError && err.status === 409)) {
+      toast(`Not resolved: ${err.message}`, "error");
+      return false;
+    }
+    toast("Someone already resolved this prediction.", "error");
   }
+  const rows = visible(state);
+  const at = rows.findIndex((p) => p.event_id === eventId);
+  const next = rows[at + 1] ?? rows[at - 1] ?? null;
   state.queue = state.queue.filter((p) => p.event_id !== eventId);
-  state.reviewing = null;
+  state.reviewing = next && next.event_id !== eventId ? next.event_id : null;
   return true;
 }
