@@ -47,3 +47,4 @@ bench: up ## run the benchmarks and print throughput, latency percentiles and me
 	@echo "== produce -> decision latency at 2,000 events/s"; $(PYTHON) -m services.policy.bench
 	@echo "== gateway POST /api/predictions"; $(PYTHON) -m services.gateway.bench
 	@echo "== recorder rows/s into PostgreSQL"; $(PYTHON) -m services.recorder.bench
+	@echo "== drift worker: 20 numeric + 5 categorical features"; $(PYTHON) -m services.drift.bench

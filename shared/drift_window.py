@@ -11,9 +11,10 @@ model version key ``tenant/model/version``, ``V`` = a reference profile version)
 - ``Pcollect:M`` — list of JSON chunks of the first events of M while its reference window
   fills; ``Pcollected:M`` — how many events they hold. Both go when the profile is built.
 - ``Pb:M:V:{start}`` — hash of counts of the event-time bucket starting at epoch-second
-  ``start``: field ``{part}.{cell}``, part 0 = confidence, 1 = predicted label, 2 + i =
-  the profile's i-th feature (``ReferenceProfile.features`` order), cells as
-  ``shared.drift_profile`` lays them out. TTL: twice the window.
+  ``start``: field ``part × CELL_STRIDE + cell`` (a decimal integer, so a window of tens
+  of thousands of fields decodes with one ``int()`` each), part 0 = confidence, 1 =
+  predicted label, 2 + i = the profile's i-th feature (``ReferenceProfile.features``
+  order), cells as ``shared.drift_profile`` lays them out. TTL: twice the window.
 - ``Pidx:M:V`` — sorted set of the bucket starts that exist.
 - ``Pwm`` — hash M → latest event time (ms) seen: the end of M's sliding window.
 - ``Pscores:M`` — JSON of the latest evaluation (every score of every part).
@@ -34,6 +35,9 @@ import redis.asyncio as aioredis
 MAX_FEATURES = 50
 """Most features a reference profile (and so the drift state, the scores and the exported
 metrics) holds per model version; the rest are ignored, in name order."""
+CELL_STRIDE = 10_000
+"""Field code stride: more than any part's cell count (a numeric part has at most
+2·bins − 1 + fine_bins + 2 cells, a categorical one max_categories + 1)."""
 CONFIDENCE_PART = 0
 LABEL_PART = 1
 FIRST_FEATURE_PART = 2

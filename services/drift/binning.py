@@ -22,7 +22,7 @@ from shared.drift_profile import (
     NumericProfile,
     ReferenceProfile,
 )
-from shared.drift_window import CONFIDENCE_PART, FIRST_FEATURE_PART, LABEL_PART
+from shared.drift_window import CELL_STRIDE, CONFIDENCE_PART, FIRST_FEATURE_PART, LABEL_PART
 
 IntArray = npt.NDArray[np.int64]
 Counts = dict[int, dict[int, IntArray]]
@@ -111,28 +111,41 @@ def bucketed_counts(
 
 
 def encode_fields(parts_counts: dict[int, IntArray]) -> dict[str, int]:
-    """Redis hash fields ``{part}.{cell}`` of the non-zero counts."""
+    """Redis hash fields ``part × CELL_STRIDE + cell`` of the non-zero counts."""
     fields: dict[str, int] = {}
     for part, counts in parts_counts.items():
-        for cell in np.flatnonzero(counts).tolist():
-            fields[f"{part}.{cell}"] = int(counts[cell])
+        cells = np.flatnonzero(counts)
+        for code, value in zip(
+            (cells + part * CELL_STRIDE).tolist(), counts[cells].tolist(), strict=True
+        ):
+            fields[str(code)] = value
     return fields
 
 
 def decode_fields(
-    hashes: Sequence[dict[bytes, bytes]], widths: dict[int, int]
+    codes: npt.NDArray[np.int64], values: npt.NDArray[np.int64], widths: dict[int, int]
 ) -> dict[int, IntArray]:
-    """Summed counts of bucket hashes, per part (parts ``widths`` does not know are
-    ignored); a part absent from every hash is absent from the result."""
-    out: dict[int, IntArray] = {}
-    for h in hashes:
-        for k, v in h.items():
-            part_s, cell_s = k.decode().split(".", 1)
-            part, cell = int(part_s), int(cell_s)
-            width = widths.get(part)
-            if width is None or cell >= width:
-                continue
-            if part not in out:
-                out[part] = np.zeros(width, dtype=np.int64)
-            out[part][cell] += int(v)
-    return out
+    """Counts per part from field codes and their (summed) counts; parts ``widths`` does
+    not know are ignored, and a part with no field is absent from the result."""
+    if not codes.size:
+        return {}
+    n_parts = max(widths) + 1
+    keep = codes < n_parts * CELL_STRIDE
+    total = np.bincount(
+        codes[keep], weights=values[keep].astype(np.float64), minlength=n_parts * CELL_STRIDE
+    ).reshape(n_parts, CELL_STRIDE)
+    present = np.bincount(codes[keep] // CELL_STRIDE, minlength=n_parts)
+    return {
+        part: np.rint(total[part, :width]).astype(np.int64)
+        for part, width in widths.items()
+        if present[part]
+    }
+
+
+def hashes_to_fields(
+    hashes: Sequence[dict[bytes, bytes]],
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """(codes, counts) of bucket hashes as ``HGETALL`` returns them (tests, tools)."""
+    codes = [int(k) for h in hashes for k in h]
+    values = [int(v) for h in hashes for v in h.values()]
+    return np.asarray(codes, dtype=np.int64), np.asarray(values, dtype=np.int64)

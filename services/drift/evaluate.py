@@ -150,9 +150,9 @@ class Evaluator:
         b, w = self.settings.drift_bucket_seconds, self.settings.drift_window_seconds
         hi = (wm // 1000) // b * b
         lo = hi - (math.ceil(w / b) - 1) * b
-        hashes = await self.store.window(model, profile.version, lo, hi)
+        codes, values = await self.store.window(model, profile.version, lo, hi)
         all_parts = parts(profile)
-        counts = decode_fields(hashes, {p.index: p.profile.n_cells for p in all_parts})
+        counts = decode_fields(codes, values, {p.index: p.profile.n_cells for p in all_parts})
         keyed = {
             p.name: counts.get(p.index, np.zeros(p.profile.n_cells, dtype=np.int64))
             for p in all_parts

@@ -7,6 +7,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import redis.asyncio as aioredis
 
 from shared.drift_window import DriftKeys
@@ -15,6 +17,26 @@ from shared.offset_fence import OffsetFence
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+# The window's buckets summed inside Redis and sent back as one "code count code count …"
+# string: a client parses one bulk string instead of tens of thousands of hash fields.
+_WINDOW_SUM = """
+local sums = {}
+local order = {}
+for _, key in ipairs(KEYS) do
+  local flat = redis.call('HGETALL', key)
+  for i = 1, #flat, 2 do
+    local f = flat[i]
+    local prev = sums[f]
+    if prev == nil then order[#order + 1] = f; sums[f] = tonumber(flat[i + 1])
+    else sums[f] = prev + tonumber(flat[i + 1]) end
+  end
+end
+local out = {}
+for i, f in ipairs(order) do out[i] = f .. ' ' .. string.format('%d', sums[f]) end
+return table.concat(out, ' ')
+"""
 
 
 def _ints(values: Any) -> list[int]:
@@ -27,6 +49,7 @@ class DriftStore:
         self.prefix = prefix
         self.keys = DriftKeys(prefix)
         self.fence = OffsetFence(client, self.keys.offsets)
+        self._window_sum = client.register_script(_WINDOW_SUM)
 
     async def references(self, models: Sequence[str]) -> dict[str, bytes | str]:
         """Stored reference JSON of each of ``models`` that has one."""
@@ -57,20 +80,23 @@ class DriftStore:
 
     async def window(
         self, model: str, version: str, lo_start: int, hi_start: int
-    ) -> list[dict[bytes, bytes]]:
-        """Bucket hashes of ``model`` under profile ``version`` whose start is in
-        [lo_start, hi_start]; buckets before ``lo_start`` are deleted (they left the window)."""
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """(field codes, summed counts) over the bucket hashes of ``model`` under profile
+        ``version`` whose start is in [lo_start, hi_start]; buckets before ``lo_start`` are
+        deleted (they left the window)."""
         index = self.keys.index(model, version)
         starts = _ints(await self.r.zrangebyscore(index, lo_start, hi_start))
         old = _ints(await self.r.zrangebyscore(index, "-inf", f"({lo_start}"))
-        pipe = self.r.pipeline(transaction=False)
-        for s in starts:
-            pipe.hgetall(self.keys.bucket(model, version, s))
         if old:
+            pipe = self.r.pipeline(transaction=False)
             pipe.delete(*[self.keys.bucket(model, version, s) for s in old])
             pipe.zremrangebyscore(index, "-inf", f"({lo_start}")
-        result = await pipe.execute()
-        return list(result[: len(starts)])
+            await pipe.execute()
+        if not starts:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        flat = await self._window_sum(keys=[self.keys.bucket(model, version, s) for s in starts])
+        pairs = np.array(_text(flat).split(), dtype=np.int64).reshape(-1, 2)
+        return pairs[:, 0], pairs[:, 1]
 
     async def set_reference(self, model: str, body: str) -> None:
         await self.r.set(self.keys.reference(model), body)

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from services.drift.alerts import HYSTERESIS, alert_record, transition, window_name
-from services.drift.binning import bucketed_counts, decode_fields, encode_fields, parts
+from services.drift.binning import (
+    bucketed_counts,
+    decode_fields,
+    encode_fields,
+    hashes_to_fields,
+    parts,
+)
 from services.drift.reference import build_from_chunks, chunk
 from shared.batches import PredictionColumns
 from shared.drift_profile import bin_batch
@@ -61,7 +67,7 @@ def test_bucketed_counts_equal_the_profile_counts_per_bucket() -> None:
     hashes = [
         {k.encode(): str(v).encode() for k, v in encode_fields(b).items()} for b in counts.values()
     ]
-    summed = decode_fields(hashes, widths)
+    summed = decode_fields(*hashes_to_fields(hashes), widths)
     for index, name in names.items():
         np.testing.assert_array_equal(summed[index], whole[name])
     # Missing values are not counted: NaN every 17th number, "" for a category.
