@@ -6,9 +6,11 @@ The aggregator is the only writer; the gateway reads. Layout (``P`` = ``<redis_p
   ``g`` (``m`` minute, ``h`` hour, ``d`` day) starting at epoch-second ``start``, keyed by
   the PREDICTION's event time. Fields: ``n`` predictions, ``rv`` withheld for review,
   ``L`` labeled, ``c{i}``/``k{i}``/``s{i}`` count, correct and confidence sum of reliability
-  bin i, ``h{j}``/``e{j}``/``f{j}`` count, errors and confidence sum of fine bin j (sparse),
-  ``B`` Brier sum, ``N``/``Nn`` NLL sum and count, ``C{i}|{class}``/``P{i}|{class}``/
+  bin i, ``B`` Brier sum, ``N``/``Nn`` NLL sum and count, ``C{i}|{class}``/``P{i}|{class}``/
   ``H{i}|{class}`` one-vs-rest bins per class, ``dl{k}`` label-delay histogram.
+- ``P{g}f:{model key}:{start}`` — the same bucket's fine histogram for risk–coverage:
+  ``h{j}``/``e{j}``/``f{j}`` count, errors and confidence sum of fine bin j (sparse). Kept
+  apart so a calibration answer never reads its thousands of fields.
   Sums are fixed point, integer units of 1e-9, so merges and replays are exact.
 - ``Pidx:{model key}`` — sorted set of the minute buckets that exist (for time series).
 - ``Pmodels`` — set of model keys seen.
@@ -16,13 +18,14 @@ The aggregator is the only writer; the gateway reads. Layout (``P`` = ``<redis_p
   horizon); ``Ppending:{event id}`` — a label that came before its prediction.
 - ``Poffsets`` — last applied offset per topic:partition (effectively-once).
 
-Any window is a sum of at most a few hundred hashes, fetched in one pipelined round trip.
+A window is summed inside Redis (one Lua call, exact integer sums) from at most a few
+dozen hashes: the 7-day window takes whole days from the day buckets and only its ragged
+ends from the hour buckets.
 """
 
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,6 +53,48 @@ RETENTION_S = {"m": 3 * 3600, "h": 15 * 86400, "d": 400 * 86400}
 WINDOWS = {"5m": ("m", 5), "1h": ("m", 60), "24h": ("h", 24), "7d": ("h", 168), "all": ("d", 400)}
 
 Counters = dict[str, int]
+FINE_FIELDS = frozenset("hef")
+"""First letters of the fine-histogram fields, which live in the ``{g}f`` hash."""
+SERIES_FIELDS = (
+    "n",
+    "rv",
+    "B",
+    "N",
+    "Nn",
+    *(f"{x}{i}" for x in "cks" for i in range(RELIABILITY_BINS)),
+)
+"""What one time-series point needs of its bucket."""
+
+# Sums hashes field by field. Lua numbers are doubles, so each value is split into its
+# digits above and below 1e9 (each part stays far below 2^53 over hundreds of hashes), and
+# the caller joins them: the sum is exact however large the fixed-point values grow.
+_SUM = """
+local acc, order = {}, {}
+for _, key in ipairs(KEYS) do
+  local h = redis.call('HGETALL', key)
+  for i = 1, #h, 2 do
+    local f, v = h[i], h[i + 1]
+    local e = acc[f]
+    if not e then e = {0, 0}; acc[f] = e; order[#order + 1] = f end
+    local sign = 1
+    if string.sub(v, 1, 1) == '-' then sign = -1; v = string.sub(v, 2) end
+    local n = #v
+    if n > 9 then
+      e[1] = e[1] + sign * tonumber(string.sub(v, 1, n - 9))
+      e[2] = e[2] + sign * tonumber(string.sub(v, n - 8))
+    else
+      e[2] = e[2] + sign * tonumber(v)
+    end
+  end
+end
+local out = {}
+for _, f in ipairs(order) do
+  out[#out + 1] = f
+  out[#out + 1] = string.format('%.0f', acc[f][1])
+  out[#out + 1] = string.format('%.0f', acc[f][2])
+end
+return out
+"""
 
 
 def bucket_start(ms: int, granularity: str) -> int:
@@ -146,12 +191,23 @@ class Totals:
         return float(np.mean(values)) if values else None
 
 
-def merge(hashes: list[dict[bytes, bytes]]) -> Totals:
-    out: dict[str, int] = defaultdict(int)
-    for h in hashes:
-        for k, v in h.items():
-            out[k.decode()] += int(v)
-    return Totals(dict(out))
+def _joined(flat: list[bytes]) -> Totals:
+    """The ``_SUM`` script's answer: field, high part, low part, … → exact integers."""
+    return Totals(
+        {
+            flat[i].decode(): int(flat[i + 1]) * 1_000_000_000 + int(flat[i + 2])
+            for i in range(0, len(flat), 3)
+        }
+    )
+
+
+def split_fine(fields: dict[str, int]) -> tuple[dict[str, int], dict[str, int]]:
+    """A bucket's counters as (main hash fields, fine-histogram hash fields)."""
+    main: dict[str, int] = {}
+    fine: dict[str, int] = {}
+    for f, v in fields.items():
+        (fine if f[0] in FINE_FIELDS and f[1:].isdigit() else main)[f] = v
+    return main, fine
 
 
 class WindowReader:
@@ -160,24 +216,47 @@ class WindowReader:
     def __init__(self, client: aioredis.Redis, prefix: str) -> None:
         self._r = client
         self._p = f"{prefix}agg:"
+        self._sum = client.register_script(_SUM)
 
-    def key(self, granularity: str, model: str, start: int) -> str:
-        return f"{self._p}{granularity}:{model}:{start}"
+    def key(self, granularity: str, model: str, start: int, fine: bool = False) -> str:
+        return f"{self._p}{granularity}{'f' if fine else ''}:{model}:{start}"
 
-    def window_keys(self, model: str, window: str, now_s: int | None = None) -> list[str]:
-        if window not in WINDOWS:
-            raise ValueError(f"window {window!r} is not one of {', '.join(WINDOWS)}")
-        granularity, count = WINDOWS[window]
+    def window_keys(
+        self, model: str, window: str, now_s: int | None = None, fine: bool = False
+    ) -> list[str]:
+        """One key per bucket of the window, newest first (the time series' points)."""
+        granularity, count = _window(window)
         size = GRANULARITY[granularity]
         now = int(time.time()) if now_s is None else now_s
         last = now // size * size
-        return [self.key(granularity, model, last - i * size) for i in range(count)]
+        return [self.key(granularity, model, last - i * size, fine) for i in range(count)]
 
-    async def totals(self, model: str, window: str, now_s: int | None = None) -> Totals:
-        pipe = self._r.pipeline(transaction=False)
-        for k in self.window_keys(model, window, now_s):
-            pipe.hgetall(k)
-        return merge(await pipe.execute())
+    def summed_keys(
+        self, model: str, window: str, now_s: int | None = None, fine: bool = False
+    ) -> list[str]:
+        """Keys whose sum is the window: the 7-day window's whole days come from day
+        buckets, which hold exactly what their 24 hour buckets hold."""
+        granularity, count = _window(window)
+        if granularity != "h" or count <= 2 * 24:
+            return self.window_keys(model, window, now_s, fine)
+        hour, day = GRANULARITY["h"], GRANULARITY["d"]
+        now = int(time.time()) if now_s is None else now_s
+        end = now // hour * hour + hour  # the window is [end − count hours, end)
+        start = end - count * hour
+        first_day = -(-start // day) * day
+        last_day = end // day * day
+        hours = list(range(start, first_day, hour)) + list(range(last_day, end, hour))
+        days = list(range(first_day, last_day, day))
+        return [self.key("h", model, h, fine) for h in hours] + [
+            self.key("d", model, d, fine) for d in days
+        ]
+
+    async def totals(
+        self, model: str, window: str, now_s: int | None = None, fine: bool = False
+    ) -> Totals:
+        """The window's counters: the main hashes, or with ``fine`` the fine histograms."""
+        keys = self.summed_keys(model, window, now_s, fine)
+        return _joined(await self._sum(keys=keys, args=[]))
 
     async def calibration(self, model: str, window: str, now_s: int | None = None) -> Calibration:
         t = await self.totals(model, window, now_s)
@@ -202,14 +281,14 @@ class WindowReader:
     async def risk_coverage(
         self, model: str, window: str, now_s: int | None = None
     ) -> RiskCoverageAnswer:
-        t = await self.totals(model, window, now_s)
-        curve = t.histogram().curve()
+        histogram = (await self.totals(model, window, now_s, fine=True)).histogram()
+        curve = histogram.curve()
         points = [
             Point(float(c), float(r), float(th))
             for c, r, th in zip(curve.coverage, curve.risk, curve.thresholds, strict=True)
         ]
         return RiskCoverageAnswer(
-            window, int(t.histogram().count.sum()), curve.aurc, curve.e_aurc, points, curve
+            window, int(histogram.count.sum()), curve.aurc, curve.e_aurc, points, curve
         )
 
     async def timeseries(
@@ -218,12 +297,12 @@ class WindowReader:
         keys = self.window_keys(model, window, now_s)
         pipe = self._r.pipeline(transaction=False)
         for k in keys:
-            pipe.hgetall(k)
+            pipe.hmget(k, SERIES_FIELDS)
         out = []
-        for k, h in zip(keys, await pipe.execute(), strict=True):
-            if not h:
+        for k, values in zip(keys, await pipe.execute(), strict=True):
+            if not any(values):
                 continue
-            t = merge([h])
+            t = Totals({f: int(v) for f, v in zip(SERIES_FIELDS, values, strict=True) if v})
             rel = t.reliability()
             n, review = t.get("n"), t.get("rv")
             out.append(
@@ -246,3 +325,9 @@ class WindowReader:
 
     async def labels_pending(self, model: str) -> int:
         return int(await self._r.get(f"{self._p}unlabeled:{model}") or 0)
+
+
+def _window(window: str) -> tuple[str, int]:
+    if window not in WINDOWS:
+        raise ValueError(f"window {window!r} is not one of {', '.join(WINDOWS)}")
+    return WINDOWS[window]

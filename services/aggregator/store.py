@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import redis.asyncio as aioredis
 
 from services.aggregator.counters import Increments
-from shared.window_store import RETENTION_S
+from shared.window_store import RETENTION_S, split_fine
 
 # Everything of one consumed batch, atomically: if any partition's stored offset already
 # covers the batch, nothing is applied (a replay after a crash).
@@ -73,8 +73,11 @@ class AggregatorStore:
         index = []
         models = set()
         for (granularity, model, start), fields in increments.items():
-            key = f"{self.p}{granularity}:{model}:{start}"
-            incr.append([key, RETENTION_S[granularity], fields])
+            main, fine = split_fine(fields)
+            for suffix, part in (("", main), ("f", fine)):
+                if part:
+                    key = f"{self.p}{granularity}{suffix}:{model}:{start}"
+                    incr.append([key, RETENTION_S[granularity], part])
             models.add(model)
             if granularity == "m":
                 index.append([f"{self.p}idx:{model}", start, RETENTION_S["m"]])
