@@ -99,7 +99,11 @@ class DriftStore:
         return pairs[:, 0], pairs[:, 1]
 
     async def set_reference(self, model: str, body: str) -> None:
-        await self.r.set(self.keys.reference(model), body)
+        """Install a profile (an upload); a reference window still filling is dropped."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.set(self.keys.reference(model), body)
+        pipe.delete(self.keys.collect(model), self.keys.collected(model))
+        await pipe.execute()
 
     async def save_scores(self, model: str, body: dict[str, Any]) -> None:
         await self.r.set(self.keys.scores(model), json.dumps(body, allow_nan=False))

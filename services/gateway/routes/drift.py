@@ -90,9 +90,7 @@ async def _owned(request: Request, who: Principal, model_version_id: int) -> asy
 
 
 def _unprocessable(loc: list[str | int], msg: str) -> HTTPException:
-    return HTTPException(
-        status.HTTP_422_UNPROCESSABLE_ENTITY, detail=[{"loc": loc, "msg": msg, "type": "value"}]
-    )
+    return HTTPException(422, detail=[{"loc": loc, "msg": msg, "type": "value"}])
 
 
 def _columns(events: list[ReferenceEvent]) -> dict[str, Any]:
