@@ -9,7 +9,11 @@ state, not re-sent); it recovers, recorded as a ``resolved`` alert, only once it
 falls below ``HYSTERESIS`` × threshold, and then stays quiet for the cooldown. A
 chi-squared score must also be significant (p-value ≤ the configured maximum, 0.001 by
 default) to raise: Cohen's w of a small window is inflated by sampling noise (its expected
-square is dof / n), so a large effect on few samples is not enough on its own. Times are
+square is dof / n), so a large effect on few samples is not enough on its own. The default
+w threshold 0.3 (Cohen's "medium") sits well above that noise, which with a fixed reference
+of N events is about √(dof · (1/n + 1/N)): 0.03 for three labels, 0.14 for 50 categories,
+for n = 6,000 and N = 5,000 (w² is close to PSI for small shifts, so 0.3 is about as
+sensitive as PSI 0.09). Times are
 the model version's event-time watermark, so a replayed evaluation decides the same way
 and names its alert with the same id. Untrusted scores (too few samples) change nothing.
 """

@@ -35,10 +35,10 @@ class DriftSettings(Settings):
         default=0.2, gt=0, description="default PSI threshold (numeric features, confidence)"
     )
     drift_chi_threshold: float = Field(
-        default=0.1,
+        default=0.3,
         gt=0,
-        description="default chi-squared effect size (Cohen's w) threshold (categories, "
-        "predicted-label mix)",
+        description="default chi-squared effect size (Cohen's w, 0.3 = a medium effect) "
+        "threshold (categories, predicted-label mix)",
     )
     drift_chi_max_p_value: float = Field(
         default=0.001,

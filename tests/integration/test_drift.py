@@ -4,9 +4,11 @@ window, a long stationary run raises nothing, and the gateway serves scores and 
 Setup: a 60 s event-time window in 10 s buckets, events 10 ms apart (100 per event
 second), so the window holds 5,001–6,000 events; the reference is each model version's first
 5,000 events; scores are evaluated every 0.25 s. Bound: the alert for a shifted feature comes
-within ONE WINDOW (6,000 events) of the shift. Observed: about 3,000 events for a one-sd
-mean shift (PSI crosses 0.2 when ~47 % of the window is shifted), fewer for the
-categorical and label-mix shifts.
+within ONE WINDOW (6,000 events) of the shift. Observed on the 2-core machine: 3,000–3,500
+events for a one-sd mean shift (PSI crosses 0.2 when ~47 % of the window is shifted), about
+2,000 for the categorical and the label-mix shifts (Cohen's w crosses 0.3), each resolved to
+the ~500 events an evaluation round lets pass. The 200,000-event stationary run: 0 false
+alarms, its highest score at 0.13 of its threshold.
 """
 
 from __future__ import annotations

@@ -187,7 +187,7 @@ async def set_thresholds(
     request: Request, who: Annotated[Principal, Depends(require(ADMIN))], body: ThresholdsIn
 ) -> dict[str, Any]:
     """Set thresholds per feature of one model version (unnamed features keep the worker's
-    defaults: PSI 0.2, Cohen's w 0.1); returns every threshold the version has."""
+    defaults: PSI 0.2, Cohen's w 0.3); returns every threshold the version has."""
     await _owned(request, who, body.model_version_id)
     async with request.app.state.pool.acquire() as conn, conn.transaction():
         for feature, threshold in body.thresholds.items():
