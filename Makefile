@@ -8,7 +8,7 @@ INSTALLED := build/.installed
 # Not the `caliber` script: it works wherever pip put the script, on the PATH or not.
 CALIBER := $(PYTHON) -m shared.cli
 
-.PHONY: help install up down status demo test unit lint bench
+.PHONY: help install up down status demo test unit lint bench bench-pipeline
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -48,3 +48,6 @@ bench: up ## run the benchmarks and print throughput, latency percentiles and me
 	@echo "== gateway POST /api/predictions"; $(PYTHON) -m services.gateway.bench
 	@echo "== recorder rows/s into PostgreSQL"; $(PYTHON) -m services.recorder.bench
 	@echo "== drift worker: 20 numeric + 5 categorical features"; $(PYTHON) -m services.drift.bench
+
+bench-pipeline: up ## the whole pipeline under load: highest sustained rate, latency, freshness, CPU, memory
+	@$(PYTHON) -m simulator.bench_pipeline --out reports

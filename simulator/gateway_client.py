@@ -19,6 +19,9 @@ class GatewayClient:
         return self
 
     def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
         self._http.close()
 
     def tenant(self) -> str:
