@@ -1,7 +1,9 @@
 """Periodic evaluation: every score of every model version, Prometheus, alerts, uploads.
 
-Each round (every ``drift_eval_seconds``) first installs newer uploaded profiles, then per
-model version sums the bucket hashes of its sliding window — the buckets whose start lies
+Each round (every ``drift_eval_seconds``) first installs newer uploaded profiles, then, for
+every model version whose window moved since the last round (events counted by this
+process, a new profile or new thresholds; every model version in the first round after
+start), sums the bucket hashes of its sliding window — the buckets whose start lies
 within ``drift_window_seconds`` of the bucket holding its latest event time — scores every
 part against the active profile, stores the scores for the gateway, exports them and sends
 alert transitions to ``<ns>.alerts``. Alerts are produced and acknowledged before the alert
@@ -60,6 +62,10 @@ class Evaluator:
         self.topics = Topics.for_namespace(settings.topic_namespace)
         self.thresholds: dict[tuple[str, str], float] = {}
         self._exported: dict[str, set[tuple[str, str]]] = {}
+        self._started = False
+        """False until the first full round: a window ends at its model version's latest
+        event, so afterwards only versions with new events (or a new profile or thresholds)
+        can have other scores, and each replica scores those of its own partitions."""
 
     async def run(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
@@ -84,10 +90,13 @@ class Evaluator:
             return
         try:
             latest = await self.uploads.latest()
-            self.thresholds = await self.uploads.thresholds()
+            thresholds = await self.uploads.thresholds()
         except (OSError, asyncpg.PostgresError) as exc:
             logger.warning("uploaded drift references not read: %s", exc)
             return
+        changed = set(thresholds.items()) ^ set(self.thresholds.items())
+        self.cache.dirty.update(model for (model, _), _ in changed)
+        self.thresholds = thresholds
         if not latest:
             return
         stored = await self.store.references(list(latest))
@@ -100,28 +109,56 @@ class Evaluator:
             profile = profile_from_dict(await self.uploads.profile(up.id))
             await self.store.set_reference(model, reference_json(profile, "upload", up.id))
             self.cache.active[model] = ActiveProfile(profile, "upload", up.id)
+            self.cache.dirty.add(model)
             if self.metrics is not None:
                 self.metrics.profiles.labels("upload").inc()
             logger.info("%s: uploaded reference profile %s active", model, profile.version)
 
     async def evaluate(self, now_ms: int) -> list[dict[str, Any]]:
-        """One round over every model version; returns the alerts it sent."""
+        """One round over the model versions whose window moved; returns the alerts it
+        sent."""
         await self.sync_uploads()
         ids = await self.store.model_ids()
         alerts: list[dict[str, Any]] = []
         states: dict[str, dict[str, dict[str, Any]]] = {}
-        for rank, model in enumerate(await self.store.models()):
-            started = time.perf_counter()
-            result = await self.evaluate_model(model, ids.get(model), now_ms)
-            if result is None:
-                continue
-            scores, sent, changed = result
-            alerts += sent
-            states[model] = changed
-            if self.metrics is not None:
-                self.metrics.evaluation_seconds.observe(time.perf_counter() - started)
-                if rank < MAX_EXPORTED:
-                    self._export(model, scores)
+        models = await self.store.models()
+        todo = {m for m in models if m in self.cache.dirty or not self._started}
+        self.cache.dirty -= todo
+        try:
+            for rank, model in enumerate(models):
+                if model in todo:
+                    await self._one(model, rank, ids.get(model), now_ms, alerts, states)
+            await self._send(alerts)
+        except BaseException:
+            self.cache.dirty |= todo  # scored (and its alerts sent) again next round
+            raise
+        for model, changed in states.items():
+            await self.store.save_alert_states(model, changed)
+        self._started = True
+        return alerts
+
+    async def _one(
+        self,
+        model: str,
+        rank: int,
+        model_version_id: int | None,
+        now_ms: int,
+        alerts: list[dict[str, Any]],
+        states: dict[str, dict[str, dict[str, Any]]],
+    ) -> None:
+        started = time.perf_counter()
+        result = await self.evaluate_model(model, model_version_id, now_ms)
+        if result is None:
+            return
+        scores, sent, changed = result
+        alerts += sent
+        states[model] = changed
+        if self.metrics is not None:
+            self.metrics.evaluation_seconds.observe(time.perf_counter() - started)
+            if rank < MAX_EXPORTED:
+                self._export(model, scores)
+
+    async def _send(self, alerts: list[dict[str, Any]]) -> None:
         for a in alerts:
             key = f"{a['tenant']}/{a['model_name']}/{a['model_version']}".encode()
             self.producer.produce(self.topics.alerts, self.codec.encode("Alert", a), key)
@@ -130,9 +167,6 @@ class Evaluator:
         )
         if remaining:
             raise ConnectionError(f"{remaining} drift alerts not acknowledged by Kafka")
-        for model, changed in states.items():
-            await self.store.save_alert_states(model, changed)
-        return alerts
 
     async def scores(self, model: str) -> tuple[ActiveProfile, list[DriftScore], int] | None:
         """(active profile, every score of the window, window end ms), or None while the

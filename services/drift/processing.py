@@ -43,6 +43,8 @@ class ProfileCache:
     process (Redis ``Pref:M`` is the durable copy)."""
 
     active: dict[str, ActiveProfile] = field(default_factory=dict)
+    dirty: set[str] = field(default_factory=set)
+    """Model versions whose window changed since the evaluator last scored them."""
 
     def get(self, model: str) -> ActiveProfile | None:
         return self.active.get(model)
@@ -123,6 +125,7 @@ class DriftProcessor:
                 self._count(model, active.profile, batches, effect)
         if await store.fence.apply(todo, effect):
             self._cache.active.update(built)
+            self._cache.dirty.update(by_model)
             self.events_scored += scored
             self.events_reference += reference
             if self._metrics is not None:
