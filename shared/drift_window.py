@@ -95,3 +95,8 @@ async def read_reference(client: aioredis.Redis, prefix: str, model: str) -> dic
     """The active reference of ``model`` (``{"source", "upload_id", "profile"}``), or None."""
     raw = await client.get(DriftKeys(prefix).reference(model))
     return json.loads(raw) if raw else None
+
+
+async def read_collected(client: aioredis.Redis, prefix: str, model: str) -> int:
+    """Events of ``model``'s reference window collected so far (0 once its profile exists)."""
+    return int(await client.get(DriftKeys(prefix).collected(model)) or 0)

@@ -28,6 +28,8 @@ class Scenario:
     categorical: int = 2
     shift_at: int | None = None
     """Index of the first shifted event."""
+    shift_until: int | None = None
+    """Index of the first event after the shift (back to the reference); None = never."""
     shift: str = ""
     """``numeric`` (x0 mean + 1 sd), ``categorical`` (c0 shares reversed) or ``labels``."""
     model_version_id: int | None = None
@@ -43,6 +45,8 @@ def batches(s: Scenario, total: int, size: int = 500, seed: int = 0) -> Iterator
         n = min(size, total - lo)
         idx = np.arange(lo, lo + n)
         shifted = idx >= s.shift_at if s.shift_at is not None else np.zeros(n, dtype=bool)
+        if s.shift_until is not None:
+            shifted &= idx < s.shift_until
         numeric = {f"x{j}": rng.normal(size=n) for j in range(s.numeric)}
         if s.shift == "numeric":
             numeric["x0"] = numeric["x0"] + shifted

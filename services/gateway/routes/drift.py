@@ -26,7 +26,7 @@ from shared.batches import model_key
 from shared.drift_profile import CONFIDENCE_KEY, LABEL_KEY
 from shared.drift_profile_builder import build_profile
 from shared.drift_profile_codec import profile_to_dict
-from shared.drift_window import MAX_FEATURES, read_reference, read_scores
+from shared.drift_window import MAX_FEATURES, read_collected, read_reference, read_scores
 
 router = APIRouter(prefix="/api", tags=["drift"])
 MAX_REFERENCE_EVENTS = 100_000
@@ -228,7 +228,15 @@ async def current_drift(
         request.app.state.redis, request.app.state.settings.redis_prefix, key
     )
     if scores is None:
-        return {"model_version_id": model_version_id, "status": "no scores yet", "features": []}
+        collected = await read_collected(
+            request.app.state.redis, request.app.state.settings.redis_prefix, key
+        )
+        return {
+            "model_version_id": model_version_id,
+            "status": "collecting the reference window" if collected else "no scores yet",
+            "reference_collected": collected,
+            "features": [],
+        }
     scores.pop("model", None)
     return {**scores, "model_version_id": model_version_id, "status": "scored"}
 
