@@ -34,28 +34,8 @@ class LabeledEvents:
     """Column of the true class in ``probabilities`` (−1 when the class is not a column)."""
 
 
-def _starts(event_ms: npt.NDArray[np.int64], granularity: str) -> npt.NDArray[np.int64]:
-    size = GRANULARITY[granularity]
-    return np.asarray((event_ms // 1000) // size * size, dtype=np.int64)
-
-
-def _add(
-    out: Increments,
-    model: str,
-    starts: npt.NDArray[np.int64],
-    field: str,
-    values: npt.NDArray[np.int64],
-) -> None:
-    """Add per-event integer ``values`` into ``field`` of each event's bucket, per granularity."""
-    for g in GRANULARITY:
-        s = _starts(starts, g)
-        uniq, inverse = np.unique(s, return_inverse=True)
-        sums = np.zeros(len(uniq), dtype=np.int64)
-        np.add.at(sums, inverse, values)  # exact integer sums (fixed point)
-        for start, total in zip(uniq.tolist(), sums.tolist(), strict=True):
-            if total:
-                bucket = out[(g, model, start)]
-                bucket[field] = bucket.get(field, 0) + total
+_BIN_SPAN = 1 << 20
+"""Bucket start × span + bin index: one sortable int64 per (bucket, bin) pair."""
 
 
 def _add_binned(
@@ -67,9 +47,43 @@ def _add_binned(
     values: npt.NDArray[np.int64],
     suffix: str = "",
 ) -> None:
-    for b in np.unique(bins).tolist():
-        sel = bins == b
-        _add(out, model, event_ms[sel], f"{prefix}{b}{suffix}", values[sel])
+    """Add per-event integer ``values`` into field ``{prefix}{bin}{suffix}`` of each event's
+    bucket, for every granularity: one sort per granularity, exact int64 sums."""
+    if not len(event_ms):
+        return
+    seconds = np.asarray(event_ms, dtype=np.int64) // 1000
+    vals = np.asarray(values, dtype=np.int64)
+    for g, size in GRANULARITY.items():
+        combined = (seconds // size * size) * _BIN_SPAN + bins
+        order = np.argsort(combined, kind="stable")
+        ordered = combined[order]
+        edges = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+        sums = np.add.reduceat(vals[order], edges)
+        for code, total in zip(ordered[edges].tolist(), sums.tolist(), strict=True):
+            if total:
+                start, b = divmod(code, _BIN_SPAN)
+                bucket = out[(g, model, start)]
+                field = f"{prefix}{b}{suffix}"
+                bucket[field] = bucket.get(field, 0) + total
+
+
+def _add(
+    out: Increments,
+    model: str,
+    event_ms: npt.NDArray[np.int64],
+    field: str,
+    values: npt.NDArray[np.int64],
+) -> None:
+    """Add per-event integer ``values`` into ``field`` of each event's bucket, per granularity."""
+    for g, size in GRANULARITY.items():
+        seconds = np.asarray(event_ms, dtype=np.int64) // 1000 // size * size
+        uniq, inverse = np.unique(seconds, return_inverse=True)
+        sums = np.zeros(len(uniq), dtype=np.int64)
+        np.add.at(sums, inverse, values)  # exact integer sums (fixed point)
+        for start, total in zip(uniq.tolist(), sums.tolist(), strict=True):
+            if total:
+                bucket = out[(g, model, start)]
+                bucket[field] = bucket.get(field, 0) + total
 
 
 def fixed(x: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
