@@ -32,6 +32,9 @@ from shared.topics import Topics
 
 logger = logging.getLogger(__name__)
 LABELED = "L"
+MAX_APPLY_EVENTS = 5_000
+"""Events (predictions and labels) per Lua call: Redis runs one script at a time, so a
+bigger call would hold up every other client, the gateway's reads included."""
 
 
 @dataclass(slots=True)
@@ -96,8 +99,7 @@ class AggregatorProcessor:
         fresh = [m for m in messages if int(m.offset() or 0) > done.get(_tp(m), -1)]
         if not fresh:
             return []
-        decisions: list[DecisionColumns] = []
-        labels: list[LabelColumns] = []
+        decoded_batch: list[tuple[Message, DecisionColumns | LabelColumns]] = []
         for m in fresh:
             decoded = self._codec.decode(m.value(), {"DecisionBatch", "LabelBatch"})
             if not isinstance(decoded, Decoded):
@@ -109,16 +111,20 @@ class AggregatorProcessor:
                     decoded.message,
                 )
             elif decoded.name == "DecisionBatch":
-                decisions.append(DecisionColumns.from_record(decoded.record))
+                decoded_batch.append((m, DecisionColumns.from_record(decoded.record)))
             else:
-                labels.append(LabelColumns.from_record(decoded.record))
-        first: dict[str, int] = {}
-        last: dict[str, int] = {}
-        for m in fresh:
-            tp, off = _tp(m), int(m.offset() or 0)
-            first[tp] = min(first.get(tp, off), off)
-            last[tp] = max(last.get(tp, off), off)
-        await self._apply(decisions, labels, first, last)
+                decoded_batch.append((m, LabelColumns.from_record(decoded.record)))
+        # Applied in parts of a bounded size, in offset order, each atomic with its own
+        # offsets: one Lua call never holds Redis for long, and a replay skips what a part
+        # already applied (the filter above) and applies the rest.
+        for part in _parts(fresh, decoded_batch):
+            first: dict[str, int] = {}
+            last: dict[str, int] = {}
+            for m in part.messages:
+                tp, off = _tp(m), int(m.offset() or 0)
+                first[tp] = min(first.get(tp, off), off)
+                last[tp] = max(last.get(tp, off), off)
+            await self._apply(part.decisions, part.labels, first, last)
         return []
 
     async def _apply(
@@ -210,6 +216,37 @@ class AggregatorProcessor:
                 self._metrics.events.labels("label").inc(len(joined))
                 for j in joined:
                     self._metrics.label_delay.observe(max(j.label_ms - j.record.event_ms, 0) / 1000)
+
+
+@dataclass(slots=True)
+class _Part:
+    messages: list[Message]
+    decisions: list[DecisionColumns]
+    labels: list[LabelColumns]
+    events: int = 0
+
+
+def _parts(
+    messages: list[Message], decoded: list[tuple[Message, DecisionColumns | LabelColumns]]
+) -> list[_Part]:
+    """Consecutive groups of messages holding at most ``MAX_APPLY_EVENTS`` events each (a
+    single larger message makes a group of its own); undecodable messages ride along, so
+    their offsets are stored too."""
+    columns = {id(m): cols for m, cols in decoded}
+    parts = [_Part([], [], [])]
+    for m in messages:
+        cols = columns.get(id(m))
+        size = len(cols) if cols is not None else 0
+        if parts[-1].events and parts[-1].events + size > MAX_APPLY_EVENTS:
+            parts.append(_Part([], [], []))
+        part = parts[-1]
+        part.messages.append(m)
+        part.events += size
+        if isinstance(cols, DecisionColumns):
+            part.decisions.append(cols)
+        elif cols is not None:
+            part.labels.append(cols)
+    return [p for p in parts if p.messages]
 
 
 def _tp(m: Message) -> str:
