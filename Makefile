@@ -47,6 +47,7 @@ bench: up ## run the benchmarks and print throughput, latency percentiles and me
 	@echo "== produce -> decision latency at 2,000 events/s"; $(PYTHON) -m services.policy.bench
 	@echo "== gateway POST /api/predictions"; $(PYTHON) -m services.gateway.bench
 	@echo "== recorder rows/s into PostgreSQL"; $(PYTHON) -m services.recorder.bench
+	@echo "== aggregator: labeled events/s, GET /api/calibration, Redis per model per day"; $(PYTHON) -m services.aggregator.bench
 	@echo "== drift worker: 20 numeric + 5 categorical features"; $(PYTHON) -m services.drift.bench
 
 bench-pipeline: up ## the whole pipeline under load: highest sustained rate, latency, freshness, CPU, memory
