@@ -62,6 +62,7 @@ class Evaluator:
         self.topics = Topics.for_namespace(settings.topic_namespace)
         self.thresholds: dict[tuple[str, str], float] = {}
         self._exported: dict[str, set[tuple[str, str]]] = {}
+        self._unusable: set[int] = set()
         self._started = False
         """False until the first full round: a window ends at its model version's latest
         event, so afterwards only versions with new events (or a new profile or thresholds)
@@ -73,6 +74,10 @@ class Evaluator:
                 await self.evaluate(int(time.time() * 1000))
             except (ConnectionError, OSError) as exc:
                 logger.warning("drift evaluation skipped: %s", exc)
+            except Exception:
+                # The batch loop goes on counting; a round that fails for another reason
+                # (a malformed upload, a bug) must not end evaluation for good.
+                logger.exception("drift evaluation round failed; trying again next round")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), self.settings.drift_eval_seconds)
 
@@ -104,9 +109,14 @@ class Evaluator:
             active = self.cache.get(model)
             if model in stored and (active is None or active.upload_id != up.id):
                 active = self.cache.load(model, stored[model])
-            if active is not None and active.upload_id == up.id:
+            if (active is not None and active.upload_id == up.id) or up.id in self._unusable:
                 continue
-            profile = profile_from_dict(await self.uploads.profile(up.id))
+            try:
+                profile = profile_from_dict(await self.uploads.profile(up.id))
+            except ValueError as exc:
+                logger.error("%s: uploaded reference %d is not usable: %s", model, up.id, exc)
+                self._unusable.add(up.id)
+                continue
             await self.store.set_reference(model, reference_json(profile, "upload", up.id))
             self.cache.active[model] = ActiveProfile(profile, "upload", up.id)
             self.cache.dirty.add(model)
