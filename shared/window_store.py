@@ -9,8 +9,9 @@ The aggregator is the only writer; the gateway reads. Layout (``P`` = ``<redis_p
   bin i, ``B`` Brier sum, ``N``/``Nn`` NLL sum and count, ``C{i}|{class}``/``P{i}|{class}``/
   ``H{i}|{class}`` one-vs-rest bins per class, ``dl{k}`` label-delay histogram.
 - ``P{g}f:{model key}:{start}`` — the same bucket's fine histogram for risk–coverage:
-  ``h{j}``/``e{j}``/``f{j}`` count, errors and confidence sum of fine bin j (sparse). Kept
-  apart so a calibration answer never reads its thousands of fields.
+  ``h{j}``/``e{j}`` count and errors of fine cell j (sparse; the curve needs nothing else;
+  ``f{j}``, a confidence sum, is read where an older aggregator wrote it). Kept apart so a
+  calibration answer never reads its thousands of fields.
   Sums are fixed point, integer units of 1e-9, so merges and replays are exact.
 - ``Pidx:{model key}`` — sorted set of the minute buckets that exist (for time series).
 - ``Pmodels`` — set of model keys seen.

@@ -113,7 +113,6 @@ def labeled_increments(out: Increments, ev: LabeledEvents) -> None:
     fine = bin_index(ev.confidences, FINE_BINS + 1, scale=FINE_BINS)
     _add_binned(out, ev.model, ev.event_ms, "h", fine, ones)
     _add_binned(out, ev.model, ev.event_ms, "e", fine, 1 - ok)
-    _add_binned(out, ev.model, ev.event_ms, "f", fine, conf_fp)
     delay = np.searchsorted(np.asarray(DELAY_BUCKETS_S), ev.delay_s, side="left")
     _add_binned(out, ev.model, ev.event_ms, "dl", delay.astype(np.int64), ones)
     has_probs = (

@@ -51,7 +51,8 @@ def test_labeled_events_fill_reliability_fine_and_delay_bins() -> None:
     assert (day["c3"], day.get("k3", 0), day["s3"]) == (1, 0, int(0.3 * SCALE))
     assert not any(f"c{i}" in day for i in (0, 1, 2, 4, 5, 6, 7, 8))
     # Fine cells: 950 holds both 0.95s (one error), 1000 only 1.0, 300 the 0.3.
-    assert (day["h950"], day["e950"], day["f950"]) == (2, 1, int(1.9 * SCALE))
+    assert (day["h950"], day["e950"]) == (2, 1)
+    assert not any(f.startswith("f") for f in day)  # risk–coverage needs counts and errors
     assert (day["h1000"], day.get("e1000", 0)) == (1, 0)
     assert (day["h300"], day["e300"]) == (1, 1)
     # Top-label Brier: 0.05² + 0.95² + 0 + 0.3² = 0.995.
