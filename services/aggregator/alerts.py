@@ -21,6 +21,7 @@ import numpy as np
 import redis.asyncio as aioredis
 
 from shared.batches import split_model_key
+from shared.drift_stats import severity
 
 ALERT_NAMESPACE = uuid.UUID("5d7c0b8e-6a57-4f36-9a3c-1f2b8c4f9e21")
 HYSTERESIS = 0.9
@@ -35,12 +36,7 @@ class Breach:
     severity: str | None  # None = within bounds
 
 
-def severity(value: float, threshold: float) -> str | None:
-    if value >= 1.5 * threshold:
-        return "critical"
-    if value >= threshold:
-        return "warning"
-    return None
+__all__ = ["AlertState", "Breach", "Transition", "alert_record", "severity"]
 
 
 class AlertState:
@@ -67,8 +63,10 @@ class AlertState:
 
     async def transition(
         self, model: str, breach: Breach, now_ms: int, cooldown_s: float
-    ) -> str | None:
-        """'raise', 'resolve' or None, updating the rule's state."""
+    ) -> Transition | None:
+        """What the breach does to the rule's state: raise, resolve or nothing. The new state
+        is returned, not saved: the caller saves it (``save``) once the alert is delivered,
+        so a failed delivery raises the same alert again next round instead of losing it."""
         key = f"{self.p}{model}:{breach.metric}"
         raw = await self.r.get(key)
         state: dict[str, Any] = (
@@ -82,13 +80,23 @@ class AlertState:
         elif state["active"] and breach.value < HYSTERESIS * breach.threshold:
             state.update(active=False, cleared=now_ms)
             action = "resolve"
-        if action:
-            await self.r.set(key, json.dumps(state))
-        return action
+        if action is None:
+            return None
+        return Transition(action, int(state["since"]), key, json.dumps(state))
 
-    async def since(self, model: str, metric: str) -> int:
-        raw = await self.r.get(f"{self.p}{model}:{metric}")
-        return int(json.loads(raw)["since"]) if raw else 0
+    async def save(self, transitions: list[Transition]) -> None:
+        if transitions:
+            await self.r.mset({t.key: t.state for t in transitions})
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    action: str
+    """``raise`` or ``resolve``."""
+    since_ms: int
+    """When the breach this alert belongs to began."""
+    key: str
+    state: str
 
 
 def alert_record(

@@ -9,8 +9,9 @@ import time
 from typing import Any
 
 from confluent_kafka import Producer
+from redis.exceptions import RedisError
 
-from services.aggregator.alerts import AlertState, Breach, alert_record, severity
+from services.aggregator.alerts import AlertState, Breach, Transition, alert_record, severity
 from services.aggregator.metrics import MAX_EXPORTED, RISK_COVERAGES, AggregatorMetrics
 from services.aggregator.settings import AggregatorSettings
 from shared.batches import split_model_key
@@ -47,14 +48,19 @@ class Evaluator:
         while not stopping.is_set():
             try:
                 await self.evaluate(int(time.time() * 1000))
-            except (ConnectionError, OSError) as exc:
+            except (ConnectionError, OSError, RedisError) as exc:
                 logger.warning("evaluation skipped: %s", exc)
+            except Exception:
+                # A round that fails for another reason must not end the loop: the worker
+                # would go on counting with no snapshots, alerts or gauges.
+                logger.exception("evaluation round failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), self.settings.snapshot_interval_seconds)
 
     async def evaluate(self, now_ms: int) -> list[dict[str, Any]]:
         """One round over every model version; returns the alerts it raised or resolved."""
         alerts: list[dict[str, Any]] = []
+        transitions: list[Transition] = []
         for rank, model in enumerate(await self.reader.models()):
             export = self.metrics is not None and rank < MAX_EXPORTED
             pending = await self.reader.labels_pending(model)
@@ -73,7 +79,9 @@ class Evaluator:
             cal = answers.get(window) or await self.reader.calibration(
                 model, window, now_ms // 1000
             )
-            alerts += await self._alerts(model, cal, now_ms, export)
+            raised, changed = await self._alerts(model, cal, now_ms, export)
+            alerts += raised
+            transitions += changed
         for a in alerts:
             key = f"{a['tenant']}/{a['model_name']}/{a['model_version']}".encode()
             self.producer.produce(self.topics.alerts, self.codec.encode("Alert", a), key)
@@ -82,14 +90,15 @@ class Evaluator:
         )
         if remaining:
             raise ConnectionError(f"{remaining} snapshots/alerts not acknowledged by Kafka")
+        await self.state.save(transitions)
         return alerts
 
     async def _alerts(
         self, model: str, cal: Calibration, now_ms: int, export: bool = False
-    ) -> list[dict[str, Any]]:
+    ) -> tuple[list[dict[str, Any]], list[Transition]]:
         s = self.settings
         if cal.n_labeled < s.alert_min_labeled or cal.ece is None or cal.brier is None:
-            return []
+            return [], []
         breaches = [Breach("ece", cal.ece, s.ece_slo, severity(cal.ece, s.ece_slo))]
         base = await self.state.baseline_brier(model, cal.brier)
         if base > 0:
@@ -105,19 +114,21 @@ class Evaluator:
             if limit is not None:
                 self.metrics.ece_control_limit.labels(model).set(limit)
         out = []
+        changed = []
         for b in breaches:
-            action = await self.state.transition(model, b, now_ms, s.alert_cooldown_seconds)
-            if action is None:
+            t = await self.state.transition(model, b, now_ms, s.alert_cooldown_seconds)
+            if t is None:
                 continue
-            since = await self.state.since(model, b.metric)
-            sev = b.severity if action == "raise" and b.severity else "resolved"
+            changed.append(t)
+            since = t.since_ms
+            sev = b.severity if t.action == "raise" and b.severity else "resolved"
             kind = "calibration" if b.metric.startswith("ece") else "performance"
             out.append(
                 alert_record(model, b, kind, sev, s.alert_window, cal.n_labeled, since, now_ms)
             )
             if self.metrics is not None:
                 self.metrics.alerts.labels(b.metric, sev).inc()
-        return out
+        return out, changed
 
     def _publish_snapshot(
         self,
