@@ -19,11 +19,14 @@ from typing import Protocol
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.aio import AIOConsumer
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.kafka import consumer_config, producer_config, transactional_producer_config
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
+REDIS_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +87,7 @@ class Pipeline:
         self._stopping = asyncio.Event()
         self._consumer: AIOConsumer | None = None
         self._producer: Producer | None = None
+        self._failed: list[KafkaError] = []
         self.ready = asyncio.Event()
         """Set once the consumer has its first assignment."""
 
@@ -148,6 +152,7 @@ class Pipeline:
         txn = self._config.transactional
         for attempt in itertools.count(1):
             try:
+                self._failed.clear()
                 if txn:
                     producer.begin_transaction()
                 outputs = await self._process(messages)
@@ -171,9 +176,10 @@ class Pipeline:
                 logger.warning("iteration attempt %d failed (%s); retrying", attempt, err)
                 await self._abort()
                 await asyncio.sleep(min(0.1 * attempt, 2.0))
-            except (ConnectionError, TimeoutError, OSError) as exc:
+            except (ConnectionError, TimeoutError, OSError, *REDIS_UNAVAILABLE) as exc:
                 # A dependency (Redis, PostgreSQL) is down: nothing is committed, so the same
-                # messages are processed again once it is back.
+                # messages are processed again once it is back (redis-py's connection errors
+                # are not the built-in ones, hence their own entry).
                 logger.warning(
                     "dependency unavailable on attempt %d (%s: %s); retrying the batch",
                     attempt,
@@ -198,19 +204,28 @@ class Pipeline:
             await loop.run_in_executor(None, self._producer.abort_transaction, 30.0)
 
     async def _flush_all(self) -> None:
+        """Wait for every output's delivery report; a message that failed for good (too
+        large, say) fails the iteration, so its offsets are not committed."""
         assert self._producer is not None
         loop = asyncio.get_running_loop()
         remaining = await loop.run_in_executor(None, self._producer.flush, 60.0)
+        failed, self._failed = self._failed, []
         if remaining:
             raise KafkaException(
                 KafkaError(KafkaError._MSG_TIMED_OUT, f"{remaining} messages not delivered")
             )
+        if failed:
+            raise KafkaException(failed[0])
+
+    def _delivered(self, err: KafkaError | None, _: Message) -> None:
+        if err is not None:
+            self._failed.append(err)
 
     def _produce(self, out: Output) -> None:
         assert self._producer is not None
         while True:
             try:
-                self._producer.produce(out.topic, out.value, out.key)
+                self._producer.produce(out.topic, out.value, out.key, on_delivery=self._delivered)
                 return
             except BufferError:
                 # The local queue is full: serve delivery reports until there is room.
