@@ -31,7 +31,7 @@ status: ## show the local stack and the services
 	@$(CALIBER) stack status; $(CALIBER) services status
 
 demo: up ## run the demo: services, simulated traffic, a summary
-	@caliber demo run
+	@$(CALIBER) demo run
 
 test: up ## run the whole test suite against the local stack
 	@$(PYTHON) -m pytest -q

@@ -66,6 +66,7 @@ def _processes_of(home: Path) -> list[str]:
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(900)  # a cold stack of its own, the demo (540 s at most), then the stop
 def test_demo_ends_with_a_summary_and_stop_leaves_nothing_running(tmp_path: Path) -> None:
     home = tmp_path / "home"
     ports = {

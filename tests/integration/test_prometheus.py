@@ -40,7 +40,7 @@ def wait_query(
     raise AssertionError(f"{expr} returned nothing within {timeout:.0f} s: {prom.targets()}")
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(420)  # the first run installs Debian's prometheus
 def test_prometheus_reads_caliber_metrics(isolated_settings: Settings, tmp_path: Path) -> None:
     settings = isolated_settings
     now = int(time.time() * 1000)
