@@ -40,8 +40,8 @@ class GatewayMetrics:
         )
         self.review_queue = Gauge(
             "caliber_review_queue_depth",
-            "Predictions withheld and awaiting review, per model name (counted at each scrape)",
-            ["model"],
+            "Predictions withheld and awaiting review, all tenants together (counted at each "
+            "scrape; any tenant's key reads /metrics, so no tenant's model names are exported)",
             registry=registry,
         )
         self.reviews_resolved = Counter(
@@ -65,8 +65,5 @@ class GatewayMetrics:
             registry=registry,
         )
 
-    def set_review_queue(self, depth: dict[str, int]) -> None:
-        """Replace the queue depths, so a model whose queue emptied drops out."""
-        self.review_queue.clear()
-        for model, n in depth.items():
-            self.review_queue.labels(model).set(n)
+    def set_review_queue(self, depth: int) -> None:
+        self.review_queue.set(depth)

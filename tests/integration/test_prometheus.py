@@ -94,7 +94,8 @@ def test_prometheus_reads_caliber_metrics(isolated_settings: Settings, tmp_path:
             slo = wait_query(prom, "caliber_ece_slo")
             assert float(slo[0]["value"][1]) == pytest.approx(0.05)
             # The gateway is scraped with its key; the queue depth is counted per scrape.
-            depth = wait_query(prom, 'caliber_review_queue_depth{model="scraped"}')
+            depth = wait_query(prom, 'caliber_review_queue_depth{job="gateway"}')
+            assert set(depth[0]["metric"]) == {"__name__", "instance", "job"}  # no model names
             assert float(depth[0]["value"][1]) == queued
     finally:
         gateway.terminate()  # type: ignore[attr-defined]

@@ -43,14 +43,13 @@ async def review_queue(
     return [prediction_out(r) for r in rows]
 
 
-async def queue_depth(pool: asyncpg.Pool) -> dict[str, int]:
-    """Unresolved withheld predictions per model name, every tenant's together."""
-    rows = await pool.fetch(
-        "SELECT model_name, count(*) AS n FROM predictions p WHERE status = 'review' "
-        "AND NOT EXISTS (SELECT 1 FROM review_resolutions r WHERE r.event_id = p.event_id) "
-        "GROUP BY model_name"
+async def queue_depth(pool: asyncpg.Pool) -> int:
+    """Unresolved withheld predictions, every tenant's together."""
+    n = await pool.fetchval(
+        "SELECT count(*) FROM predictions p WHERE status = 'review' "
+        "AND NOT EXISTS (SELECT 1 FROM review_resolutions r WHERE r.event_id = p.event_id)"
     )
-    return {r["model_name"]: int(r["n"]) for r in rows}
+    return int(n or 0)
 
 
 def _not_found(event_id: str) -> HTTPException:
