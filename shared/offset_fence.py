@@ -42,6 +42,7 @@ end
 for _, s in ipairs(ops.sadd) do redis.call('SADD', s[1], s[2]) end
 for _, r in ipairs(ops.rpush) do redis.call('RPUSH', r[1], r[2]) end
 for _, c in ipairs(ops.counts) do redis.call('INCRBY', c[1], c[2]) end
+for _, e in ipairs(ops.expire) do redis.call('EXPIRE', e[1], e[2]) end
 for _, m in ipairs(ops.hmax) do
   local cur = redis.call('HGET', m[1], m[2])
   if (not cur) or tonumber(cur) < m[3] then redis.call('HSET', m[1], m[2], m[3]) end
@@ -77,6 +78,8 @@ class Effect:
     """(key, INCRBY amount)"""
     hmax: list[tuple[str, str, int]] = field(default_factory=list)
     """(hash key, field, value): the field becomes max(stored, value)."""
+    expire: list[tuple[str, int]] = field(default_factory=list)
+    """(key, ttl): applied after every other write, so it covers keys they created."""
 
 
 class OffsetFence:
@@ -111,6 +114,7 @@ class OffsetFence:
             "rpush": [list(r) for r in effect.rpush],
             "counts": [list(c) for c in effect.counts],
             "hmax": [list(h) for h in effect.hmax],
+            "expire": [list(e) for e in effect.expire],
         }
         # cjson decodes an empty JSON array as an empty table, which ipairs/pairs accept.
         result = await self._apply(keys=[self._key], args=[json.dumps(ops)])

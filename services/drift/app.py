@@ -46,6 +46,7 @@ def build_app(settings: DriftSettings) -> faust.App:
             bucket_seconds=settings.drift_bucket_seconds,
             window_seconds=settings.drift_window_seconds,
             reference_events=settings.drift_reference_events,
+            reference_ttl=settings.label_horizon_seconds,
         )
         pipeline = Pipeline(
             settings,

@@ -60,6 +60,8 @@ class WindowConfig:
     bucket_seconds: int
     window_seconds: int
     reference_events: int
+    reference_ttl: int = 7 * 24 * 3600
+    """How long a model version's half-collected reference window waits for more events."""
 
     @property
     def ttl(self) -> int:
@@ -166,6 +168,9 @@ class DriftProcessor:
         if have + taken < self._config.reference_events:
             effect.rpush += [(keys.collect(model), json.dumps(c)) for c in chunks]
             effect.counts.append((keys.collected(model), taken))
+            # A version that never reaches its reference count must not keep them forever.
+            ttl = self._config.reference_ttl
+            effect.expire += [(keys.collect(model), ttl), (keys.collected(model), ttl)]
             return rest, taken, None
         profile = build_from_chunks(model, [*await self._store.chunks(model), *chunks])
         effect.set.append((keys.reference(model), reference_json(profile, "window"), 0))
