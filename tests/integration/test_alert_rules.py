@@ -49,7 +49,20 @@ class Rounds:
         )
 
     def __call__(self, cal: Calibration, at_s: float) -> list[tuple[str, str]]:
-        alerts: list[dict[str, Any]] = self.loop.run_until_complete(
+        """One round whose alerts were delivered: their rule states are saved."""
+
+        async def round_() -> list[dict[str, Any]]:
+            alerts, changed = await self.evaluator._alerts(self.model, cal, int(at_s * 1000))
+            await self.evaluator.state.save(changed)
+            return alerts
+
+        return [
+            (str(a["metric"]), str(a["severity"])) for a in self.loop.run_until_complete(round_())
+        ]
+
+    def undelivered(self, cal: Calibration, at_s: float) -> list[tuple[str, str]]:
+        """One round whose alerts Kafka never acknowledged: nothing is saved."""
+        alerts, _ = self.loop.run_until_complete(
             self.evaluator._alerts(self.model, cal, int(at_s * 1000))
         )
         return [(str(a["metric"]), str(a["severity"])) for a in alerts]
@@ -100,3 +113,11 @@ def test_control_chart_breach_of_mean_plus_three_sigma(rounds: Rounds) -> None:
     # With 0.029 in the history the limit is 0.03197: 0.035 breaches it, once.
     assert rounds(calibration(0.035, 0.2), t + 110) == [("ece_control", "warning")]
     assert rounds(calibration(0.036, 0.2), t + 120) == []
+
+
+def test_an_alert_kafka_never_acknowledged_is_raised_again(rounds: Rounds) -> None:
+    t = 10 * COOLDOWN_S
+    assert rounds.undelivered(calibration(0.06, 0.2), t) == [("ece", "warning")]
+    # Its state was not saved, so the next round raises it again rather than losing it.
+    assert rounds(calibration(0.06, 0.2), t + 10) == [("ece", "warning")]
+    assert rounds(calibration(0.06, 0.2), t + 20) == []
