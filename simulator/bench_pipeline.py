@@ -42,7 +42,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import httpx
 import numpy as np
 import typer
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
@@ -60,7 +59,7 @@ from shared.codec import AvroCodec, Decoded
 from shared.kafka import consumer_config, make_producer
 from shared.settings import Settings
 from shared.topics import Topics
-from simulator.gateway_client import GatewayClient
+from simulator.gateway_client import GatewayClient, wait_ready
 from simulator.generator import ModelSpec, generate
 
 app = typer.Typer(add_completion=False)
@@ -427,7 +426,7 @@ def _run(
             CALIBER_METRICS_PORT="0",
         )
         base = f"http://127.0.0.1:{port}"
-        _wait_http(base + "/health")
+        wait_ready(base)
         client = cleanup.enter_context(GatewayClient(base, key))
         versions = (*VERSIONS, "probe")
         ids = {v: int(client.ensure_version(MODEL, v, "staging")["id"]) for v in versions}
@@ -551,18 +550,6 @@ async def _admin_key(settings: Settings) -> str:
         return await create_key(conn, TENANT, ["admin"])
     finally:
         await conn.close()
-
-
-def _wait_http(url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code == httpx.codes.OK:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
 
 
 def _markdown(r: dict[str, Any]) -> str:

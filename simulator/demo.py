@@ -18,7 +18,6 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 
 import asyncpg
-import httpx
 import typer
 
 from services.gateway.auth import create_key
@@ -34,7 +33,7 @@ from shared.settings import Settings
 from shared.stack import stack_up
 from shared.topics import Topics
 from simulator.faults import FAULTS
-from simulator.gateway_client import GatewayClient
+from simulator.gateway_client import GatewayClient, wait_ready
 from simulator.producer import event_records
 from simulator.scenario_runner import measure, send, table
 from simulator.scenarios import SCENARIOS, Planned, Scenario, VersionPlan, plan, scenario
@@ -75,18 +74,6 @@ def create_keys(settings: Settings, tenants: list[str]) -> dict[str, str]:
             await conn.close()
 
     return asyncio.run(go())
-
-
-def _wait_http(url: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code == httpx.codes.OK:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{url} did not answer 200 within {timeout:.0f} s")
 
 
 def _send_faults(settings: Settings, n: int) -> None:
@@ -144,7 +131,7 @@ def run(
     with step(f"services under supervisord (logs in {settings.logs_dir})"):
         started = supervise.start(settings)
         supervise.wait_running(settings, timeout=90)
-        _wait_http(base_url + "/health", 90)
+        wait_ready(base_url, 90)
     typer.echo("   running: " + ", ".join(started))
     tenants = sorted({"default", *(t for s in chosen for t in s.tenants)})
     keys = create_keys(settings, tenants)

@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
+
+
+def wait_ready(base_url: str, timeout: float = 60.0) -> None:
+    """Return once the gateway's ``/health`` answers 200 (every dependency up)."""
+    url = base_url.rstrip("/") + "/health"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == httpx.codes.OK:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} did not answer 200 within {timeout:.0f} s")
 
 
 class GatewayClient:
