@@ -27,6 +27,7 @@ from services.aggregator.metrics import AggregatorMetrics
 from services.aggregator.store import AggregatorStore
 from shared.batches import DecisionColumns, LabelColumns
 from shared.codec import AvroCodec, Decoded
+from shared.dead_letters import dead_letter
 from shared.pipeline import Output
 from shared.topics import Topics
 
@@ -97,23 +98,34 @@ class AggregatorProcessor:
     async def __call__(self, messages: Sequence[Message]) -> list[Output]:
         done = await self._store.offsets()
         fresh = [m for m in messages if int(m.offset() or 0) > done.get(_tp(m), -1)]
-        if not fresh:
-            return []
+        is_fresh = {id(m) for m in fresh}
+        now_ms = int(time.time() * 1000)
+        dead: list[Output] = []
         decoded_batch: list[tuple[Message, DecisionColumns | LabelColumns]] = []
-        for m in fresh:
+        # Every message is decoded, not only the fresh ones: a replay after a crash then sends
+        # an undecodable message's dead letter again rather than never.
+        for m in messages:
             decoded = self._codec.decode(m.value(), {"DecisionBatch", "LabelBatch"})
             if not isinstance(decoded, Decoded):
-                logger.error(
-                    "skipping undecodable %s[%s]@%s: %s",
-                    m.topic(),
-                    m.partition(),
-                    m.offset(),
-                    decoded.message,
+                dead.append(
+                    dead_letter(
+                        self._topics.deadletter,
+                        self._codec,
+                        m,
+                        str(decoded.code),
+                        decoded.message,
+                        "aggregator",
+                        now_ms,
+                    )
                 )
+            elif id(m) not in is_fresh:
+                continue
             elif decoded.name == "DecisionBatch":
                 decoded_batch.append((m, DecisionColumns.from_record(decoded.record)))
             else:
                 decoded_batch.append((m, LabelColumns.from_record(decoded.record)))
+        if not fresh:
+            return dead
         # Applied in parts of a bounded size, in offset order, each atomic with its own
         # offsets: one Lua call never holds Redis for long, and a replay skips what a part
         # already applied (the filter above) and applies the rest.
@@ -125,7 +137,7 @@ class AggregatorProcessor:
                 first[tp] = min(first.get(tp, off), off)
                 last[tp] = max(last.get(tp, off), off)
             await self._apply(part.decisions, part.labels, first, last)
-        return []
+        return dead
 
     async def _apply(
         self,

@@ -56,7 +56,7 @@ def build_app(settings: DriftSettings) -> faust.App:
                 transactional=False,
                 max_messages=settings.drift_max_messages,
             ),
-            DriftProcessor(codec, store, cache, config, metrics),
+            DriftProcessor(topics, codec, store, cache, config, metrics),
             metrics,
         )
         evaluating = asyncio.create_task(evaluator.run(stopping))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -23,9 +24,11 @@ from services.drift.reference import build_from_chunks, chunk, parse_reference, 
 from services.drift.store import DriftStore
 from shared.batches import PredictionColumns
 from shared.codec import AvroCodec, Decoded
+from shared.dead_letters import dead_letter
 from shared.drift_profile import ReferenceProfile
 from shared.offset_fence import Effect, fresh
 from shared.pipeline import Output
+from shared.topics import Topics
 
 logger = logging.getLogger(__name__)
 
@@ -71,12 +74,14 @@ class WindowConfig:
 class DriftProcessor:
     def __init__(
         self,
+        topics: Topics,
         codec: AvroCodec,
         store: DriftStore,
         cache: ProfileCache,
         config: WindowConfig,
         metrics: DriftMetrics | None = None,
     ) -> None:
+        self._topics = topics
         self._codec = codec
         self._store = store
         self._cache = cache
@@ -88,23 +93,34 @@ class DriftProcessor:
     async def __call__(self, messages: Sequence[Message]) -> list[Output]:
         store = self._store
         todo = fresh(messages, await store.fence.done())
-        if not todo:
-            return []
+        pending = {id(m) for m in todo}
+        now_ms = int(time.time() * 1000)
+        dead: list[Output] = []
         by_model: dict[str, list[PredictionColumns]] = {}
-        for m in todo:
+        # Every message is decoded, not only the fresh ones: a replay after a crash then sends
+        # an undecodable message's dead letter again rather than never.
+        for m in messages:
             decoded = self._codec.decode(m.value(), {"PredictionBatch"})
             if not isinstance(decoded, Decoded):
-                logger.error(
-                    "skipping undecodable %s[%s]@%s: %s",
-                    m.topic(),
-                    m.partition(),
-                    m.offset(),
-                    decoded.message,
+                dead.append(
+                    dead_letter(
+                        self._topics.deadletter,
+                        self._codec,
+                        m,
+                        str(decoded.code),
+                        decoded.message,
+                        "drift",
+                        now_ms,
+                    )
                 )
+                continue
+            if id(m) not in pending:
                 continue
             cols = PredictionColumns.from_record(decoded.record)
             if len(cols):
                 by_model.setdefault(cols.key, []).append(cols)
+        if not todo:
+            return dead
         models = list(by_model)
         unknown = [k for k in models if self._cache.get(k) is None]
         for k, raw in (await store.references(unknown)).items():
@@ -137,7 +153,7 @@ class DriftProcessor:
                     self._metrics.profiles.labels(a.source).inc()
             for model, a in built.items():
                 logger.info("%s: reference profile %s built", model, a.profile.version)
-        return []
+        return dead
 
     def _model_state(self, model: str, batches: list[PredictionColumns], effect: Effect) -> None:
         keys = self._store.keys

@@ -19,6 +19,7 @@ from services.policy.registry_state import RegistryState
 from shared.batches import DecisionColumns, FloatArray, PredictionColumns
 from shared.calibration_map import CalibrationMap, CalibratorError
 from shared.codec import AvroCodec, Decoded
+from shared.dead_letters import dead_letter
 from shared.errors import ErrorCode
 from shared.pipeline import Output
 from shared.topics import Topics
@@ -121,18 +122,9 @@ class PolicyProcessor:
 
     def _dead_letter(self, m: Message, code: ErrorCode, message: str, now_ms: int) -> Output:
         self._tally.dead_letters[str(code)] = self._tally.dead_letters.get(str(code), 0) + 1
-        record = {
-            "source_topic": str(m.topic()),
-            "source_partition": int(m.partition() or 0),
-            "source_offset": int(m.offset() or 0),
-            "raw": m.value() or b"",
-            "error_code": str(code),
-            "message": message,
-            "event_id": None,
-            "service": "policy",
-            "occurred_at_ms": now_ms,
-        }
-        return Output(self._topics.deadletter, None, self._codec.encode("DeadLetter", record))
+        return dead_letter(
+            self._topics.deadletter, self._codec, m, str(code), message, "policy", now_ms
+        )
 
     def _count(self, decision: DecisionColumns, model: str) -> None:
         tally = self._tally

@@ -22,6 +22,7 @@ from services.recorder.metrics import RecorderMetrics
 from services.recorder.store import Written, write
 from shared.batches import DecisionColumns, LabelColumns
 from shared.codec import AvroCodec, Decoded
+from shared.dead_letters import dead_letter
 from shared.errors import ErrorCode
 from shared.pipeline import Output
 from shared.topics import Topics
@@ -162,23 +163,6 @@ class RecorderProcessor:
         return total
 
     def _dead_letter(self, m: Message, code: str, message: str, now_ms: int) -> Output:
-        logger.error(
-            "dead letter from %s[%s]@%s: %s: %s",
-            m.topic(),
-            m.partition(),
-            m.offset(),
-            code,
-            message,
+        return dead_letter(
+            self._topics.deadletter, self._codec, m, code, message, "recorder", now_ms
         )
-        record = {
-            "source_topic": str(m.topic()),
-            "source_partition": int(m.partition() or 0),
-            "source_offset": int(m.offset() or 0),
-            "raw": m.value() or b"",
-            "error_code": code,
-            "message": message,
-            "event_id": None,
-            "service": "recorder",
-            "occurred_at_ms": now_ms,
-        }
-        return Output(self._topics.deadletter, None, self._codec.encode("DeadLetter", record))

@@ -24,6 +24,7 @@ from shared.calibration import (
     reliability_bins_from_arrays,
 )
 from shared.codec import AvroCodec
+from shared.kafka import make_producer
 from shared.reliability import ReliabilityBin
 from shared.selective import RiskCoverage, risk_coverage
 from shared.settings import Settings
@@ -344,3 +345,40 @@ def test_over_confident_model_raises_exactly_one_alert(
         reader.close()
         recorder.terminate()
         recorder.wait(30)
+
+
+def test_an_undecodable_message_becomes_a_dead_letter_and_counting_goes_on(
+    aggregator: Settings,
+) -> None:
+    settings = aggregator
+    topics = Topics.for_namespace(settings.topic_namespace)
+    reader = TopicReader(settings, [topics.deadletter], AvroCodec())
+    producer = make_producer(settings)
+    producer.produce(topics.decisions, b"not avro at all", b"default/garbled/v1")
+    assert producer.flush(10) == 0
+    gen = generate(
+        ModelSpec(name="after-garbage", version="v1"),
+        200,
+        seed=9,
+        start_ms=int(time.time() * 1000) - 60_000,
+    )
+    send_decisions_and_labels(settings, gen)
+    try:
+        reader.wait_for(
+            lambda: any(
+                d.record["service"] == "aggregator" for d in reader.records[topics.deadletter]
+            ),
+            60,
+            "the aggregator's dead letter",
+        )
+        (letter,) = [
+            d.record
+            for d in reader.records[topics.deadletter]
+            if d.record["service"] == "aggregator"
+        ]
+        assert letter["error_code"] == "not_avro" and letter["raw"] == b"not avro at all"
+        assert letter["source_topic"] == topics.decisions
+        t = wait_counts(settings, gen.predictions.key, "1h", 200, int(gen.labeled.sum()))
+        assert t.get("n") == 200
+    finally:
+        reader.close()

@@ -296,3 +296,27 @@ def test_an_uploaded_reference_replaces_the_window_profile(services: dict[str, A
     by_feature = {f["feature"]: f for f in cur["features"]}
     assert by_feature["x0"]["threshold"] == 0.5 and by_feature["x1"]["threshold"] == 0.2
     assert by_feature["x0"]["n_samples"] == 3_000  # every event scored, none kept as reference
+
+
+def test_an_undecodable_message_becomes_a_dead_letter(services: dict[str, Any]) -> None:
+    settings = services["settings"]
+    topics = Topics.for_namespace(settings.topic_namespace)
+    reader = TopicReader(settings, [topics.deadletter], AvroCodec())
+    producer = make_producer(settings)
+    garbled = b"\xc3\x01" + bytes(8) + b"body"  # framed, but no schema has that fingerprint
+    producer.produce(topics.predictions, garbled, b"default/garbled/v1")
+    assert producer.flush(10) == 0
+    try:
+        reader.wait_for(
+            lambda: any(d.record["service"] == "drift" for d in reader.records[topics.deadletter]),
+            60,
+            "the drift worker's dead letter",
+            services["workers"],
+        )
+        (letter,) = [
+            d.record for d in reader.records[topics.deadletter] if d.record["service"] == "drift"
+        ]
+        assert letter["source_topic"] == topics.predictions and letter["raw"] == garbled
+        assert letter["error_code"] == "unknown_schema"
+    finally:
+        reader.close()
