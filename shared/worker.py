@@ -8,6 +8,7 @@ per-message Faust stream is capped near 3,700 messages/s while a batch fetch is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 from collections.abc import Awaitable, Callable
@@ -66,6 +67,22 @@ def create_app(name: str, settings: Settings, loop: Loop) -> faust.App:
                 logger.warning("%s loop did not stop in 15 s", name)
 
     return app
+
+
+async def run_beside(
+    main: Callable[[asyncio.Event], Awaitable[None]],
+    side: Callable[[asyncio.Event], Awaitable[None]],
+    stopping: asyncio.Event,
+) -> None:
+    """Run ``main`` (a worker's batch loop) with ``side`` (its periodic evaluator) beside it;
+    when ``main`` ends, for whatever reason, ``side`` is told to stop and awaited."""
+    beside = asyncio.ensure_future(side(stopping))
+    try:
+        await main(stopping)
+    finally:
+        stopping.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beside
 
 
 def run(app: faust.App, settings: Settings) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import faust
 import redis.asyncio as aioredis
@@ -21,7 +20,7 @@ from shared.observability import configure_logging, serve_metrics
 from shared.pipeline import Pipeline, PipelineConfig
 from shared.topics import Topics
 from shared.window_store import WindowReader
-from shared.worker import create_app, run
+from shared.worker import create_app, run, run_beside
 
 
 def build_app(settings: AggregatorSettings) -> faust.App:
@@ -52,13 +51,9 @@ def build_app(settings: AggregatorSettings) -> faust.App:
             AggregatorProcessor(topics, codec, store, metrics),
             metrics,
         )
-        evaluating = asyncio.create_task(evaluator.run(stopping))
         try:
-            await pipeline.run(stopping)
+            await run_beside(pipeline.run, evaluator.run, stopping)
         finally:
-            stopping.set()
-            with contextlib.suppress(asyncio.CancelledError):
-                await evaluating
             await client.aclose()
 
     serve_metrics(settings.metrics_port, registry)

@@ -14,6 +14,7 @@ from redis.exceptions import RedisError
 from services.aggregator.alerts import AlertState, Breach, Transition, alert_record, severity
 from services.aggregator.metrics import MAX_EXPORTED, RISK_COVERAGES, AggregatorMetrics
 from services.aggregator.settings import AggregatorSettings
+from shared.alert_publish import publish_alerts
 from shared.batches import split_model_key
 from shared.codec import AvroCodec
 from shared.topics import Topics
@@ -82,14 +83,7 @@ class Evaluator:
             raised, changed = await self._alerts(model, cal, now_ms, export)
             alerts += raised
             transitions += changed
-        for a in alerts:
-            key = f"{a['tenant']}/{a['model_name']}/{a['model_version']}".encode()
-            self.producer.produce(self.topics.alerts, self.codec.encode("Alert", a), key)
-        remaining = await asyncio.get_running_loop().run_in_executor(
-            None, self.producer.flush, 30.0
-        )
-        if remaining:
-            raise ConnectionError(f"{remaining} snapshots/alerts not acknowledged by Kafka")
+        await publish_alerts(self.producer, self.topics.alerts, self.codec, alerts)
         await self.state.save(transitions)
         return alerts
 

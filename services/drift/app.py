@@ -8,7 +8,6 @@ One process runs both and shares the active profiles between them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import faust
 import redis.asyncio as aioredis
@@ -25,7 +24,7 @@ from shared.kafka import make_producer
 from shared.observability import configure_logging, serve_metrics
 from shared.pipeline import Pipeline, PipelineConfig
 from shared.topics import Topics
-from shared.worker import create_app, run
+from shared.worker import create_app, run, run_beside
 
 
 def build_app(settings: DriftSettings) -> faust.App:
@@ -59,13 +58,9 @@ def build_app(settings: DriftSettings) -> faust.App:
             DriftProcessor(topics, codec, store, cache, config, metrics),
             metrics,
         )
-        evaluating = asyncio.create_task(evaluator.run(stopping))
         try:
-            await pipeline.run(stopping)
+            await run_beside(pipeline.run, evaluator.run, stopping)
         finally:
-            stopping.set()
-            with contextlib.suppress(asyncio.CancelledError):
-                await evaluating
             await uploads.close()
             await client.aclose()
 

@@ -32,6 +32,7 @@ from services.drift.reference import reference_json
 from services.drift.settings import DriftSettings
 from services.drift.store import DriftStore
 from services.drift.uploads import UploadSource
+from shared.alert_publish import publish_alerts
 from shared.codec import AvroCodec
 from shared.drift_profile import CategoricalProfile
 from shared.drift_profile_codec import profile_from_dict
@@ -169,14 +170,7 @@ class Evaluator:
                 self._export(model, scores)
 
     async def _send(self, alerts: list[dict[str, Any]]) -> None:
-        for a in alerts:
-            key = f"{a['tenant']}/{a['model_name']}/{a['model_version']}".encode()
-            self.producer.produce(self.topics.alerts, self.codec.encode("Alert", a), key)
-        remaining = await asyncio.get_running_loop().run_in_executor(
-            None, self.producer.flush, 30.0
-        )
-        if remaining:
-            raise ConnectionError(f"{remaining} drift alerts not acknowledged by Kafka")
+        await publish_alerts(self.producer, self.topics.alerts, self.codec, alerts)
 
     async def scores(self, model: str) -> tuple[ActiveProfile, list[DriftScore], int] | None:
         """(active profile, every score of the window, window end ms), or None while the
