@@ -3,6 +3,7 @@ histogram percentiles, fresh namespaces."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import subprocess
@@ -14,23 +15,47 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
+import redis
 from psycopg import sql
 from pydantic import SecretStr
 
 from shared.db import migrate
 from shared.settings import Settings
-from shared.stack import ensure_topics
+from shared.stack import delete_topics, ensure_topics
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def bench_settings(base: Settings | None = None) -> Settings:
-    """Settings on a fresh topic namespace and Redis prefix, topics created."""
+    """Settings on a fresh topic namespace and Redis prefix, topics created; both are
+    removed when the benchmark's process exits, so runs do not pile up in Redis."""
     base = base or Settings()
     ns = f"bench{uuid.uuid4().hex[:8]}"
     settings = base.model_copy(update={"topic_namespace": ns, "redis_prefix": f"{ns}:"})
     ensure_topics(settings)
+    atexit.register(_remove_namespace, settings)
     return settings
+
+
+def _remove_namespace(settings: Settings) -> None:
+    delete_topics(settings, settings.topic_namespace)
+    delete_redis_prefix(settings)
+
+
+def delete_redis_prefix(settings: Settings) -> None:
+    """Unlink every Redis key under ``settings.redis_prefix``."""
+    client = redis.Redis.from_url(settings.redis_dsn)
+    try:
+        batch: list[bytes] = []
+        for key in client.scan_iter(match=f"{settings.redis_prefix}*", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                client.unlink(*batch)
+                batch.clear()
+        if batch:
+            client.unlink(*batch)
+    finally:
+        client.close()
 
 
 def with_database(dsn: str, database: str) -> str:

@@ -13,9 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
-from shared.benchmarking import scratch_database
+from shared.benchmarking import delete_redis_prefix, scratch_database
 from shared.benchmarking import start_service as run_service
 from shared.settings import Settings
 from shared.stack import delete_topics, ensure_topics, stack_up
@@ -43,22 +42,7 @@ def isolated_settings(stack_settings: Settings) -> Iterator[Settings]:
             yield settings
         finally:
             delete_topics(settings, namespace)
-            _delete_redis_keys(settings)
-
-
-def _delete_redis_keys(settings: Settings) -> None:
-    client = redis.Redis.from_url(settings.redis_dsn)
-    try:
-        batch: list[bytes] = []
-        for key in client.scan_iter(match=f"{settings.redis_prefix}*", count=1000):
-            batch.append(key)
-            if len(batch) >= 1000:
-                client.unlink(*batch)
-                batch.clear()
-        if batch:
-            client.unlink(*batch)
-    finally:
-        client.close()
+            delete_redis_prefix(settings)
 
 
 def start_service(
