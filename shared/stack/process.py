@@ -15,6 +15,11 @@ class StackError(RuntimeError):
     """A component of the local stack could not be installed, started or reached."""
 
 
+_SPAWNED: list[subprocess.Popen[bytes]] = []
+"""The servers this process started. They outlive it by design; holding their handles keeps
+Python from warning, when a handle is collected, that its child still runs."""
+
+
 def read_pid(pidfile: Path, expect: str | None = None) -> int | None:
     """The pid in ``pidfile`` when that process still runs; stale files are removed.
 
@@ -114,6 +119,7 @@ def spawn(
             group=user,
             extra_groups=[] if user else None,  # drop root's supplementary groups
         )
+    _SPAWNED.append(proc)
     pidfile.write_text(str(proc.pid))
     return proc.pid
 

@@ -1,4 +1,5 @@
-// The gateway's API as the console uses it: the key from sessionStorage on every call.
+// The gateway's API as the console uses it. The signed-in key is held for the page's life and
+// kept in sessionStorage only so that a reload of the tab stays signed in.
 
 const KEY = "caliber.apiKey";
 // The console lives at <root>/console/, the API at <root>/api/ (works behind a path prefix).
@@ -11,9 +12,17 @@ export class ApiError extends Error {
   }
 }
 
-export const storedKey = () => sessionStorage.getItem(KEY);
-export const storeKey = (key) => sessionStorage.setItem(KEY, key);
-export const forgetKey = () => sessionStorage.removeItem(KEY);
+let current = sessionStorage.getItem(KEY);
+
+export const storedKey = () => current;
+export const storeKey = (key) => {
+  current = key;
+  sessionStorage.setItem(KEY, key);
+};
+export const forgetKey = () => {
+  current = null;
+  sessionStorage.removeItem(KEY);
+};
 
 function describe(detail) {
   if (typeof detail === "string") return detail;
