@@ -15,8 +15,8 @@ The aggregator is the only writer; the gateway reads. Layout (``P`` = ``<redis_p
   Sums are fixed point, integer units of 1e-9, so merges and replays are exact.
 - ``Pidx:{model key}`` — sorted set of the minute buckets that exist (for time series).
 - ``Pmodels`` — set of model keys seen.
-- ``Ppred:{event id}`` — what a later label needs of an unlabeled prediction (TTL = label
-  horizon); ``Ppending:{event id}`` — a label that came before its prediction.
+- ``Ppred:{tenant}/{event id}`` — what a later label needs of an unlabeled prediction (TTL = label
+  horizon); ``Ppending:{tenant}/{event id}`` — a label that came before its prediction.
 - ``Poffsets`` — last applied offset per topic:partition (effectively-once).
 
 A window is summed inside Redis (one Lua call, exact integer sums) from at most a few

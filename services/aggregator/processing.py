@@ -153,14 +153,17 @@ class AggregatorProcessor:
         deletes: list[str] = []
         counts: dict[str, int] = {}
         joined: list[Joined] = []
-        batch_preds: dict[str, PredictionRecord] = {}
+        batch_preds: dict[tuple[str, str], PredictionRecord] = {}
         # Predictions: count them; join labels that waited; leave records for the rest.
-        all_ids = [eid for d in decisions for eid in d.predictions.event_ids]
+        all_ids = [
+            (d.predictions.tenant, eid) for d in decisions for eid in d.predictions.event_ids
+        ]
         waiting = dict(
-            zip(all_ids, await store.mget([store.pending_key(e) for e in all_ids]), strict=True)
+            zip(all_ids, await store.mget([store.pending_key(*e) for e in all_ids]), strict=True)
         )
         for d in decisions:
             p = d.predictions
+            tenant = p.tenant
             decision_increments(inc, p.key, p.event_time_ms, d.review)
             probs = p.probabilities.tolist() if p.probabilities is not None else None
             for i, eid in enumerate(p.event_ids):
@@ -177,42 +180,43 @@ class AggregatorProcessor:
                     p.class_labels if row else [],
                     row,
                 )
-                pending = waiting.get(eid)
+                pending = waiting.get((tenant, eid))
                 if pending is not None:
                     truth, label_ms = pending.rsplit("\x1f", 1)
                     joined.append(Joined(rec, truth, int(label_ms)))
-                    deletes.append(store.pending_key(eid))
-                    sets.append((store.pred_key(eid), LABELED, horizon))
+                    deletes.append(store.pending_key(tenant, eid))
+                    sets.append((store.pred_key(tenant, eid), LABELED, horizon))
                 else:
-                    batch_preds[eid] = rec
+                    batch_preds[(tenant, eid)] = rec
         # Labels: find their prediction in this batch or in Redis, else wait for it.
-        label_ids = [eid for lbl in labels for eid in lbl.event_ids]
+        label_ids = [(lbl.tenant, eid) for lbl in labels for eid in lbl.event_ids]
         known = dict(
-            zip(label_ids, await store.mget([store.pred_key(e) for e in label_ids]), strict=True)
+            zip(label_ids, await store.mget([store.pred_key(*e) for e in label_ids]), strict=True)
         )
-        labeled_now: set[str] = set()
+        labeled_now: set[tuple[str, str]] = set()
         for lbl in labels:
             for eid, truth, label_ms in zip(
                 lbl.event_ids, lbl.ground_truths, lbl.label_time_ms.tolist(), strict=True
             ):
-                if eid in labeled_now:
+                scoped = (lbl.tenant, eid)
+                if scoped in labeled_now:
                     continue  # a second label of the same prediction counts nothing
-                found: PredictionRecord | None = batch_preds.pop(eid, None)
-                raw = known.get(eid)
+                found: PredictionRecord | None = batch_preds.pop(scoped, None)
+                raw = known.get(scoped)
                 stored = raw is not None and raw != LABELED
                 if found is None and stored:
                     found = PredictionRecord.decode(str(raw))
                 if found is not None:
-                    labeled_now.add(eid)
+                    labeled_now.add(scoped)
                     joined.append(Joined(found, truth, label_ms))
-                    sets.append((store.pred_key(eid), LABELED, horizon))
+                    sets.append((store.pred_key(*scoped), LABELED, horizon))
                     if stored:
                         key = store.unlabeled_key(found.model)
                         counts[key] = counts.get(key, 0) - 1
                 elif raw != LABELED:
-                    sets.append((store.pending_key(eid), f"{truth}\x1f{label_ms}", horizon))
-        for eid, rec in batch_preds.items():
-            sets.append((store.pred_key(eid), rec.encode(), horizon))
+                    sets.append((store.pending_key(*scoped), f"{truth}\x1f{label_ms}", horizon))
+        for scoped, rec in batch_preds.items():
+            sets.append((store.pred_key(*scoped), rec.encode(), horizon))
             key = store.unlabeled_key(rec.model)
             counts[key] = counts.get(key, 0) + 1
         for ev in _labeled_events(joined):

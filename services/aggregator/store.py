@@ -41,11 +41,13 @@ class AggregatorStore:
         self.horizon = horizon_s
         self._apply = client.register_script(_APPLY)
 
-    def pred_key(self, event_id: str) -> str:
-        return f"{self.p}pred:{event_id}"
+    # Join records are per (tenant, event_id): event ids are unique within a tenant only, and
+    # one tenant's label must never find another tenant's prediction.
+    def pred_key(self, tenant: str, event_id: str) -> str:
+        return f"{self.p}pred:{tenant}/{event_id}"
 
-    def pending_key(self, event_id: str) -> str:
-        return f"{self.p}pending:{event_id}"
+    def pending_key(self, tenant: str, event_id: str) -> str:
+        return f"{self.p}pending:{tenant}/{event_id}"
 
     def unlabeled_key(self, model: str) -> str:
         return f"{self.p}unlabeled:{model}"

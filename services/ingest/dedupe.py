@@ -1,10 +1,12 @@
-"""Duplicate detection by event_id in Redis, safe under transaction replays.
+"""Duplicate detection by (tenant, event_id) in Redis, safe under transaction replays.
 
-A claim is ``SET <prefix>ingest:<kind>:<event_id> <position>|<model key>|<event ms> NX GET``
-with a TTL of the label horizon. The position (topic:partition:offset of the source
-message) makes replays safe: when a transaction aborts after its claims were written, the
-same message comes back, finds claims holding its own position and keeps its events, while
-a real duplicate (another message) finds someone else's position and is dropped.
+A claim is ``SET <prefix>ingest:<kind>:<tenant>/<event_id> <position>|<model key>|<event ms>
+NX GET`` with a TTL of the label horizon. Event ids are unique within a tenant only: another
+tenant's event with the same id is neither a duplicate nor a prediction its labels can find.
+The position (topic:partition:offset of the source message) makes replays safe: when a
+transaction aborts after its claims were written, the same message comes back, finds claims
+holding its own position and keeps its events, while a real duplicate (another message)
+finds someone else's position and is dropped.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ return out
 
 @dataclass(frozen=True, slots=True)
 class Claim:
+    tenant: str
     event_id: str
     position: str
     model_key: str = ""
@@ -50,15 +53,15 @@ class Deduper:
         self._ttl = ttl_seconds
         self._claim = client.register_script(_CLAIM)
 
-    def _key(self, kind: str, event_id: str) -> str:
-        return f"{self._prefix}ingest:{kind}:{event_id}"
+    def _key(self, kind: str, tenant: str, event_id: str) -> str:
+        return f"{self._prefix}ingest:{kind}:{tenant}/{event_id}"
 
     async def claim(self, kind: str, claims: Sequence[Claim]) -> list[bool]:
         """True for each claim that is new (or this message's own, replayed)."""
         if not claims:
             return []
         previous = await self._claim(
-            keys=[self._key(kind, c.event_id) for c in claims],
+            keys=[self._key(kind, c.tenant, c.event_id) for c in claims],
             args=[self._ttl, *(c.value for c in claims)],
         )
         keep = []
@@ -67,11 +70,14 @@ class Deduper:
             keep.append(not text or text.split("|", 1)[0] == c.position)
         return keep
 
-    async def seen_predictions(self, event_ids: Sequence[str]) -> list[SeenPrediction | None]:
-        """Model and event time of predictions already ingested (for labels lacking them)."""
+    async def seen_predictions(
+        self, tenant: str, event_ids: Sequence[str]
+    ) -> list[SeenPrediction | None]:
+        """Model and event time of ``tenant``'s predictions already ingested (for labels
+        lacking them)."""
         if not event_ids:
             return []
-        values = await self._client.mget([self._key("seen", e) for e in event_ids])
+        values = await self._client.mget([self._key("seen", tenant, e) for e in event_ids])
         out: list[SeenPrediction | None] = []
         for raw in values:
             if raw is None:

@@ -95,16 +95,17 @@ class IngestProcessor:
         """Rows not seen before, each with the position of the message it came from."""
         claims: list[Claim] = []
         spans: list[tuple[PredictionColumns, list[int]]] = []
-        seen: set[str] = set()
+        seen: set[tuple[str, str]] = set()
         for cols, refs in parsed.predictions:
             rows = []
             times = cols.event_time_ms.tolist()
+            tenant = cols.tenant
             for row, (eid, ref) in enumerate(zip(cols.event_ids, refs, strict=True)):
-                if eid in seen:
+                if (tenant, eid) in seen:
                     outcome.predictions_duplicate += 1
                     continue
-                seen.add(eid)
-                claims.append(Claim(eid, sources[ref].position, cols.key, times[row]))
+                seen.add((tenant, eid))
+                claims.append(Claim(tenant, eid, sources[ref].position, cols.key, times[row]))
                 rows.append(row)
             spans.append((cols, rows))
         verdicts = await self._dedupe.claim("seen", claims)
@@ -133,7 +134,7 @@ class IngestProcessor:
             if cols.key is not None:
                 out.append((cols, positions))
                 continue
-            found = await self._dedupe.seen_predictions(cols.event_ids)
+            found = await self._dedupe.seen_predictions(cols.tenant, cols.event_ids)
             groups: dict[str | None, list[int]] = {}
             for i, hit in enumerate(found):
                 groups.setdefault(hit.model_key if hit else None, []).append(i)
@@ -143,7 +144,7 @@ class IngestProcessor:
                     _, name, version = split_model_key(key)
                 pred_ms = [hit.event_time_ms if (hit := found[i]) else 0 for i in rows]
                 enriched = LabelColumns(
-                    tenant=cols.tenant if key is None else split_model_key(key)[0],
+                    tenant=cols.tenant,
                     model_name=name,
                     model_version=version,
                     event_ids=[cols.event_ids[i] for i in rows],
@@ -159,16 +160,16 @@ class IngestProcessor:
         self, labels: list[tuple[LabelColumns, list[str]]], outcome: Outcome
     ) -> list[LabelColumns]:
         claims = []
-        seen: set[str] = set()
+        seen: set[tuple[str, str]] = set()
         spans = []
         for cols, positions in labels:
             rows = []
             for row, eid in enumerate(cols.event_ids):
-                if eid in seen:
+                if (cols.tenant, eid) in seen:
                     outcome.labels_duplicate += 1
                     continue
-                seen.add(eid)
-                claims.append(Claim(eid, positions[row]))
+                seen.add((cols.tenant, eid))
+                claims.append(Claim(cols.tenant, eid, positions[row]))
                 rows.append(row)
             spans.append((cols, rows))
         keep = iter(await self._dedupe.claim("label", claims))

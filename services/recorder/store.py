@@ -62,7 +62,7 @@ FROM unnest(
         predicted_label, confidence, calibrated, threshold, calibrator_version,
         status, probabilities, features, uncertainty, metadata, decided_ms, ord)
 ORDER BY d.ord
-ON CONFLICT (event_id) DO NOTHING
+ON CONFLICT (tenant_id, event_id) DO NOTHING
 """
 
 # A label fills a prediction of the same tenant that has none and resolves it.
@@ -77,14 +77,16 @@ SET ground_truth = l.ground_truth,
 
 APPLY_PENDING = f"""
 WITH pending AS (
-    SELECT * FROM pending_labels WHERE event_id = ANY($1::uuid[])
+    SELECT g.* FROM pending_labels AS g
+    JOIN unnest($1::uuid[], $2::text[]) AS d(event_id, tenant_id) USING (tenant_id, event_id)
 ), applied AS (
     UPDATE predictions AS p {_LABEL_SET}
     FROM pending AS l
     WHERE p.event_id = l.event_id AND p.tenant_id = l.tenant_id AND p.ground_truth IS NULL
     RETURNING p.event_id
 ), consumed AS (
-    DELETE FROM pending_labels AS g USING pending WHERE g.event_id = pending.event_id
+    DELETE FROM pending_labels AS g USING pending
+    WHERE g.tenant_id = pending.tenant_id AND g.event_id = pending.event_id
     RETURNING g.event_id
 )
 SELECT (SELECT count(*) FROM applied), (SELECT count(*) FROM consumed)
@@ -93,12 +95,12 @@ SELECT (SELECT count(*) FROM applied), (SELECT count(*) FROM consumed)
 
 WRITE_LABELS = f"""
 WITH l AS (
-    SELECT DISTINCT ON (u.event_id)
+    SELECT DISTINCT ON (u.tenant_id, u.event_id)
            u.event_id, u.tenant_id, u.ground_truth, u.source,
            {_MS.format("u.label_ms")} AS label_time
     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[])
         WITH ORDINALITY AS u(event_id, tenant_id, ground_truth, source, label_ms, ord)
-    ORDER BY u.event_id, u.ord
+    ORDER BY u.tenant_id, u.event_id, u.ord
 ), applied AS (
     UPDATE predictions AS p {_LABEL_SET}
     FROM l
@@ -107,8 +109,9 @@ WITH l AS (
 ), kept AS (
     INSERT INTO pending_labels (event_id, tenant_id, ground_truth, source, label_time)
     SELECT l.event_id, l.tenant_id, l.ground_truth, l.source, l.label_time FROM l
-    WHERE NOT EXISTS (SELECT 1 FROM predictions p WHERE p.event_id = l.event_id)
-    ON CONFLICT (event_id) DO NOTHING
+    WHERE NOT EXISTS (
+        SELECT 1 FROM predictions p WHERE p.tenant_id = l.tenant_id AND p.event_id = l.event_id)
+    ON CONFLICT (tenant_id, event_id) DO NOTHING
     RETURNING event_id
 )
 SELECT (SELECT count(*) FROM applied), (SELECT count(*) FROM kept)
@@ -246,7 +249,7 @@ async def write(
     if decisions:
         cols = decision_columns(decisions)
         out.predictions = _count(await conn.execute(INSERT_PREDICTIONS, *cols))
-        applied, consumed = await conn.fetchrow(APPLY_PENDING, cols[0])
+        applied, consumed = await conn.fetchrow(APPLY_PENDING, cols[0], cols[1])
         out.labelled += applied
         out.pending_applied = consumed
     if labels:

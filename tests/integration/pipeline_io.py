@@ -107,7 +107,11 @@ TABLES = ("predictions", "pending_labels", "alerts")
 
 def dump(settings: Settings) -> dict[str, list[str]]:
     """Every row of the recorder's tables as text, in key order: equal dumps = equal rows."""
-    order = {"predictions": "event_id", "pending_labels": "event_id", "alerts": "alert_id"}
+    order = {
+        "predictions": "tenant_id, event_id",
+        "pending_labels": "tenant_id, event_id",
+        "alerts": "alert_id",
+    }
     with psycopg.connect(settings.postgres_url) as conn:
         return {
             table: [

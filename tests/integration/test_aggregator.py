@@ -288,6 +288,38 @@ def test_label_before_prediction_waits(aggregator: Settings) -> None:
     assert t.get("L") == 200
 
 
+def test_two_tenants_with_the_same_event_ids_never_label_each_other(
+    aggregator: Settings,
+) -> None:
+    """Event ids are unique within a tenant only. Globex's labels, sent while only Acme's
+    predictions with those ids exist, wait for Globex's own predictions instead of labelling
+    Acme's; each tenant ends with its own labels in its own counts."""
+    settings = aggregator
+    now = int(time.time() * 1000)
+    acme, globex = (
+        generate(ModelSpec(name="shared-ids", version="v1", tenant=t), 150, seed=s, start_ms=now)
+        for t, s in (("acme", 4), ("globex", 5))
+    )
+    globex.predictions.event_ids = list(acme.predictions.event_ids)
+    correct = {g.spec.tenant: int(np.sum(g.correct)) for g in (acme, globex)}
+    assert correct["acme"] != correct["globex"], "a mix-up must be able to show"
+    rows = np.arange(150)
+    send_decisions_and_labels(settings, acme, label_rows=np.empty(0, dtype=np.int64))
+    wait_counts(settings, acme.predictions.key, "1h", 150, 0)
+    send_decisions_and_labels(settings, globex, label_rows=rows, decisions=False)
+    time.sleep(2)
+    assert totals(settings, acme.predictions.key, "1h").get("L") == 0
+    send_decisions_and_labels(settings, globex, label_rows=np.empty(0, dtype=np.int64))
+    wait_counts(settings, globex.predictions.key, "1h", 150, 150)
+    assert totals(settings, acme.predictions.key, "1h").get("L") == 0
+    send_decisions_and_labels(settings, acme, label_rows=rows, decisions=False)
+    wait_counts(settings, acme.predictions.key, "1h", 150, 150)
+    for gen in (acme, globex):
+        t = totals(settings, gen.predictions.key, "1h")
+        assert (t.get("n"), t.get("L")) == (150, 150), gen.spec.tenant
+        assert int(t.reliability().correct_sum.sum()) == correct[gen.spec.tenant], gen.spec.tenant
+
+
 def ece_alert_rows(settings: Settings, model_name: str) -> list[tuple[str, str, str, float]]:
     with psycopg.connect(settings.postgres_url) as conn:
         rows = conn.execute(

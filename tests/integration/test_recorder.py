@@ -51,11 +51,16 @@ class Recorder:
         )
 
     def decision(
-        self, confidences: list[float], threshold: float, version: str = "v1", t: int = T0
+        self,
+        confidences: list[float],
+        threshold: float,
+        version: str = "v1",
+        t: int = T0,
+        tenant: str = "acme",
     ) -> tuple[str, str, dict[str, Any], str]:
         n = len(confidences)
         cols = PredictionColumns(
-            tenant="acme",
+            tenant=tenant,
             model_name="fraud",
             model_version=version,
             model_version_id=1 if version == "v1" else None,
@@ -71,11 +76,16 @@ class Recorder:
         return (self.topics.decisions, "DecisionBatch", d.to_record(), cols.key)
 
     def labels(
-        self, event_ids: list[str], truths: list[str], source: str, t: int = T0 + 90_000
+        self,
+        event_ids: list[str],
+        truths: list[str],
+        source: str,
+        t: int = T0 + 90_000,
+        tenant: str = "acme",
     ) -> tuple[str, str, dict[str, Any], None]:
         n = len(event_ids)
         lbl = LabelColumns(
-            tenant="acme",
+            tenant=tenant,
             model_name=None,
             model_version=None,
             event_ids=event_ids,
@@ -178,6 +188,52 @@ def test_labels_from_the_event_and_from_a_review_resolve_their_predictions(
         [on_event, reviewed],
     )
     assert got == [("resolved", "yes", True, "event"), ("resolved", "no", False, "review")]
+
+
+def test_two_tenants_may_use_the_same_event_ids(recorder: Recorder) -> None:
+    """Each tenant's prediction is its own row; a label resolves its own tenant's only, and
+    waits for its own tenant's prediction even when another tenant has one of that id."""
+    acme = recorder.decision([0.9, 0.4], threshold=0.6)
+    both, only_acme = ids_of(acme)
+    globex = recorder.decision([0.5, 0.5], threshold=0.6, tenant="globex")
+    globex[2]["predictions"]["event_ids"] = [both, str(uuid.uuid4())]
+    recorder.send([acme, globex])
+    recorder.send(
+        [
+            recorder.labels([both], ["no"], "feed", tenant="globex"),
+            recorder.labels([only_acme], ["yes"], "feed", tenant="globex"),
+        ]
+    )
+    got = rows(
+        recorder.settings,
+        "SELECT tenant_id, status, ground_truth, confidence FROM predictions "
+        "WHERE event_id = ANY(%s::uuid[]) ORDER BY event_id = %s, tenant_id",
+        [both, only_acme],
+        only_acme,
+    )
+    assert got == [
+        ("acme", "auto", None, 0.9),
+        ("globex", "resolved", "no", 0.5),
+        ("acme", "review", None, 0.4),
+    ]
+    assert rows(
+        recorder.settings,
+        "SELECT tenant_id, ground_truth FROM pending_labels WHERE event_id = %s",
+        only_acme,
+    ) == [("globex", "yes")]
+    # Globex's prediction of that id comes at last and takes its waiting label.
+    late = recorder.decision([0.7], threshold=0.6, tenant="globex")
+    late[2]["predictions"]["event_ids"] = [only_acme]
+    recorder.send([late])
+    assert rows(
+        recorder.settings,
+        "SELECT tenant_id, status, ground_truth FROM predictions WHERE event_id = %s "
+        "ORDER BY tenant_id",
+        only_acme,
+    ) == [("acme", "review", None), ("globex", "resolved", "yes")]
+    assert (
+        rows(recorder.settings, "SELECT 1 FROM pending_labels WHERE event_id = %s", only_acme) == []
+    )
 
 
 def test_status_never_goes_backwards(recorder: Recorder) -> None:

@@ -17,6 +17,13 @@ from shared.batches import model_key
 router = APIRouter(prefix="/api", tags=["review"])
 
 
+_UNRESOLVED = (
+    "NOT EXISTS (SELECT 1 FROM review_resolutions r "
+    "WHERE r.tenant_id = p.tenant_id AND r.event_id = p.event_id)"
+)
+"""Not resolved through the review endpoint yet (event ids are unique within a tenant)."""
+
+
 @router.get("/review-queue", response_model=list[PredictionOut])
 async def review_queue(
     request: Request,
@@ -33,7 +40,7 @@ async def review_queue(
     rows = await request.app.state.pool.fetch(
         f"SELECT {PREDICTION_COLUMNS} FROM predictions p WHERE tenant_id = $1 "
         "AND status = 'review' AND ($2::bigint IS NULL OR model_version_id = $2) "
-        "AND NOT EXISTS (SELECT 1 FROM review_resolutions r WHERE r.event_id = p.event_id) "
+        f"AND {_UNRESOLVED} "
         "ORDER BY event_time, event_id LIMIT $3 OFFSET $4",
         who.tenant,
         model_version_id,
@@ -46,8 +53,7 @@ async def review_queue(
 async def queue_depth(pool: asyncpg.Pool) -> int:
     """Unresolved withheld predictions, every tenant's together."""
     n = await pool.fetchval(
-        "SELECT count(*) FROM predictions p WHERE status = 'review' "
-        "AND NOT EXISTS (SELECT 1 FROM review_resolutions r WHERE r.event_id = p.event_id)"
+        f"SELECT count(*) FROM predictions p WHERE status = 'review' AND {_UNRESOLVED}"
     )
     return int(n or 0)
 
@@ -98,7 +104,8 @@ async def resolve(
             raise _already(row["event_id"])
         resolved_at = await conn.fetchval(
             "INSERT INTO review_resolutions (event_id, tenant_id, ground_truth, api_key_id) "
-            "VALUES ($1, $2, $3, $4) ON CONFLICT (event_id) DO NOTHING RETURNING resolved_at",
+            "VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id, event_id) DO NOTHING "
+            "RETURNING resolved_at",
             eid,
             who.tenant,
             body.ground_truth,
