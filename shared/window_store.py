@@ -17,6 +17,8 @@ The aggregator is the only writer; the gateway reads. Layout (``P`` = ``<redis_p
 - ``Pmodels`` — set of model keys seen.
 - ``Ppred:{tenant}/{event id}`` — what a later label needs of an unlabeled prediction (TTL = label
   horizon); ``Ppending:{tenant}/{event id}`` — a label that came before its prediction.
+- ``Punlabeled-slots:{model key}`` — hash: arrival slot start → predictions stored in it
+  still unlabeled (``labels_pending``); slots whose join records have expired are dropped.
 - ``Poffsets`` — last applied offset per topic:partition (effectively-once).
 
 A window is summed inside Redis (one Lua call, exact integer sums) from at most a few
@@ -324,8 +326,27 @@ class WindowReader:
         members = await self._r.smembers(f"{self._p}models")
         return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
 
-    async def labels_pending(self, model: str) -> int:
-        return int(await self._r.get(f"{self._p}unlabeled:{model}") or 0)
+    async def labels_pending(self, model: str, horizon_s: int, now_s: int) -> int:
+        """Predictions of ``model`` still waiting for a label within the label horizon.
+
+        Counted per arrival slot (see :func:`pending_slot_seconds`): a slot stops counting
+        once every join record stored in it has expired, so the count is exact to one slot
+        (an hour at the default seven-day horizon), never short."""
+        width = pending_slot_seconds(horizon_s)
+        raw = await self._r.hgetall(unlabeled_key(self._p, model))
+        return sum(int(v) for slot, v in raw.items() if int(slot) + width + horizon_s > now_s)
+
+
+def pending_slot_seconds(horizon_s: int) -> int:
+    """Width of the arrival slots in which the aggregator counts unlabeled predictions:
+    1/168 of the label horizon (an hour at the default seven days), at least one second."""
+    return max(1, horizon_s // 168)
+
+
+def unlabeled_key(agg_prefix: str, model: str) -> str:
+    """Hash of unlabeled predictions per arrival slot start (epoch s) of one model version;
+    ``agg_prefix`` is ``<redis_prefix>agg:``."""
+    return f"{agg_prefix}unlabeled-slots:{model}"
 
 
 def _window(window: str) -> tuple[str, int]:

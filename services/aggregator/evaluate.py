@@ -64,7 +64,9 @@ class Evaluator:
         transitions: list[Transition] = []
         for rank, model in enumerate(await self.reader.models()):
             export = self.metrics is not None and rank < MAX_EXPORTED
-            pending = await self.reader.labels_pending(model)
+            pending = await self.reader.labels_pending(
+                model, self.settings.label_horizon_seconds, now_ms // 1000
+            )
             answers = {}
             for window in SNAPSHOT_WINDOWS:
                 cal = await self.reader.calibration(model, window, now_ms // 1000)

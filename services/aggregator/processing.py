@@ -46,6 +46,8 @@ class PredictionRecord:
     predicted: str
     classes: list[str]
     probabilities: list[float] | None
+    slot: int = -1
+    """Start of the arrival slot it was stored in (its unlabeled count); −1 when unknown."""
 
     def encode(self) -> str:
         probs = "" if self.probabilities is None else ",".join(repr(p) for p in self.probabilities)
@@ -57,12 +59,13 @@ class PredictionRecord:
                 self.predicted,
                 "\x1e".join(self.classes),
                 probs,
+                str(self.slot),
             ]
         )
 
     @classmethod
     def decode(cls, raw: str) -> PredictionRecord:
-        model, ms, conf, predicted, classes, probs = raw.split("\x1f")
+        model, ms, conf, predicted, classes, probs, *slot = raw.split("\x1f")
         return cls(
             model,
             int(ms),
@@ -70,6 +73,7 @@ class PredictionRecord:
             predicted,
             classes.split("\x1e") if classes else [],
             [float(p) for p in probs.split(",")] if probs else None,
+            int(slot[0]) if slot else -1,
         )
 
 
@@ -151,7 +155,9 @@ class AggregatorProcessor:
         inc = new_increments()
         sets: list[tuple[str, str, int]] = []
         deletes: list[str] = []
-        counts: dict[str, int] = {}
+        counts: dict[tuple[str, int], int] = {}
+        now_s = int(time.time())
+        slot = now_s // store.slot_width * store.slot_width
         joined: list[Joined] = []
         batch_preds: dict[tuple[str, str], PredictionRecord] = {}
         # Predictions: count them; join labels that waited; leave records for the rest.
@@ -210,19 +216,26 @@ class AggregatorProcessor:
                     labeled_now.add(scoped)
                     joined.append(Joined(found, truth, label_ms))
                     sets.append((store.pred_key(*scoped), LABELED, horizon))
-                    if stored:
-                        key = store.unlabeled_key(found.model)
+                    if stored and found.slot >= 0:
+                        key = (store.unlabeled_key(found.model), found.slot)
                         counts[key] = counts.get(key, 0) - 1
                 elif raw != LABELED:
                     sets.append((store.pending_key(*scoped), f"{truth}\x1f{label_ms}", horizon))
         for scoped, rec in batch_preds.items():
+            rec.slot = slot
             sets.append((store.pred_key(*scoped), rec.encode(), horizon))
-            key = store.unlabeled_key(rec.model)
+            key = (store.unlabeled_key(rec.model), slot)
             counts[key] = counts.get(key, 0) + 1
         for ev in _labeled_events(joined):
             labeled_increments(inc, ev)
         applied = await store.apply(
-            inc, first, last, sets, deletes, [(k, v) for k, v in counts.items() if v]
+            inc,
+            first,
+            last,
+            sets,
+            deletes,
+            [(key, at, v) for (key, at), v in counts.items() if v],
+            now_s,
         )
         if applied:
             self.events_counted += len(all_ids)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import redis.asyncio as aioredis
 
 from services.aggregator.counters import Increments
-from shared.window_store import RETENTION_S, split_fine
+from shared.window_store import RETENTION_S, pending_slot_seconds, split_fine, unlabeled_key
 
 # Everything of one consumed batch, atomically: if any partition's stored offset already
 # covers the batch, nothing is applied (a replay after a crash).
@@ -28,7 +28,14 @@ for _, z in ipairs(ops.index) do
   redis.call('ZADD', z[1], z[2], z[2]); redis.call('EXPIRE', z[1], z[3])
 end
 for _, m in ipairs(ops.models) do redis.call('SADD', KEYS[2], m) end
-for _, c in ipairs(ops.counts) do redis.call('INCRBY', c[1], c[2]) end
+for _, c in ipairs(ops.counts) do
+  redis.call('HINCRBY', c[1], c[2], c[3]); redis.call('EXPIRE', c[1], ops.counts_ttl)
+end
+for _, key in ipairs(ops.count_keys) do
+  for _, slot in ipairs(redis.call('HKEYS', key)) do
+    if tonumber(slot) < ops.oldest_slot then redis.call('HDEL', key, slot) end
+  end
+end
 for tp, last in pairs(ops.last) do redis.call('HSET', KEYS[1], tp, last) end
 return 1
 """
@@ -49,8 +56,12 @@ class AggregatorStore:
     def pending_key(self, tenant: str, event_id: str) -> str:
         return f"{self.p}pending:{tenant}/{event_id}"
 
+    @property
+    def slot_width(self) -> int:
+        return pending_slot_seconds(self.horizon)
+
     def unlabeled_key(self, model: str) -> str:
-        return f"{self.p}unlabeled:{model}"
+        return unlabeled_key(self.p, model)
 
     async def offsets(self) -> dict[str, int]:
         raw = await self.r.hgetall(f"{self.p}offsets")
@@ -69,8 +80,13 @@ class AggregatorStore:
         last: dict[str, int],
         set_: list[tuple[str, str, int]],
         delete: list[str],
-        counts: list[tuple[str, int]],
+        counts: list[tuple[str, int, int]],
+        now_s: int,
     ) -> bool:
+        """Apply one part of a batch with its offsets; False when they already cover it.
+
+        ``counts`` are (unlabeled key, arrival slot, delta); slots whose join records have
+        all expired by ``now_s`` are dropped from the hashes they touch."""
         incr = []
         index = []
         models = set()
@@ -91,7 +107,10 @@ class AggregatorStore:
             "del": delete,
             "index": index,
             "models": sorted(models),
-            "counts": counts,
+            "counts": [list(c) for c in counts],
+            "counts_ttl": self.horizon + 2 * self.slot_width,
+            "count_keys": sorted({c[0] for c in counts}),
+            "oldest_slot": now_s - self.horizon - self.slot_width,
         }
         result = await self._apply(
             keys=[f"{self.p}offsets", f"{self.p}models"], args=[json.dumps(ops)]

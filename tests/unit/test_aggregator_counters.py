@@ -10,7 +10,8 @@ from services.aggregator.counters import (
     labeled_increments,
     new_increments,
 )
-from shared.window_store import SCALE
+from services.aggregator.processing import PredictionRecord
+from shared.window_store import SCALE, pending_slot_seconds
 
 T0 = 1_700_000_000  # 2023-11-14 22:13:20 UTC: minute 22:13, hour 22:00
 MINUTE = T0 // 60 * 60
@@ -83,3 +84,18 @@ def test_probabilities_give_brier_nll_and_one_vs_rest_bins() -> None:
     assert (day["C7|cat"], day.get("H7|cat", 0), day["P7|cat"]) == (1, 0, round(0.7 * SCALE))
     assert (day["C2|dog"], day["H2|dog"]) == (1, 1)
     assert (day["C1|bird"], day.get("H1|bird", 0)) == (1, 0)
+
+
+def test_a_join_record_keeps_its_arrival_slot_and_older_records_still_decode() -> None:
+    rec = PredictionRecord("acme/m/v1", 1_000, 0.8, "cat", ["cat", "dog"], [0.8, 0.2], 7_200)
+    assert PredictionRecord.decode(rec.encode()) == rec
+    # Written before records carried a slot: decodes with none (its count is not known).
+    legacy = "\x1f".join(["acme/m/v1", "1000", "0.8", "cat", "cat\x1edog", "0.8,0.2"])
+    assert PredictionRecord.decode(legacy).slot == -1
+    assert PredictionRecord.decode(legacy).probabilities == [0.8, 0.2]
+
+
+def test_pending_slots_are_an_hour_at_the_default_horizon_and_never_zero() -> None:
+    assert pending_slot_seconds(7 * 24 * 3600) == 3600
+    assert pending_slot_seconds(60) == 1
+    assert pending_slot_seconds(24 * 3600) == 514
