@@ -47,6 +47,11 @@ for _, m in ipairs(ops.hmax) do
   local cur = redis.call('HGET', m[1], m[2])
   if (not cur) or tonumber(cur) < m[3] then redis.call('HSET', m[1], m[2], m[3]) end
 end
+for _, b in ipairs(ops.hdel_below) do
+  for _, f in ipairs(redis.call('HKEYS', b[1])) do
+    if tonumber(f) < b[2] then redis.call('HDEL', b[1], f) end
+  end
+end
 for tp, last in pairs(ops.last) do redis.call('HSET', KEYS[1], tp, last) end
 return 1
 """
@@ -79,7 +84,9 @@ class Effect:
     hmax: list[tuple[str, str, int]] = field(default_factory=list)
     """(hash key, field, value): the field becomes max(stored, value)."""
     expire: list[tuple[str, int]] = field(default_factory=list)
-    """(key, ttl): applied after every other write, so it covers keys they created."""
+    """(key, ttl): applied after the writes above, so it covers keys they created."""
+    hdel_below: list[tuple[str, int]] = field(default_factory=list)
+    """(hash key, n): the hash's fields (numbers) below n are deleted, after every write."""
 
 
 class OffsetFence:
@@ -115,6 +122,7 @@ class OffsetFence:
             "counts": [list(c) for c in effect.counts],
             "hmax": [list(h) for h in effect.hmax],
             "expire": [list(e) for e in effect.expire],
+            "hdel_below": [list(h) for h in effect.hdel_below],
         }
         # cjson decodes an empty JSON array as an empty table, which ipairs/pairs accept.
         result = await self._apply(keys=[self._key], args=[json.dumps(ops)])

@@ -12,7 +12,12 @@ from confluent_kafka import Producer
 from redis.exceptions import RedisError
 
 from services.aggregator.alerts import AlertState, Breach, Transition, alert_record, severity
-from services.aggregator.metrics import MAX_EXPORTED, RISK_COVERAGES, AggregatorMetrics
+from services.aggregator.metrics import (
+    MAX_EXPORTED,
+    RISK_COVERAGES,
+    AggregatorMetrics,
+    RoundSeries,
+)
 from services.aggregator.settings import AggregatorSettings
 from shared.alert_publish import publish_alerts
 from shared.batches import split_model_key
@@ -41,6 +46,7 @@ class Evaluator:
         self.producer = producer
         self.codec = codec
         self.metrics = metrics
+        self.series = RoundSeries()
         self.topics = Topics.for_namespace(settings.topic_namespace)
         if metrics is not None:
             metrics.ece_slo.set(settings.ece_slo)
@@ -62,6 +68,7 @@ class Evaluator:
         """One round over every model version; returns the alerts it raised or resolved."""
         alerts: list[dict[str, Any]] = []
         transitions: list[Transition] = []
+        self.series.begin()
         for rank, model in enumerate(await self.reader.models()):
             export = self.metrics is not None and rank < MAX_EXPORTED
             pending = await self.reader.labels_pending(
@@ -77,7 +84,7 @@ class Evaluator:
                     self._export(model, window, cal, rc)
             if export:
                 assert self.metrics is not None
-                self.metrics.labels_pending.labels(model).set(pending)
+                self.series.set(self.metrics.labels_pending, (model,), pending)
             window = self.settings.alert_window
             cal = answers.get(window) or await self.reader.calibration(
                 model, window, now_ms // 1000
@@ -87,6 +94,7 @@ class Evaluator:
             transitions += changed
         await publish_alerts(self.producer, self.topics.alerts, self.codec, alerts)
         await self.state.save(transitions)
+        self.series.end()
         return alerts
 
     async def _alerts(
@@ -106,9 +114,9 @@ class Evaluator:
                 Breach("ece_control", cal.ece, limit, "warning" if cal.ece > limit else None)
             )
         if export and self.metrics is not None:
-            self.metrics.brier_baseline.labels(model).set(base)
+            self.series.set(self.metrics.brier_baseline, (model,), base)
             if limit is not None:
-                self.metrics.ece_control_limit.labels(model).set(limit)
+                self.series.set(self.metrics.ece_control_limit, (model,), limit)
         out = []
         changed = []
         for b in breaches:
@@ -187,13 +195,13 @@ class Evaluator:
             (m.labeled, cal.n_labeled),
         ):
             if value is not None:
-                gauge.labels(model, window).set(value)
+                self.series.set(gauge, (model, window), value)
         if window in ("1h", "24h"):
             for coverage in RISK_COVERAGES:
                 risk = rc.risk_at_coverage(float(coverage))
                 if risk is not None:
-                    m.selective_risk.labels(model, window, coverage).set(risk)
+                    self.series.set(m.selective_risk, (model, window, coverage), risk)
             for i, b in enumerate(cal.bins):
                 if b.accuracy is not None and b.confidence is not None:
-                    m.reliability_accuracy.labels(model, window, str(i)).set(b.accuracy)
-                    m.reliability_confidence.labels(model, window, str(i)).set(b.confidence)
+                    self.series.set(m.reliability_accuracy, (model, window, str(i)), b.accuracy)
+                    self.series.set(m.reliability_confidence, (model, window, str(i)), b.confidence)

@@ -28,6 +28,7 @@ from services.aggregator.store import AggregatorStore
 from shared.batches import DecisionColumns, LabelColumns
 from shared.codec import AvroCodec, Decoded
 from shared.dead_letters import dead_letter
+from shared.offset_fence import fresh
 from shared.pipeline import Output
 from shared.topics import Topics
 
@@ -100,9 +101,8 @@ class AggregatorProcessor:
         self.labels_joined = 0
 
     async def __call__(self, messages: Sequence[Message]) -> list[Output]:
-        done = await self._store.offsets()
-        fresh = [m for m in messages if int(m.offset() or 0) > done.get(_tp(m), -1)]
-        is_fresh = {id(m) for m in fresh}
+        todo = fresh(messages, await self._store.fence.done())
+        is_fresh = {id(m) for m in todo}
         now_ms = int(time.time() * 1000)
         dead: list[Output] = []
         decoded_batch: list[tuple[Message, DecisionColumns | LabelColumns]] = []
@@ -128,27 +128,20 @@ class AggregatorProcessor:
                 decoded_batch.append((m, DecisionColumns.from_record(decoded.record)))
             else:
                 decoded_batch.append((m, LabelColumns.from_record(decoded.record)))
-        if not fresh:
+        if not todo:
             return dead
         # Applied in parts of a bounded size, in offset order, each atomic with its own
         # offsets: one Lua call never holds Redis for long, and a replay skips what a part
         # already applied (the filter above) and applies the rest.
-        for part in _parts(fresh, decoded_batch):
-            first: dict[str, int] = {}
-            last: dict[str, int] = {}
-            for m in part.messages:
-                tp, off = _tp(m), int(m.offset() or 0)
-                first[tp] = min(first.get(tp, off), off)
-                last[tp] = max(last.get(tp, off), off)
-            await self._apply(part.decisions, part.labels, first, last)
+        for part in _parts(todo, decoded_batch):
+            await self._apply(part.messages, part.decisions, part.labels)
         return dead
 
     async def _apply(
         self,
+        messages: list[Message],
         decisions: list[DecisionColumns],
         labels: list[LabelColumns],
-        first: dict[str, int],
-        last: dict[str, int],
     ) -> None:
         store = self._store
         horizon = store.horizon
@@ -217,26 +210,18 @@ class AggregatorProcessor:
                     joined.append(Joined(found, truth, label_ms))
                     sets.append((store.pred_key(*scoped), LABELED, horizon))
                     if stored and found.slot >= 0:
-                        key = (store.unlabeled_key(found.model), found.slot)
+                        key = (found.model, found.slot)
                         counts[key] = counts.get(key, 0) - 1
                 elif raw != LABELED:
                     sets.append((store.pending_key(*scoped), f"{truth}\x1f{label_ms}", horizon))
         for scoped, rec in batch_preds.items():
             rec.slot = slot
             sets.append((store.pred_key(*scoped), rec.encode(), horizon))
-            key = (store.unlabeled_key(rec.model), slot)
+            key = (rec.model, slot)
             counts[key] = counts.get(key, 0) + 1
         for ev in _labeled_events(joined):
             labeled_increments(inc, ev)
-        applied = await store.apply(
-            inc,
-            first,
-            last,
-            sets,
-            deletes,
-            [(key, at, v) for (key, at), v in counts.items() if v],
-            now_s,
-        )
+        applied = await store.apply(messages, inc, sets, deletes, counts, now_s)
         if applied:
             self.events_counted += len(all_ids)
             self.labels_joined += len(joined)
@@ -276,10 +261,6 @@ def _parts(
         elif cols is not None:
             part.labels.append(cols)
     return [p for p in parts if p.messages]
-
-
-def _tp(m: Message) -> str:
-    return f"{m.topic()}:{m.partition()}"
 
 
 def _labeled_events(joined: list[Joined]) -> list[LabeledEvents]:

@@ -168,6 +168,9 @@ class Evaluator:
             self.metrics.evaluation_seconds.observe(time.perf_counter() - started)
             if rank < MAX_EXPORTED:
                 self._export(model, scores)
+            elif model in self._exported:
+                self._export(model, [])  # pushed out of the exported ones: drop its series
+                del self._exported[model]
 
     async def _send(self, alerts: list[dict[str, Any]]) -> None:
         await publish_alerts(self.producer, self.topics.alerts, self.codec, alerts)
@@ -302,7 +305,11 @@ class Evaluator:
             m.score.labels(model, s.feature, str(s.method)).set(s.score)
             m.samples.labels(model, s.feature).set(s.n_samples)
             seen.add((s.feature, str(s.method)))
-        for feature, method in self._exported.get(model, set()) - seen:
+        before = self._exported.get(model, set())
+        for feature, method in before - seen:
             with contextlib.suppress(KeyError):
                 m.score.remove(model, feature, method)
+        for feature in {f for f, _ in before} - {f for f, _ in seen}:
+            with contextlib.suppress(KeyError):
+                m.samples.remove(model, feature)
         self._exported[model] = seen

@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,16 @@ def start_service(
     """
     env = {"CALIBER_LOG_LEVEL": "INFO", "CALIBER_METRICS_PORT": "0", **extra}
     return run_service(name, settings, log, **env)
+
+
+@contextmanager
+def running_service(
+    name: str, settings: Settings, log: Path, **extra: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    """:func:`start_service` for the length of a ``with`` block, stopped however it ends."""
+    proc = start_service(name, settings, log, **extra)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -32,7 +32,7 @@ from shared.topics import Topics
 from shared.window_store import GRANULARITY, WINDOWS, Totals, WindowReader
 from simulator.generator import Generated, ModelSpec, generate
 from tests.integration.aggregator_io import send_decisions_and_labels
-from tests.integration.conftest import start_service
+from tests.integration.conftest import running_service, start_service
 from tests.integration.gateway_client import make_keys, start_gateway
 from tests.integration.kafka_io import TopicReader
 
@@ -68,17 +68,14 @@ def wait_counts(
 def aggregator(
     isolated_settings: Settings, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Settings]:
-    logs = tmp_path_factory.mktemp("aggregator")
-    proc = start_service(
+    with running_service(
         "aggregator",
         isolated_settings,
-        logs / "aggregator.log",
+        tmp_path_factory.mktemp("aggregator") / "aggregator.log",
         CALIBER_SNAPSHOT_INTERVAL_SECONDS="1",
         CALIBER_ALERT_MIN_LABELED="200",
-    )
-    yield isolated_settings
-    proc.terminate()
-    proc.wait(30)
+    ):
+        yield isolated_settings
 
 
 def in_window(event_ms: np.ndarray, window: str, now_s: int) -> np.ndarray:

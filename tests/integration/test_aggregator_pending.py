@@ -14,7 +14,7 @@ from shared.settings import Settings
 from shared.topics import Topics
 from simulator.generator import ModelSpec, generate
 from tests.integration.aggregator_io import send_decisions_and_labels
-from tests.integration.conftest import start_service
+from tests.integration.conftest import running_service
 from tests.integration.kafka_io import TopicReader
 from tests.integration.test_aggregator import totals, wait_counts
 
@@ -25,19 +25,14 @@ HORIZON_S = 60
 def aggregator(
     isolated_settings: Settings, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Settings]:
-    log = tmp_path_factory.mktemp("aggregator") / "aggregator.log"
-    proc = start_service(
+    with running_service(
         "aggregator",
         isolated_settings,
-        log,
+        tmp_path_factory.mktemp("aggregator") / "aggregator.log",
         CALIBER_SNAPSHOT_INTERVAL_SECONDS="1",
         CALIBER_LABEL_HORIZON_SECONDS=str(HORIZON_S),
-    )
-    try:
+    ):
         yield isolated_settings
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 def test_pending_labels_rise_fall_with_labels_and_expire_at_the_horizon(
