@@ -110,19 +110,20 @@ class OffsetFence:
             tp, off = topic_partition(m), int(m.offset() or 0)
             first[tp] = min(first.get(tp, off), off)
             last[tp] = max(last.get(tp, off), off)
+        # Tuples encode as JSON arrays as they are: no copies of what can be thousands of writes.
         ops = {
             "first": first,
             "last": last,
-            "incr": [[k, ttl, f] for k, ttl, f in effect.incr if f],
-            "set": [list(s) for s in effect.set],
+            "incr": [i for i in effect.incr if i[2]],
+            "set": effect.set,
             "del": effect.delete,
-            "zadd": [list(z) for z in effect.zadd],
-            "sadd": [list(s) for s in effect.sadd],
-            "rpush": [list(r) for r in effect.rpush],
-            "counts": [list(c) for c in effect.counts],
-            "hmax": [list(h) for h in effect.hmax],
-            "expire": [list(e) for e in effect.expire],
-            "hdel_below": [list(h) for h in effect.hdel_below],
+            "zadd": effect.zadd,
+            "sadd": effect.sadd,
+            "rpush": effect.rpush,
+            "counts": effect.counts,
+            "hmax": effect.hmax,
+            "expire": effect.expire,
+            "hdel_below": effect.hdel_below,
         }
         # cjson decodes an empty JSON array as an empty table, which ipairs/pairs accept.
         result = await self._apply(keys=[self._key], args=[json.dumps(ops)])
