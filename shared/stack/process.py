@@ -30,6 +30,14 @@ def read_pid(pidfile: Path, expect: str | None = None) -> int | None:
         pid = int(pidfile.read_text().strip())
     except (FileNotFoundError, ValueError):
         return None
+    own = next((p for p in _SPAWNED if p.pid == pid), None)
+    if own is not None:
+        # Started by this process: its handle is the truth. The command line is not: read
+        # while the child is still becoming the server, it need not hold ``expect`` yet.
+        if own.poll() is None:
+            return pid
+        pidfile.unlink(missing_ok=True)
+        return None
     if pid_alive(pid) and (expect is None or expect in command_line(pid)):
         return pid
     pidfile.unlink(missing_ok=True)
