@@ -5,6 +5,8 @@ COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY services ./services
 COPY simulator ./simulator
+COPY tooling ./tooling
+COPY bench ./bench
 COPY schemas ./schemas
 RUN pip install --no-cache-dir .
 ENV PYTHONUNBUFFERED=1

@@ -6,7 +6,7 @@ PYTHON ?= python3
 # again when pyproject.toml changes) instead of on every `make up`.
 INSTALLED := build/.installed
 # Not the `caliber` script: it works wherever pip put the script, on the PATH or not.
-CALIBER := $(PYTHON) -m shared.cli
+CALIBER := $(PYTHON) -m tooling.cli
 
 .PHONY: help install up down status demo test unit lint bench bench-pipeline
 
@@ -15,7 +15,7 @@ help: ## list the targets
 
 install: ## install Caliber and its development tools (idempotent)
 	@PIP_ROOT_USER_ACTION=ignore $(PYTHON) -m pip install -q --disable-pip-version-check -e '.[dev]'
-	@$(PYTHON) -c "import shared, services"
+	@$(PYTHON) -c "import shared, services, tooling, bench"
 	@mkdir -p $(dir $(INSTALLED)) && touch $(INSTALLED)
 
 $(INSTALLED): pyproject.toml
@@ -43,12 +43,12 @@ lint: $(INSTALLED) ## ruff check, ruff format --check and mypy
 	@ruff check . && ruff format --check . && mypy
 
 bench: up ## run the benchmarks and print throughput, latency percentiles and memory
-	@echo "== ingest: one process, pre-loaded input"; $(PYTHON) -m services.ingest.bench
-	@echo "== produce -> decision latency at 2,000 events/s"; $(PYTHON) -m services.policy.bench
-	@echo "== gateway POST /api/predictions"; $(PYTHON) -m services.gateway.bench
-	@echo "== recorder rows/s into PostgreSQL"; $(PYTHON) -m services.recorder.bench
-	@echo "== aggregator: labeled events/s, GET /api/calibration, Redis per model per day"; $(PYTHON) -m services.aggregator.bench
-	@echo "== drift worker: 20 numeric + 5 categorical features"; $(PYTHON) -m services.drift.bench
+	@echo "== ingest: one process, pre-loaded input"; $(PYTHON) -m bench.ingest
+	@echo "== produce -> decision latency at 2,000 events/s"; $(PYTHON) -m bench.policy
+	@echo "== gateway POST /api/predictions"; $(PYTHON) -m bench.gateway
+	@echo "== recorder rows/s into PostgreSQL"; $(PYTHON) -m bench.recorder
+	@echo "== aggregator: labeled events/s, GET /api/calibration, Redis per model per day"; $(PYTHON) -m bench.aggregator
+	@echo "== drift worker: 20 numeric + 5 categorical features"; $(PYTHON) -m bench.drift
 
 bench-pipeline: up ## the whole pipeline under load: highest sustained rate, latency, freshness, CPU, memory
-	@$(PYTHON) -m simulator.bench_pipeline --out reports
+	@$(PYTHON) -m bench.pipeline --out reports

@@ -6,11 +6,11 @@ import time
 
 import typer
 
-from shared.codec import AvroCodec
-from shared.kafka import make_producer
-from shared.observability import configure_logging
+from shared.contracts.codec import AvroCodec
+from shared.contracts.topics import Topics
+from shared.runtime.kafka import make_producer
+from shared.runtime.observability import configure_logging
 from shared.settings import Settings
-from shared.topics import Topics
 from simulator.generator import ModelSpec, generate
 from simulator.producer import produce
 

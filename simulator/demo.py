@@ -23,20 +23,20 @@ import typer
 from services.gateway.auth import create_key
 from services.gateway.settings import GatewaySettings
 from services.ingest.settings import IngestSettings
-from shared import supervise
-from shared.benchmarking import scrape
-from shared.codec import AvroCodec
-from shared.kafka import make_producer
-from shared.observability import configure_logging
-from shared.selective import ConfidenceHistogram
+from shared.contracts.codec import AvroCodec
+from shared.contracts.topics import Topics
+from shared.metrics.selective import ConfidenceHistogram
+from shared.runtime.kafka import make_producer
+from shared.runtime.observability import configure_logging
 from shared.settings import Settings
-from shared.stack import stack_up
-from shared.topics import Topics
 from simulator.faults import FAULTS
 from simulator.gateway_client import GatewayClient, wait_ready
 from simulator.producer import event_records
 from simulator.scenario_runner import measure, send, table
 from simulator.scenarios import SCENARIOS, Planned, Scenario, VersionPlan, plan, scenario
+from tooling import supervise
+from tooling.benchmarking import scrape
+from tooling.stack import stack_up
 
 app = typer.Typer(no_args_is_help=True, help="The end-to-end demo on the local stack.")
 

@@ -7,8 +7,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from shared.codec import AvroCodec
-from shared.errors import ErrorCode
+from shared.contracts.codec import AvroCodec
+from shared.contracts.errors import ErrorCode
 
 Record = dict[str, Any]
 

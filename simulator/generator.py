@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import stats
 
-from shared.batches import PredictionColumns
+from shared.contracts.batches import PredictionColumns
 
 FloatArray = npt.NDArray[np.float64]
 

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 from confluent_kafka import Producer
 
-from shared.batches import LabelColumns, PredictionColumns
-from shared.codec import AvroCodec
-from shared.topics import Topics
+from shared.contracts.batches import LabelColumns, PredictionColumns
+from shared.contracts.codec import AvroCodec
+from shared.contracts.topics import Topics
 from simulator.generator import Generated
 
 logger = logging.getLogger(__name__)

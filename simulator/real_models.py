@@ -9,7 +9,7 @@ Caliber's events. Nothing is downloaded: ``load_digits`` and ``load_breast_cance
 files inside the scikit-learn wheel.
 
 What Caliber must measure for a version is computed here from those same outputs with the
-pure functions of :mod:`shared.calibration` (``expected_ece``).
+pure functions of :mod:`shared.metrics.calibration` (``expected_ece``).
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ from sklearn.naive_bayes import GaussianNB
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from shared.batches import PredictionColumns
-from shared.calibration import ece_from_arrays
-from shared.codec import AvroCodec
-from shared.kafka import make_producer
+from shared.contracts.batches import PredictionColumns
+from shared.contracts.codec import AvroCodec
+from shared.contracts.topics import Topics
+from shared.metrics.calibration import ece_from_arrays
+from shared.runtime.kafka import make_producer
 from shared.settings import Settings
-from shared.topics import Topics
 from simulator.gateway_client import GatewayClient
 from simulator.generator import Generated, ModelSpec
 from simulator.producer import produce

@@ -11,10 +11,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.codec import AvroCodec
-from shared.kafka import make_producer
+from shared.contracts.codec import AvroCodec
+from shared.contracts.topics import Topics
+from shared.runtime.kafka import make_producer
 from shared.settings import Settings
-from shared.topics import Topics
 from simulator.gateway_client import GatewayClient
 from simulator.producer import produce
 from simulator.scenarios import Expected, Planned, Scenario, plan

@@ -21,8 +21,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from shared.calibration import ece_from_arrays
-from shared.selective import risk_coverage
+from shared.metrics.calibration import ece_from_arrays
+from shared.metrics.selective import risk_coverage
 from simulator.generator import Generated, ModelSpec, generate
 
 GRID = 0.001

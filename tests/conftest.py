@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.codec import AvroCodec
+from shared.contracts.codec import AvroCodec
 
 INTEGRATION_DIR = Path(__file__).resolve().parent / "integration"
 

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import redis.asyncio as aioredis
 
-from shared.batches import split_model_key
-from shared.drift_stats import severity
+from shared.contracts.batches import split_model_key
+from shared.drift.stats import severity
 
 ALERT_NAMESPACE = uuid.UUID("5d7c0b8e-6a57-4f36-9a3c-1f2b8c4f9e21")
 HYSTERESIS = 0.9

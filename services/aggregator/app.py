@@ -14,13 +14,13 @@ from services.aggregator.metrics import AggregatorMetrics
 from services.aggregator.processing import AggregatorProcessor
 from services.aggregator.settings import AggregatorSettings
 from services.aggregator.store import AggregatorStore
-from shared.codec import AvroCodec
-from shared.kafka import make_producer
-from shared.observability import configure_logging, serve_metrics
-from shared.pipeline import Pipeline, PipelineConfig
-from shared.topics import Topics
-from shared.window_store import WindowReader
-from shared.worker import create_app, run, run_beside
+from shared.contracts.codec import AvroCodec
+from shared.contracts.topics import Topics
+from shared.runtime.kafka import make_producer
+from shared.runtime.observability import configure_logging, serve_metrics
+from shared.runtime.pipeline import Pipeline, PipelineConfig
+from shared.runtime.worker import create_app, run, run_beside
+from shared.windows.calibration import WindowReader
 
 
 def build_app(settings: AggregatorSettings) -> faust.App:

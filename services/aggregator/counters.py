@@ -8,8 +8,14 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from shared.calibration import bin_index, brier_terms, nll_terms
-from shared.window_store import DELAY_BUCKETS_S, FINE_BINS, GRANULARITY, RELIABILITY_BINS, SCALE
+from shared.metrics.calibration import bin_index, brier_terms, nll_terms
+from shared.windows.calibration import (
+    DELAY_BUCKETS_S,
+    FINE_BINS,
+    GRANULARITY,
+    RELIABILITY_BINS,
+    SCALE,
+)
 
 MAX_CLASSES = 50
 """Classes tracked per model for classwise ECE; beyond this the classwise counters stop."""

@@ -19,11 +19,11 @@ from services.aggregator.metrics import (
     RoundSeries,
 )
 from services.aggregator.settings import AggregatorSettings
-from shared.alert_publish import publish_alerts
-from shared.batches import split_model_key
-from shared.codec import AvroCodec
-from shared.topics import Topics
-from shared.window_store import Calibration, RiskCoverageAnswer, WindowReader
+from shared.alerts.publish import publish_alerts
+from shared.contracts.batches import split_model_key
+from shared.contracts.codec import AvroCodec
+from shared.contracts.topics import Topics
+from shared.windows.calibration import Calibration, RiskCoverageAnswer, WindowReader
 
 logger = logging.getLogger(__name__)
 SNAPSHOT_WINDOWS = ("5m", "1h", "24h", "7d")

@@ -13,8 +13,8 @@ import contextlib
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from shared.pipeline_metrics import PipelineMetrics
-from shared.window_store import DELAY_BUCKETS_S
+from shared.runtime.pipeline_metrics import PipelineMetrics
+from shared.windows.calibration import DELAY_BUCKETS_S
 
 MAX_EXPORTED = 200
 RISK_COVERAGES = ("0.5", "0.8", "0.9", "0.95")

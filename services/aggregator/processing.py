@@ -25,12 +25,12 @@ from services.aggregator.counters import (
 )
 from services.aggregator.metrics import AggregatorMetrics
 from services.aggregator.store import AggregatorStore
-from shared.batches import DecisionColumns, LabelColumns
-from shared.codec import AvroCodec, Decoded
-from shared.dead_letters import dead_letter
-from shared.offset_fence import fresh
-from shared.pipeline import Output
-from shared.topics import Topics
+from shared.contracts.batches import DecisionColumns, LabelColumns
+from shared.contracts.codec import AvroCodec, Decoded
+from shared.contracts.dead_letters import dead_letter
+from shared.contracts.topics import Topics
+from shared.runtime.offset_fence import fresh
+from shared.runtime.pipeline import Output
 
 logger = logging.getLogger(__name__)
 LABELED = "L"

@@ -1,5 +1,6 @@
 """The aggregator's writes: each part of a batch applied in one fenced Lua call with its
-offsets (:mod:`shared.offset_fence`), in the key layout of :mod:`shared.window_store`."""
+offsets (:mod:`shared.runtime.offset_fence`), in the key layout of
+:mod:`shared.windows.calibration`."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import redis.asyncio as aioredis
 from confluent_kafka import Message
 
 from services.aggregator.counters import Increments
-from shared.offset_fence import Effect, OffsetFence
-from shared.window_store import RETENTION_S, pending_slot_seconds, split_fine, unlabeled_key
+from shared.runtime.offset_fence import Effect, OffsetFence
+from shared.windows.calibration import RETENTION_S, pending_slot_seconds, split_fine, unlabeled_key
 
 
 class AggregatorStore:

@@ -2,7 +2,7 @@
 
 Each profiled part (feature, ``__confidence__``, ``__predicted_label__``) alerts on one
 method: PSI for numbers and the confidence, chi-squared (Cohen's w) for categories and the
-predicted-label mix. Severity is ``shared.drift_stats.severity``: ≥ threshold warning,
+predicted-label mix. Severity is ``shared.drift.stats.severity``: ≥ threshold warning,
 ≥ 1.5 × threshold critical. A trusted score at or above the threshold raises ONE alert and
 the feature stays active while it drifts (a later escalation to critical is kept in the
 state, not re-sent); it recovers, recorded as a ``resolved`` alert, only once its score
@@ -24,9 +24,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from shared.batches import split_model_key
-from shared.drift_scores import DriftMethod, DriftScore
-from shared.drift_stats import severity
+from shared.contracts.batches import split_model_key
+from shared.drift.scores import DriftMethod, DriftScore
+from shared.drift.stats import severity
 
 ALERT_NAMESPACE = uuid.UUID("0e4f7a52-3b1d-4c8e-9f60-7d2a9b1c5e34")
 HYSTERESIS = 0.8

@@ -19,12 +19,12 @@ from services.drift.processing import DriftProcessor, ProfileCache, WindowConfig
 from services.drift.settings import DriftSettings
 from services.drift.store import DriftStore
 from services.drift.uploads import UploadSource
-from shared.codec import AvroCodec
-from shared.kafka import make_producer
-from shared.observability import configure_logging, serve_metrics
-from shared.pipeline import Pipeline, PipelineConfig
-from shared.topics import Topics
-from shared.worker import create_app, run, run_beside
+from shared.contracts.codec import AvroCodec
+from shared.contracts.topics import Topics
+from shared.runtime.kafka import make_producer
+from shared.runtime.observability import configure_logging, serve_metrics
+from shared.runtime.pipeline import Pipeline, PipelineConfig
+from shared.runtime.worker import create_app, run, run_beside
 
 
 def build_app(settings: DriftSettings) -> faust.App:

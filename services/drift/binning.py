@@ -1,6 +1,6 @@
 """Counting a batch's events into the cells of a reference profile, per event-time bucket.
 
-``shared.drift_profile`` fixes each part's cells; here every event gets its cell index
+``shared.drift.profile`` fixes each part's cells; here every event gets its cell index
 (−1 when the value is missing) and one ``bincount`` over ``bucket × cells + cell`` counts a
 whole batch of one model version into every bucket it touches, so the cost per event is a
 few vectorised operations whatever the number of buckets.
@@ -14,15 +14,15 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from shared.batches import PredictionColumns
-from shared.drift_profile import (
+from shared.contracts.batches import PredictionColumns
+from shared.drift.profile import (
     MISSING_CATEGORY,
     CategoricalProfile,
     FeatureProfile,
     NumericProfile,
     ReferenceProfile,
 )
-from shared.drift_window import CELL_STRIDE, CONFIDENCE_PART, FIRST_FEATURE_PART, LABEL_PART
+from shared.windows.drift import CELL_STRIDE, CONFIDENCE_PART, FIRST_FEATURE_PART, LABEL_PART
 
 IntArray = npt.NDArray[np.int64]
 Counts = dict[int, dict[int, IntArray]]
@@ -56,7 +56,7 @@ class Part:
 
 
 def parts(profile: ReferenceProfile) -> list[Part]:
-    """The profile's parts in count-key order (``shared.drift_window``)."""
+    """The profile's parts in count-key order (``shared.windows.drift``)."""
     out = [
         Part(CONFIDENCE_PART, profile.confidence.name, profile.confidence),
         Part(LABEL_PART, profile.predicted_labels.name, profile.predicted_labels),

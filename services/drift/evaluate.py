@@ -32,12 +32,12 @@ from services.drift.reference import reference_json
 from services.drift.settings import DriftSettings
 from services.drift.store import DriftStore
 from services.drift.uploads import UploadSource
-from shared.alert_publish import publish_alerts
-from shared.codec import AvroCodec
-from shared.drift_profile import CategoricalProfile
-from shared.drift_profile_codec import profile_from_dict
-from shared.drift_scores import DriftMethod, DriftScore, profile_drift
-from shared.topics import Topics
+from shared.alerts.publish import publish_alerts
+from shared.contracts.codec import AvroCodec
+from shared.contracts.topics import Topics
+from shared.drift.profile import CategoricalProfile
+from shared.drift.profile_codec import profile_from_dict
+from shared.drift.scores import DriftMethod, DriftScore, profile_drift
 
 logger = logging.getLogger(__name__)
 

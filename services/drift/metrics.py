@@ -2,10 +2,10 @@
 
 Label values are bounded: ``model`` is a model version key, at most ``MAX_EXPORTED`` of
 them (the first by name; the rest are scored and alerted on, not exported); ``feature`` is
-one of the model's profiled parts, at most ``shared.drift_window.MAX_FEATURES`` features
+one of the model's profiled parts, at most ``shared.windows.drift.MAX_FEATURES`` features
 plus ``__confidence__`` and ``__predicted_label__`` (the profile caps them when it is
 built, and nothing outside a profile is ever scored); ``method`` is a
-``shared.drift_scores.DriftMethod``. A model's series are dropped when its profile is
+``shared.drift.scores.DriftMethod``. A model's series are dropped when its profile is
 replaced by one without the feature.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from shared.pipeline_metrics import PipelineMetrics
+from shared.runtime.pipeline_metrics import PipelineMetrics
 
 MAX_EXPORTED = 200
 

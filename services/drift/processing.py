@@ -4,7 +4,8 @@ A model version without a reference profile first fills its reference window (it
 ``reference_events`` events, see :mod:`services.drift.reference`); the batch that completes
 it builds the profile, and its remaining events, like every later one, are counted per
 event-time bucket against that profile. Everything a batch changes goes to Redis in one
-offset-fenced call (``shared.offset_fence``), so a replay after a crash counts nothing twice.
+offset-fenced call (``shared.runtime.offset_fence``), so a replay after a crash counts
+nothing twice.
 """
 
 from __future__ import annotations
@@ -22,13 +23,13 @@ from services.drift.binning import bucketed_counts, encode_fields
 from services.drift.metrics import DriftMetrics
 from services.drift.reference import build_from_chunks, chunk, parse_reference, reference_json
 from services.drift.store import DriftStore
-from shared.batches import PredictionColumns
-from shared.codec import AvroCodec, Decoded
-from shared.dead_letters import dead_letter
-from shared.drift_profile import ReferenceProfile
-from shared.offset_fence import Effect, fresh
-from shared.pipeline import Output
-from shared.topics import Topics
+from shared.contracts.batches import PredictionColumns
+from shared.contracts.codec import AvroCodec, Decoded
+from shared.contracts.dead_letters import dead_letter
+from shared.contracts.topics import Topics
+from shared.drift.profile import ReferenceProfile
+from shared.runtime.offset_fence import Effect, fresh
+from shared.runtime.pipeline import Output
 
 logger = logging.getLogger(__name__)
 

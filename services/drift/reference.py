@@ -3,7 +3,7 @@
 While a model version has no profile, its first ``reference_events`` events are kept as
 JSON chunks (:func:`chunk`); the batch that completes them builds the profile from exactly
 those events (:func:`build_from_chunks`), so a replay after a crash builds the same profile
-with the same content-digest version. At most ``shared.drift_window.MAX_FEATURES`` features
+with the same content-digest version. At most ``shared.windows.drift.MAX_FEATURES`` features
 are profiled, the first by name; a feature with no value in the reference is left out.
 """
 
@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from shared.batches import PredictionColumns
-from shared.drift_profile import ReferenceProfile
-from shared.drift_profile_builder import build_profile
-from shared.drift_profile_codec import profile_from_dict, profile_to_dict
-from shared.drift_window import MAX_FEATURES
+from shared.contracts.batches import PredictionColumns
+from shared.drift.profile import ReferenceProfile
+from shared.drift.profile_builder import build_profile
+from shared.drift.profile_codec import profile_from_dict, profile_to_dict
+from shared.windows.drift import MAX_FEATURES
 
 logger = logging.getLogger(__name__)
 

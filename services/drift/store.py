@@ -1,4 +1,4 @@
-"""The drift worker's Redis state (layout in ``shared.drift_window``): the fenced writes of
+"""The drift worker's Redis state (layout in ``shared.windows.drift``): the fenced writes of
 the batch loop, and what the evaluator reads and writes."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import numpy as np
 import numpy.typing as npt
 import redis.asyncio as aioredis
 
-from shared.drift_window import DriftKeys
-from shared.offset_fence import OffsetFence
+from shared.runtime.offset_fence import OffsetFence
+from shared.windows.drift import DriftKeys
 
 
 def _text(value: bytes | str) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from shared.batches import model_key
+from shared.contracts.batches import model_key
 
 
 @dataclass(frozen=True, slots=True)

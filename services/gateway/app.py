@@ -39,10 +39,10 @@ from services.gateway.routes import (
     reviews,
 )
 from services.gateway.settings import GatewaySettings
-from shared.codec import AvroCodec
-from shared.kafka import make_producer
-from shared.observability import configure_logging
-from shared.topics import Topics
+from shared.contracts.codec import AvroCodec
+from shared.contracts.topics import Topics
+from shared.runtime.kafka import make_producer
+from shared.runtime.observability import configure_logging
 
 logger = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from pydantic import BaseModel
 
 from services.gateway.auth import READ, Principal, require
-from shared.batches import model_key
-from shared.window_store import WindowReader
+from shared.contracts.batches import model_key
+from shared.windows.calibration import WindowReader
 
 router = APIRouter(prefix="/api", tags=["metrics"])
 Window = Literal["5m", "1h", "24h", "7d", "all"]

@@ -25,11 +25,11 @@ from confluent_kafka import Message
 from confluent_kafka.aio import AIOConsumer
 
 from services.gateway.metrics import GatewayMetrics
-from shared.batches import model_key
-from shared.codec import AvroCodec, Decoded
-from shared.kafka import consumer_config
+from shared.contracts.batches import model_key
+from shared.contracts.codec import AvroCodec, Decoded
+from shared.contracts.topics import Topics
+from shared.runtime.kafka import consumer_config
 from shared.settings import Settings
-from shared.topics import Topics
 
 logger = logging.getLogger(__name__)
 

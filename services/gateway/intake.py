@@ -16,10 +16,10 @@ import numpy as np
 
 from services.gateway.model_cache import ModelRef
 from services.gateway.schemas import PredictionIn
-from shared.batches import PredictionColumns, Record, model_key
-from shared.codec import AvroCodec
-from shared.errors import ErrorCode
-from shared.validation import Rows, group_events, validate_columns
+from shared.contracts.batches import PredictionColumns, Record, model_key
+from shared.contracts.codec import AvroCodec
+from shared.contracts.errors import ErrorCode
+from shared.contracts.validation import Rows, group_events, validate_columns
 
 
 @dataclass(slots=True)

@@ -1,7 +1,7 @@
 """Which registered model version an event names, without PostgreSQL on the hot path.
 
 The gateway follows the compacted model-updates topic like the policy does
-(:class:`~shared.registry_view.RegistryView`), so its answer to ``POST /api/predictions``
+(:class:`~shared.registry.view.RegistryView`), so its answer to ``POST /api/predictions``
 uses the same threshold and calibration map the policy will use. A model version the view
 has not seen yet (registered a moment ago, or the view still catching up) is read from
 PostgreSQL and remembered for a short time, misses included, so unknown ids cannot flood
@@ -17,9 +17,9 @@ from typing import Any
 
 import asyncpg
 
-from shared.batches import model_key
-from shared.calibration_map import IDENTITY, CalibrationMap, CalibratorError, from_registry
-from shared.registry_view import RegisteredVersion, RegistryView
+from shared.contracts.batches import model_key
+from shared.recalibration.maps import IDENTITY, CalibrationMap, CalibratorError, from_registry
+from shared.registry.view import RegisteredVersion, RegistryView
 
 logger = logging.getLogger(__name__)
 

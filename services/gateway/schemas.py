@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from shared.validation import DEFAULT_LIMITS
+from shared.contracts.validation import DEFAULT_LIMITS
 
 Stage = Literal["production", "staging", "archived"]
 Decision = Literal["auto", "review"]

@@ -12,12 +12,12 @@ from services.ingest.dedupe import Deduper
 from services.ingest.metrics import IngestMetrics
 from services.ingest.processing import IngestProcessor
 from services.ingest.settings import IngestSettings
-from shared.codec import AvroCodec
-from shared.observability import configure_logging, serve_metrics
-from shared.pipeline import Pipeline, PipelineConfig
-from shared.topics import Topics
-from shared.validation import Limits
-from shared.worker import create_app, run
+from shared.contracts.codec import AvroCodec
+from shared.contracts.topics import Topics
+from shared.contracts.validation import Limits
+from shared.runtime.observability import configure_logging, serve_metrics
+from shared.runtime.pipeline import Pipeline, PipelineConfig
+from shared.runtime.worker import create_app, run
 
 
 def build_app(settings: IngestSettings) -> faust.App:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter
 
-from shared.pipeline_metrics import PipelineMetrics
+from shared.runtime.pipeline_metrics import PipelineMetrics
 
 
 class IngestMetrics(PipelineMetrics):

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from shared.batches import LabelColumns, PredictionColumns, Record
-from shared.codec import AvroCodec, Decoded
-from shared.errors import ErrorCode, Fault
-from shared.validation import (
+from shared.contracts.batches import LabelColumns, PredictionColumns, Record
+from shared.contracts.codec import AvroCodec, Decoded
+from shared.contracts.errors import ErrorCode, Fault
+from shared.contracts.validation import (
     Limits,
     check_batch_record,
     check_batch_rows,

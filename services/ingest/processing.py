@@ -12,12 +12,12 @@ from confluent_kafka import Message
 from services.ingest.dedupe import Claim, Deduper
 from services.ingest.metrics import IngestMetrics
 from services.ingest.parsing import Parsed, Source, parse
-from shared.batches import LabelColumns, PredictionColumns, split_model_key
-from shared.codec import AvroCodec
-from shared.errors import Fault
-from shared.pipeline import Output
-from shared.topics import Topics
-from shared.validation import Limits
+from shared.contracts.batches import LabelColumns, PredictionColumns, split_model_key
+from shared.contracts.codec import AvroCodec
+from shared.contracts.errors import Fault
+from shared.contracts.topics import Topics
+from shared.contracts.validation import Limits
+from shared.runtime.pipeline import Output
 
 
 @dataclass(slots=True)

@@ -12,13 +12,13 @@ from services.policy.metrics import PolicyMetrics
 from services.policy.processing import PolicyProcessor
 from services.policy.registry_state import RegistryState, wait_for_registry
 from services.policy.settings import PolicySettings
-from shared.codec import AvroCodec
-from shared.observability import configure_logging, serve_metrics
-from shared.pipeline import Pipeline, PipelineConfig
-from shared.registry_view import RegistryView
-from shared.topics import Topics
-from shared.validation import DEFAULT_LIMITS, Limits
-from shared.worker import create_app, run
+from shared.contracts.codec import AvroCodec
+from shared.contracts.topics import Topics
+from shared.contracts.validation import DEFAULT_LIMITS, Limits
+from shared.registry.view import RegistryView
+from shared.runtime.observability import configure_logging, serve_metrics
+from shared.runtime.pipeline import Pipeline, PipelineConfig
+from shared.runtime.worker import create_app, run
 
 
 def build_app(settings: PolicySettings) -> faust.App:

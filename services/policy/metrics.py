@@ -2,14 +2,14 @@
 
 Label values are bounded: ``model`` is a registered model name (bounded by the registry;
 every model version missing from it shares the value ``unregistered``), ``status`` is
-``auto`` or ``review``, ``code`` an :class:`shared.errors.ErrorCode`.
+``auto`` or ``review``, ``code`` an :class:`shared.contracts.errors.ErrorCode`.
 """
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from shared.pipeline_metrics import BATCH_BUCKETS, PipelineMetrics
+from shared.runtime.pipeline_metrics import BATCH_BUCKETS, PipelineMetrics
 
 DECISION_LATENCY_BUCKETS = (*BATCH_BUCKETS, 30.0, 60.0, 300.0)
 

@@ -16,14 +16,14 @@ from confluent_kafka import Message
 
 from services.policy.metrics import PolicyMetrics
 from services.policy.registry_state import RegistryState
-from shared.batches import DecisionColumns, FloatArray, PredictionColumns
-from shared.calibration_map import CalibrationMap, CalibratorError
-from shared.codec import AvroCodec, Decoded
-from shared.dead_letters import dead_letter
-from shared.errors import ErrorCode
-from shared.pipeline import Output
-from shared.topics import Topics
-from shared.validation import DEFAULT_LIMITS, Limits, check_batch_record
+from shared.contracts.batches import DecisionColumns, FloatArray, PredictionColumns
+from shared.contracts.codec import AvroCodec, Decoded
+from shared.contracts.dead_letters import dead_letter
+from shared.contracts.errors import ErrorCode
+from shared.contracts.topics import Topics
+from shared.contracts.validation import DEFAULT_LIMITS, Limits, check_batch_record
+from shared.recalibration.maps import CalibrationMap, CalibratorError
+from shared.runtime.pipeline import Output
 
 PREDICTION_BATCH = {"PredictionBatch"}
 

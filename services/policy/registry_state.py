@@ -1,7 +1,7 @@
 """What the policy knows of each model version: its threshold and calibration map.
 
 The registry itself is followed from the compacted model-updates topic by
-:class:`shared.registry_view.RegistryView` in the background; this module turns a registry
+:class:`shared.registry.view.RegistryView` in the background; this module turns a registry
 entry into the rule the decision needs, builds each calibration map once, and waits at start
 until the view has read the whole topic so a restart never decides with stale defaults.
 Nothing here touches PostgreSQL.
@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from shared.calibration_map import IDENTITY, CalibrationMap, CalibratorError, from_registry
-from shared.registry_view import RegisteredVersion, RegistryView
+from shared.recalibration.maps import IDENTITY, CalibrationMap, CalibratorError, from_registry
+from shared.registry.view import RegisteredVersion, RegistryView
 
 logger = logging.getLogger(__name__)
 

@@ -11,11 +11,11 @@ from prometheus_client import CollectorRegistry
 from services.recorder.metrics import RecorderMetrics
 from services.recorder.processing import RecorderProcessor
 from services.recorder.settings import RecorderSettings
-from shared.codec import AvroCodec
-from shared.observability import configure_logging, serve_metrics
-from shared.pipeline import Pipeline, PipelineConfig
-from shared.topics import Topics
-from shared.worker import create_app, run
+from shared.contracts.codec import AvroCodec
+from shared.contracts.topics import Topics
+from shared.runtime.observability import configure_logging, serve_metrics
+from shared.runtime.pipeline import Pipeline, PipelineConfig
+from shared.runtime.worker import create_app, run
 
 
 def build_app(settings: RecorderSettings) -> faust.App:

@@ -1,7 +1,7 @@
 """Every Prometheus metric of the recorder.
 
 Label values are bounded: ``table`` and ``operation`` are fixed names, ``code`` an
-:class:`shared.errors.ErrorCode`.
+:class:`shared.contracts.errors.ErrorCode`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter
 
 from services.recorder.store import Written
-from shared.pipeline_metrics import PipelineMetrics
+from shared.runtime.pipeline_metrics import PipelineMetrics
 
 
 class RecorderMetrics(PipelineMetrics):

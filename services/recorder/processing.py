@@ -20,13 +20,13 @@ from confluent_kafka import Message
 
 from services.recorder.metrics import RecorderMetrics
 from services.recorder.store import Written, write
-from shared.batches import DecisionColumns, LabelColumns
-from shared.codec import AvroCodec, Decoded
-from shared.dead_letters import dead_letter
-from shared.errors import ErrorCode
-from shared.pipeline import Output
-from shared.topics import Topics
-from shared.validation import check_batch_record
+from shared.contracts.batches import DecisionColumns, LabelColumns
+from shared.contracts.codec import AvroCodec, Decoded
+from shared.contracts.dead_letters import dead_letter
+from shared.contracts.errors import ErrorCode
+from shared.contracts.topics import Topics
+from shared.contracts.validation import check_batch_record
+from shared.runtime.pipeline import Output
 
 logger = logging.getLogger(__name__)
 

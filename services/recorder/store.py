@@ -19,7 +19,7 @@ from typing import Any
 import asyncpg
 import numpy as np
 
-from shared.batches import DecisionColumns, LabelColumns
+from shared.contracts.batches import DecisionColumns, LabelColumns
 
 # Epoch milliseconds → timestamptz, exactly (integer milliseconds times an interval).
 _MS = "(TIMESTAMPTZ 'epoch' + ({} * INTERVAL '1 millisecond'))"

@@ -7,12 +7,12 @@ import time
 import numpy as np
 
 from services.policy.processing import decide
-from shared.batches import LabelColumns
-from shared.calibration_map import IDENTITY
-from shared.codec import AvroCodec
-from shared.kafka import make_producer
+from shared.contracts.batches import LabelColumns
+from shared.contracts.codec import AvroCodec
+from shared.contracts.topics import Topics
+from shared.recalibration.maps import IDENTITY
+from shared.runtime.kafka import make_producer
 from shared.settings import Settings
-from shared.topics import Topics
 from simulator.generator import Generated
 
 

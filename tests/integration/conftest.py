@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from shared.benchmarking import delete_redis_prefix, scratch_database
-from shared.benchmarking import start_service as run_service
 from shared.settings import Settings
-from shared.stack import delete_topics, ensure_topics, stack_up
+from tooling.benchmarking import delete_redis_prefix, scratch_database
+from tooling.benchmarking import start_service as run_service
+from tooling.stack import delete_topics, ensure_topics, stack_up
 
 
 @pytest.fixture(scope="session")

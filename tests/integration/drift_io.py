@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from confluent_kafka import Producer
 
-from shared.batches import PredictionColumns
-from shared.codec import AvroCodec
+from shared.contracts.batches import PredictionColumns
+from shared.contracts.codec import AvroCodec
 
 STEP_MS = 10
 """Event-time spacing of consecutive events of one model version: 100 events per second."""

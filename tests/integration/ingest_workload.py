@@ -9,10 +9,10 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from shared.codec import AvroCodec
-from shared.kafka import make_producer
+from shared.contracts.codec import AvroCodec
+from shared.contracts.topics import Topics
+from shared.runtime.kafka import make_producer
 from shared.settings import Settings
-from shared.topics import Topics
 from simulator.faults import FAULTS
 from simulator.generator import ModelSpec, generate
 from simulator.producer import event_records

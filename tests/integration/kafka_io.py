@@ -9,8 +9,8 @@ from collections.abc import Callable, Sequence
 
 from confluent_kafka import Consumer
 
-from shared.codec import AvroCodec, Decoded
-from shared.kafka import consumer_config
+from shared.contracts.codec import AvroCodec, Decoded
+from shared.runtime.kafka import consumer_config
 from shared.settings import Settings
 
 

@@ -14,10 +14,10 @@ from typing import Any
 import psycopg
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from shared.benchmarking import scrape
-from shared.codec import AvroCodec, Decoded
-from shared.kafka import consumer_config, make_producer
+from shared.contracts.codec import AvroCodec, Decoded
+from shared.runtime.kafka import consumer_config, make_producer
 from shared.settings import Settings
+from tooling.benchmarking import scrape
 
 CODEC = AvroCodec()
 

@@ -15,7 +15,9 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from shared.calibration import (
+from shared.contracts.codec import AvroCodec
+from shared.contracts.topics import Topics
+from shared.metrics.calibration import (
     brier_from_probabilities,
     classwise_ece,
     ece_from_arrays,
@@ -23,13 +25,11 @@ from shared.calibration import (
     nll_from_arrays,
     reliability_bins_from_arrays,
 )
-from shared.codec import AvroCodec
-from shared.kafka import make_producer
-from shared.reliability import ReliabilityBin
-from shared.selective import RiskCoverage, risk_coverage
+from shared.metrics.reliability import ReliabilityBin
+from shared.metrics.selective import RiskCoverage, risk_coverage
+from shared.runtime.kafka import make_producer
 from shared.settings import Settings
-from shared.topics import Topics
-from shared.window_store import GRANULARITY, WINDOWS, Totals, WindowReader
+from shared.windows.calibration import GRANULARITY, WINDOWS, Totals, WindowReader
 from simulator.generator import Generated, ModelSpec, generate
 from tests.integration.aggregator_io import send_decisions_and_labels
 from tests.integration.conftest import running_service, start_service

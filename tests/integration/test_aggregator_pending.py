@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from shared.codec import AvroCodec
+from shared.contracts.codec import AvroCodec
+from shared.contracts.topics import Topics
 from shared.settings import Settings
-from shared.topics import Topics
 from simulator.generator import ModelSpec, generate
 from tests.integration.aggregator_io import send_decisions_and_labels
 from tests.integration.conftest import running_service

@@ -14,10 +14,10 @@ import redis.asyncio as aioredis
 from services.aggregator.alerts import CONTROL_MIN_HISTORY, AlertState
 from services.aggregator.evaluate import Evaluator
 from services.aggregator.settings import AggregatorSettings
-from shared.codec import AvroCodec
-from shared.kafka import make_producer
+from shared.contracts.codec import AvroCodec
+from shared.runtime.kafka import make_producer
 from shared.settings import Settings
-from shared.window_store import Calibration, WindowReader
+from shared.windows.calibration import Calibration, WindowReader
 
 COOLDOWN_S = 600.0
 

@@ -25,11 +25,11 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
-from shared.benchmarking import REPO_ROOT
 from shared.settings import Settings
-from shared.stack.apt import ensure_installed
 from tests.integration.conftest import start_service
 from tests.integration.gateway_client import make_keys, start_gateway
+from tooling.benchmarking import REPO_ROOT
+from tooling.stack.apt import ensure_installed
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

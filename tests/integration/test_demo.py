@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from shared.settings import Settings
-from shared.stack.postgres import data_root
-from shared.stack.process import port_open
+from tooling.stack.postgres import data_root
+from tooling.stack.process import port_open
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,7 +37,7 @@ def _free_pair() -> int:
 
 def _caliber(env: dict[str, str], *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli", *args],
+        [sys.executable, "-m", "tooling.cli", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -22,10 +22,10 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.codec import AvroCodec, Decoded
-from shared.kafka import make_producer
+from shared.contracts.codec import AvroCodec, Decoded
+from shared.contracts.topics import Topics
+from shared.runtime.kafka import make_producer
 from shared.settings import Settings
-from shared.topics import Topics
 from tests.integration.conftest import start_service
 from tests.integration.drift_io import STEP_MS, Scenario, batches, send
 from tests.integration.gateway_client import make_keys, start_gateway

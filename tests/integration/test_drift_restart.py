@@ -16,11 +16,11 @@ from typing import Any
 import redis
 
 from services.drift.reference import build_from_chunks, chunk
-from shared.codec import AvroCodec
-from shared.drift_window import DriftKeys
-from shared.kafka import make_producer
+from shared.contracts.codec import AvroCodec
+from shared.contracts.topics import Topics
+from shared.runtime.kafka import make_producer
 from shared.settings import Settings
-from shared.topics import Topics
+from shared.windows.drift import DriftKeys
 from tests.integration.conftest import start_service
 from tests.integration.drift_io import STEP_MS, Scenario, batches, send
 

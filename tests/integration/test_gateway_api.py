@@ -19,9 +19,9 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from services.gateway.cli import app as keys_cli
-from shared.codec import AvroCodec
+from shared.contracts.codec import AvroCodec
+from shared.contracts.topics import Topics
 from shared.settings import Settings
-from shared.topics import Topics
 from tests.integration.gateway_client import insert_predictions, make_keys, start_gateway
 from tests.integration.kafka_io import TopicReader
 

@@ -15,9 +15,9 @@ import httpx
 import psycopg
 import pytest
 
-from shared.codec import AvroCodec
+from shared.contracts.codec import AvroCodec
+from shared.contracts.topics import Topics
 from shared.settings import Settings
-from shared.topics import Topics
 from tests.integration.conftest import start_service
 from tests.integration.gateway_client import make_keys, start_gateway
 from tests.integration.kafka_io import TopicReader

@@ -24,11 +24,11 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from shared.batches import DecisionColumns, PredictionColumns
-from shared.codec import AvroCodec
-from shared.kafka import make_producer
+from shared.contracts.batches import DecisionColumns, PredictionColumns
+from shared.contracts.codec import AvroCodec
+from shared.contracts.topics import Topics
+from shared.runtime.kafka import make_producer
 from shared.settings import Settings
-from shared.topics import Topics
 from tests.integration.gateway_client import insert_predictions, make_keys, start_gateway
 
 CODEC = AvroCodec()

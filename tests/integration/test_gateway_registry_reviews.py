@@ -18,10 +18,10 @@ import psycopg
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from shared.codec import AvroCodec, Decoded
-from shared.kafka import consumer_config
+from shared.contracts.codec import AvroCodec, Decoded
+from shared.contracts.topics import Topics
+from shared.runtime.kafka import consumer_config
 from shared.settings import Settings
-from shared.topics import Topics
 from tests.integration.gateway_client import insert_predictions, make_keys, start_gateway
 from tests.integration.kafka_io import TopicReader
 

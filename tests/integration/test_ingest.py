@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shared.codec import AvroCodec
+from shared.contracts.codec import AvroCodec
+from shared.contracts.topics import Topics
 from shared.settings import Settings
-from shared.topics import Topics
 from tests.integration.conftest import start_service
 from tests.integration.ingest_workload import (
     N_FAULTY,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-from shared.codec import AvroCodec
+from shared.contracts.codec import AvroCodec
+from shared.contracts.topics import Topics
 from shared.settings import Settings
-from shared.topics import Topics
 from tests.integration.conftest import start_service
 from tests.integration.ingest_workload import check_exact, produce, wait_complete, workload
 from tests.integration.kafka_io import TopicReader

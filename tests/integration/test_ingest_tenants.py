@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from shared.codec import AvroCodec
-from shared.kafka import make_producer
+from shared.contracts.codec import AvroCodec
+from shared.contracts.topics import Topics
+from shared.runtime.kafka import make_producer
 from shared.settings import Settings
-from shared.topics import Topics
 from simulator.generator import ModelSpec, generate
 from simulator.producer import event_records
 from tests.integration.conftest import start_service

@@ -8,10 +8,10 @@ from collections.abc import Sequence
 
 from confluent_kafka import Consumer, Message
 
-from shared.kafka import consumer_config, make_producer
-from shared.pipeline import Output, Pipeline, PipelineConfig
+from shared.contracts.topics import Topics
+from shared.runtime.kafka import consumer_config, make_producer
+from shared.runtime.pipeline import Output, Pipeline, PipelineConfig
 from shared.settings import Settings
-from shared.topics import Topics
 
 
 def _read_all(settings: Settings, topic: str, expect: int, timeout: float = 30.0) -> list[bytes]:

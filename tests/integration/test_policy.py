@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 from confluent_kafka import Producer
 
-from shared.batches import PredictionColumns, model_key
-from shared.benchmarking import scrape
-from shared.kafka import transactional_producer_config
+from shared.contracts.batches import PredictionColumns, model_key
+from shared.contracts.topics import Topics
+from shared.runtime.kafka import transactional_producer_config
 from shared.settings import Settings
-from shared.topics import Topics
 from tests.integration.conftest import start_service
 from tests.integration.pipeline_io import KeyedReader, free_port, metric, produce, wait_metric
+from tooling.benchmarking import scrape
 
 DEFAULT = 0.70
 REGISTERED = {"v1": 0.6, "v2": 0.8}

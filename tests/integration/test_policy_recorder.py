@@ -13,11 +13,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from shared.batches import model_key
-from shared.codec import AvroCodec
-from shared.kafka import make_producer
+from shared.contracts.batches import model_key
+from shared.contracts.codec import AvroCodec
+from shared.contracts.topics import Topics
+from shared.runtime.kafka import make_producer
 from shared.settings import Settings
-from shared.topics import Topics
 from tests.integration.conftest import start_service
 from tests.integration.kafka_io import TopicReader
 from tests.unit.test_validation import event

@@ -11,9 +11,8 @@ from typing import Any
 
 import pytest
 
-from shared.calibration import ece_from_arrays
+from shared.metrics.calibration import ece_from_arrays
 from shared.settings import Settings
-from shared.stack.prometheus import PrometheusServer, ScrapeJob
 from simulator.generator import ModelSpec, generate
 from tests.integration.aggregator_io import send_decisions_and_labels
 from tests.integration.conftest import start_service
@@ -25,6 +24,7 @@ from tests.integration.gateway_client import (
     wait_http,
 )
 from tests.integration.test_aggregator import wait_counts
+from tooling.stack.prometheus import PrometheusServer, ScrapeJob
 
 
 def wait_query(

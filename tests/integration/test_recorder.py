@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 
 from services.policy.processing import decide
-from shared.batches import LabelColumns, PredictionColumns
-from shared.calibration_map import IDENTITY
-from shared.kafka import make_producer
+from shared.contracts.batches import LabelColumns, PredictionColumns
+from shared.contracts.topics import Topics
+from shared.recalibration.maps import IDENTITY
+from shared.runtime.kafka import make_producer
 from shared.settings import Settings
-from shared.topics import Topics
 from tests.integration.conftest import start_service
 from tests.integration.kafka_io import TopicReader
 from tests.integration.pipeline_io import CODEC, dump, produce, rows, wait_committed

@@ -12,13 +12,13 @@ from confluent_kafka.admin import ConfigResource, ResourceType
 from psycopg import sql
 from typer.testing import CliRunner
 
-from shared.benchmarking import with_database
-from shared.cli import app
+from shared.contracts.topics import Topics
 from shared.db import current_revision, head_revision, migrate
-from shared.kafka import make_admin
+from shared.runtime.kafka import make_admin
 from shared.settings import Settings
-from shared.stack import delete_topics, ensure_topics, stack_status, stack_up
-from shared.topics import Topics
+from tooling.benchmarking import with_database
+from tooling.cli import app
+from tooling.stack import delete_topics, ensure_topics, stack_status, stack_up
 
 CORE_TABLES = {
     "tenants",

@@ -11,7 +11,7 @@ from services.aggregator.counters import (
     new_increments,
 )
 from services.aggregator.processing import PredictionRecord
-from shared.window_store import SCALE, pending_slot_seconds
+from shared.windows.calibration import SCALE, pending_slot_seconds
 
 T0 = 1_700_000_000  # 2023-11-14 22:13:20 UTC: minute 22:13, hour 22:00
 MINUTE = T0 // 60 * 60

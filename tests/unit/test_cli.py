@@ -7,7 +7,7 @@ import sys
 
 from typer.testing import CliRunner
 
-from shared.cli import PLUGINS, app
+from tooling.cli import PLUGINS, app
 
 
 def test_help_lists_the_built_in_sub_apps_and_the_plugins() -> None:
@@ -19,7 +19,7 @@ def test_help_lists_the_built_in_sub_apps_and_the_plugins() -> None:
 
 def test_stack_commands_do_not_import_the_plugins() -> None:
     code = (
-        "import sys; from typer.testing import CliRunner; from shared.cli import app; "
+        "import sys; from typer.testing import CliRunner; from tooling.cli import app; "
         "r = CliRunner().invoke(app, ['stack', '--help']); assert r.exit_code == 0, r.output; "
         "print(sorted(m for m in ('simulator.cli', 'simulator.demo', 'services.gateway.cli') "
         "if m in sys.modules))"
@@ -38,7 +38,7 @@ def test_a_one_command_plugin_keeps_its_sub_command() -> None:
 
 def test_python_dash_m_runs_the_same_app() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "db", "--help"], capture_output=True, text=True
+        [sys.executable, "-m", "tooling.cli", "db", "--help"], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
     assert "migrate" in result.stdout

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from fastavro.utils import generate_one
 
-from shared.codec import HEADER_SIZE, MAGIC, SCHEMA_DIR, AvroCodec, CodecError, Decoded
-from shared.errors import ErrorCode, Fault
+from shared.contracts.codec import HEADER_SIZE, MAGIC, SCHEMA_DIR, AvroCodec, CodecError, Decoded
+from shared.contracts.errors import ErrorCode, Fault
 
 CODEC = AvroCodec()
 

@@ -8,7 +8,7 @@ import pytest
 from fastapi import HTTPException
 
 from services.gateway.routes.drift import ReferenceEvent, _columns
-from shared.drift_window import MAX_FEATURES
+from shared.windows.drift import MAX_FEATURES
 
 
 def events(*features: dict[str, float | str] | None) -> list[ReferenceEvent]:

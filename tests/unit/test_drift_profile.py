@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from shared.drift_profile import (
+from shared.drift.profile import (
     CONFIDENCE_KEY,
     LABEL_KEY,
     OTHER,
@@ -18,14 +18,14 @@ from shared.drift_profile import (
     bin_batch,
     bin_counts,
 )
-from shared.drift_profile_builder import (
+from shared.drift.profile_builder import (
     build_profile,
     categorical_profile,
     numeric_profile,
     quantile_edges,
 )
-from shared.drift_profile_codec import profile_from_dict, profile_to_dict
-from shared.drift_scores import (
+from shared.drift.profile_codec import profile_from_dict, profile_to_dict
+from shared.drift.scores import (
     DriftMethod,
     DriftScore,
     categorical_drift,

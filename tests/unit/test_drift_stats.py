@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import jensenshannon
 
-from shared.drift_stats import (
+from shared.drift.stats import (
     chi_squared,
     js_distance,
     ks_exact,

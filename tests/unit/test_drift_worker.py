@@ -16,11 +16,11 @@ from services.drift.binning import (
     parts,
 )
 from services.drift.reference import build_from_chunks, chunk
-from shared.batches import PredictionColumns
-from shared.drift_profile import bin_batch
-from shared.drift_profile_builder import build_profile
-from shared.drift_scores import DriftMethod, DriftScore
-from shared.drift_stats import js_distance, ks_from_histograms, psi
+from shared.contracts.batches import PredictionColumns
+from shared.drift.profile import bin_batch
+from shared.drift.profile_builder import build_profile
+from shared.drift.scores import DriftMethod, DriftScore
+from shared.drift.stats import js_distance, ks_from_histograms, psi
 
 
 def columns(n: int, seed: int, start_ms: int = 1_000_000, step_ms: int = 100) -> PredictionColumns:

@@ -8,8 +8,8 @@ import pytest
 
 from services.gateway.auth import KEY_PREFIX, check_roles, hash_key, new_key, presented_key
 from services.gateway.outbox import delivered_prefix
-from shared.codec import AvroCodec, Decoded
-from shared.registry_events import model_update_message, model_version_record
+from shared.contracts.codec import AvroCodec, Decoded
+from shared.registry.events import model_update_message, model_version_record
 
 
 def test_keys_are_random_and_stored_as_sha256() -> None:

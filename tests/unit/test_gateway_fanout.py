@@ -10,8 +10,8 @@ from prometheus_client import CollectorRegistry
 
 from services.gateway.fanout import Hub, route
 from services.gateway.metrics import GatewayMetrics
-from shared.batches import DecisionColumns, PredictionColumns
-from shared.codec import AvroCodec, Decoded
+from shared.contracts.batches import DecisionColumns, PredictionColumns
+from shared.contracts.codec import AvroCodec, Decoded
 
 
 def hub(queue: int = 3) -> tuple[Hub, GatewayMetrics]:

@@ -13,9 +13,9 @@ import pytest
 from services.gateway.intake import Prepared, batch_messages, event_message, prepare
 from services.gateway.model_cache import ModelRef
 from services.gateway.schemas import PredictionIn
-from shared.batches import PredictionColumns
-from shared.calibration_map import IDENTITY
-from shared.codec import AvroCodec, Decoded
+from shared.contracts.batches import PredictionColumns
+from shared.contracts.codec import AvroCodec, Decoded
+from shared.recalibration.maps import IDENTITY
 
 NOW_MS = 1_790_000_000_000
 TRIAGE = ModelRef(7, "acme", "triage", "v1", 0.7, IDENTITY)

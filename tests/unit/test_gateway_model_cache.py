@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from services.gateway.model_cache import ModelCache, RegistryIndex
-from shared.codec import AvroCodec
-from shared.registry_events import model_update_message
+from shared.contracts.codec import AvroCodec
+from shared.registry.events import model_update_message
 from shared.settings import Settings
 
 

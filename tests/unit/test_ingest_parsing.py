@@ -8,10 +8,10 @@ import uuid
 import numpy as np
 
 from services.ingest.parsing import Source, parse
-from shared.batches import PredictionColumns
-from shared.codec import AvroCodec
-from shared.errors import ErrorCode
-from shared.validation import Limits
+from shared.contracts.batches import PredictionColumns
+from shared.contracts.codec import AvroCodec
+from shared.contracts.errors import ErrorCode
+from shared.contracts.validation import Limits
 from tests.unit.test_validation import T0, event
 
 CODEC = AvroCodec()

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from shared.calibration import (
+from shared.metrics.calibration import (
     ReliabilityStats,
     accuracy,
     bin_index,
@@ -18,7 +18,7 @@ from shared.calibration import (
     nll,
     reliability_bins,
 )
-from shared.selective import ConfidenceHistogram, risk_coverage
+from shared.metrics.selective import ConfidenceHistogram, risk_coverage
 
 # Worked example, M = 10:
 #   conf    0.95 0.9 0.85 0.6 0.55 0.3      bins 9 9 8 6 5 3

@@ -12,8 +12,10 @@ from prometheus_client import CollectorRegistry
 from services.policy.metrics import PolicyMetrics
 from services.policy.processing import PolicyProcessor, decide
 from services.policy.registry_state import UNREGISTERED, RegistryState
-from shared.batches import PredictionColumns
-from shared.calibration_map import (
+from shared.contracts.batches import PredictionColumns
+from shared.contracts.codec import AvroCodec, Decoded
+from shared.contracts.topics import Topics
+from shared.recalibration.maps import (
     BUILDERS,
     IDENTITY,
     CalibratorError,
@@ -21,9 +23,7 @@ from shared.calibration_map import (
     IdentityMap,
     from_registry,
 )
-from shared.codec import AvroCodec, Decoded
-from shared.registry_view import RegisteredVersion
-from shared.topics import Topics
+from shared.registry.view import RegisteredVersion
 
 TOPICS = Topics.for_namespace("unit")
 NOTHING: dict[str, RegisteredVersion] = {}

@@ -10,10 +10,10 @@ import numpy as np
 from services.policy.processing import decide
 from services.recorder.processing import RecorderProcessor
 from services.recorder.store import alert_columns, decision_columns, label_columns
-from shared.batches import LabelColumns, PredictionColumns
-from shared.calibration_map import IDENTITY
-from shared.codec import AvroCodec
-from shared.topics import Topics
+from shared.contracts.batches import LabelColumns, PredictionColumns
+from shared.contracts.codec import AvroCodec
+from shared.contracts.topics import Topics
+from shared.recalibration.maps import IDENTITY
 
 TOPICS = Topics.for_namespace("unit")
 CODEC = AvroCodec()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shared.batches import PredictionColumns
+from shared.contracts.batches import PredictionColumns
 from simulator.generator import Generated, ModelSpec
 from simulator.scenarios import SCENARIOS, expected_of, plan, scenario
 

@@ -12,7 +12,7 @@ import pytest
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.utils import generate_many
 
-from shared.codec import SCHEMA_DIR, SCHEMA_ORDER
+from shared.contracts.codec import SCHEMA_DIR, SCHEMA_ORDER
 
 RELEASED = SCHEMA_DIR / "released"
 

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from shared import supervise
-from shared.cli import render_status
 from shared.db import head_revision, sqlalchemy_url
 from shared.settings import Settings
-from shared.stack import ComponentStatus, StackError
-from shared.stack.kafka import Kafka, cache_marker, new_cluster_id, render_properties
-from shared.stack.postgres import Postgres, can_traverse, public_address
-from shared.stack.process import read_pid, wait_until
-from shared.stack.redis import public_url, server_arguments
+from tooling import supervise
+from tooling.cli import render_status
+from tooling.stack import ComponentStatus, StackError
+from tooling.stack.kafka import Kafka, cache_marker, new_cluster_id, render_properties
+from tooling.stack.postgres import Postgres, can_traverse, public_address
+from tooling.stack.process import read_pid, wait_until
+from tooling.stack.redis import public_url, server_arguments
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "shared" / "db" / "migrations" / "versions"
 

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from shared.errors import ErrorCode
-from shared.validation import Limits, check_batch_record, group_events, validate_columns
+from shared.contracts.errors import ErrorCode
+from shared.contracts.validation import Limits, check_batch_record, group_events, validate_columns
 
 T0 = 1_767_225_600_000  # 2026-01-01
 

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from shared.window_store import GRANULARITY, WindowReader, _joined, split_fine
+from shared.windows.calibration import GRANULARITY, WindowReader, _joined, split_fine
 
 HOUR, DAY = GRANULARITY["h"], GRANULARITY["d"]
 

@@ -4,7 +4,7 @@ Ownership. The gateway is the only writer of ``drift_references`` (uploaded refe
 profiles, versioned by content digest, newest first) and ``drift_thresholds``; the drift
 worker reads both from its evaluation loop and makes the newest upload of a model version
 its active profile (in the worker's own Redis keys) within one evaluation cadence. Scores
-come from the worker's Redis state (``shared.drift_window``), drift alerts from the
+come from the worker's Redis state (``shared.windows.drift``), drift alerts from the
 ``alerts`` table the recorder fills. Every query is scoped to the caller's tenant, so
 another tenant's model version ids look unknown (404).
 """
@@ -23,11 +23,11 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from pydantic import BaseModel, Field
 
 from services.gateway.auth import ADMIN, READ, Principal, require
-from shared.batches import model_key
-from shared.drift_profile import CONFIDENCE_KEY, LABEL_KEY
-from shared.drift_profile_builder import build_profile
-from shared.drift_profile_codec import profile_to_dict
-from shared.drift_window import MAX_FEATURES, read_collected, read_reference, read_scores
+from shared.contracts.batches import model_key
+from shared.drift.profile import CONFIDENCE_KEY, LABEL_KEY
+from shared.drift.profile_builder import build_profile
+from shared.drift.profile_codec import profile_to_dict
+from shared.windows.drift import MAX_FEATURES, read_collected, read_reference, read_scores
 
 router = APIRouter(prefix="/api", tags=["drift"])
 MAX_REFERENCE_EVENTS = 100_000

@@ -22,7 +22,7 @@ from services.gateway.schemas import (
     ModelVersionOut,
     StageChange,
 )
-from shared.registry_events import REGISTRY_COLUMNS, model_update_message
+from shared.registry.events import REGISTRY_COLUMNS, model_update_message
 
 router = APIRouter(prefix="/api/models", tags=["registry"])
 _404: dict[int | str, dict[str, Any]] = {

@@ -12,7 +12,7 @@ from services.gateway.auth import READ, REVIEW, Principal, require
 from services.gateway.outbox import enqueue
 from services.gateway.routes.predictions import PREDICTION_COLUMNS, prediction_out
 from services.gateway.schemas import PredictionOut, ResolutionIn, ResolutionOut
-from shared.batches import model_key
+from shared.contracts.batches import model_key
 
 router = APIRouter(prefix="/api", tags=["review"])
 

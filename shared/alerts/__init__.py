@@ -1,0 +1,1 @@
+"""Alert publishing and the alert state machine."""

@@ -1,0 +1,1 @@
+"""Message contracts: the codec, batches, error codes, topics, dead letters, validation."""

@@ -1,0 +1,494 @@
+"""Validation of inference events and labels, shared by ingest and the gateway.
+
+Structural checks (ids, model identity, sizes) run per event while events are grouped into
+columns; numeric checks (confidence, probabilities, features) run vectorised on the columns.
+Every rejection is a :class:`~shared.contracts.errors.Fault` naming the field, the value
+and what was expected, so a stream turns it into a dead letter and REST into a 422.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from shared.contracts.batches import LabelColumns, PredictionColumns, Record
+from shared.contracts.errors import ErrorCode, Fault
+
+MIN_TIME_MS = 946_684_800_000  # 2000-01-01
+MAX_TIME_MS = 32_503_680_000_000  # 3000-01-01
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Size bounds of one event or batch; beyond them the input is rejected, not truncated."""
+
+    max_batch_events: int = 10_000
+    max_classes: int = 1_000
+    max_features: int = 256
+    max_string: int = 256
+    max_metadata: int = 32
+    probability_tolerance: float = 1e-3
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass(slots=True)
+class Rows:
+    """Columns of one model version and, per row, the caller's reference of its source."""
+
+    columns: PredictionColumns
+    refs: list[int]
+
+
+def _name_fault(field: str, value: object, limits: Limits, event_id: str | None) -> Fault | None:
+    if type(value) is str and 0 < len(value) <= limits.max_string and "/" not in value:
+        return None  # the common case, without building anything
+    if not isinstance(value, str) or not value:
+        code = ErrorCode.MISSING_MODEL if field.startswith("model") else ErrorCode.MISSING_FIELD
+        return Fault(code, f"{field} is required: got {value!r}", field, event_id)
+    if len(value) > limits.max_string:
+        return Fault(
+            ErrorCode.TOO_LARGE,
+            f"{field} is {len(value)} characters long; at most {limits.max_string} allowed",
+            field,
+            event_id,
+        )
+    if field in ("tenant", "model_name", "model_version") and "/" in value:
+        return Fault(
+            ErrorCode.MISSING_MODEL if field != "tenant" else ErrorCode.MISSING_FIELD,
+            f"{field} {value!r} must not contain '/'",
+            field,
+            event_id,
+        )
+    return None
+
+
+_CANONICAL_UUID = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+)
+
+
+def check_event_id(value: object) -> Fault | None:
+    if type(value) is str and _CANONICAL_UUID.fullmatch(value):
+        return None
+    try:
+        uuid.UUID(str(value))
+    except ValueError:
+        return Fault(
+            ErrorCode.INVALID_EVENT_ID,
+            f"event_id {value!r} is not a UUID (expected e.g. 6f1c…-…, 36 characters)",
+            "event_id",
+        )
+    return None
+
+
+def check_time(field: str, value: int, event_id: str | None) -> Fault | None:
+    if not MIN_TIME_MS <= value <= MAX_TIME_MS:
+        return Fault(
+            ErrorCode.INVALID_TIME,
+            f"{field} {value} is not epoch milliseconds between 2000 and 3000",
+            field,
+            event_id,
+        )
+    return None
+
+
+def check_event(rec: Record, limits: Limits = DEFAULT_LIMITS) -> Fault | None:
+    """Structural checks of one InferenceEvent record (numbers are checked on columns)."""
+    event_id = rec.get("event_id")
+    fault = check_event_id(event_id)
+    if fault:
+        return fault
+    eid = str(event_id)
+    for name in ("tenant", "model_name", "model_version", "predicted_label"):
+        fault = _name_fault(name, rec.get(name), limits, eid)
+        if fault:
+            return fault
+    fault = check_time("event_time_ms", rec["event_time_ms"], eid)
+    if fault:
+        return fault
+    probs = rec.get("probabilities")
+    if probs is not None:
+        if not 0 < len(probs) <= limits.max_classes:
+            return Fault(
+                ErrorCode.TOO_LARGE if probs else ErrorCode.PROBABILITIES_INVALID,
+                f"probabilities has {len(probs)} classes; expected 1 to {limits.max_classes}",
+                "probabilities",
+                eid,
+            )
+        if rec["predicted_label"] not in probs:
+            return Fault(
+                ErrorCode.PROBABILITIES_INCONSISTENT,
+                f"predicted_label {rec['predicted_label']!r} has no entry in probabilities",
+                "predicted_label",
+                eid,
+            )
+        bad = [k for k, p in probs.items() if not math.isfinite(p)]
+        if bad:
+            return Fault(
+                ErrorCode.PROBABILITIES_INVALID,
+                f"probabilities[{bad[0]!r}] is {probs[bad[0]]}; every probability must be finite",
+                f"probabilities.{bad[0]}",
+                eid,
+            )
+    features = rec.get("features") or {}
+    if len(features) > limits.max_features:
+        return Fault(
+            ErrorCode.TOO_LARGE,
+            f"features has {len(features)} entries; at most {limits.max_features} allowed",
+            "features",
+            eid,
+        )
+    if len(rec.get("metadata") or {}) > limits.max_metadata:
+        return Fault(
+            ErrorCode.TOO_LARGE,
+            f"metadata has more than {limits.max_metadata} entries",
+            "metadata",
+            eid,
+        )
+    return None
+
+
+def group_events(
+    events: Iterable[tuple[int, Record]], limits: Limits = DEFAULT_LIMITS
+) -> tuple[list[Rows], list[tuple[int, Fault]]]:
+    """Group single InferenceEvent records by model version into columns.
+
+    ``events`` pairs each record with a caller reference (e.g. its index in a consumed
+    batch); faults come back with the same reference. Numeric checks are left to
+    :func:`validate_columns`.
+    """
+    groups: dict[tuple[str, str, str], list[tuple[int, Record]]] = {}
+    faults: list[tuple[int, Fault]] = []
+    for ref, rec in events:
+        fault = check_event(rec, limits)
+        if fault:
+            faults.append((ref, fault))
+            continue
+        groups.setdefault((rec["tenant"], rec["model_name"], rec["model_version"]), []).append(
+            (ref, rec)
+        )
+    out: list[Rows] = []
+    for (tenant, name, version), members in groups.items():
+        rows, feature_faults = _columns_of(tenant, name, version, members)
+        faults.extend(feature_faults)
+        if rows is not None:
+            out.append(rows)
+    return out, faults
+
+
+def _columns_of(
+    tenant: str, name: str, version: str, members: Sequence[tuple[int, Record]]
+) -> tuple[Rows | None, list[tuple[int, Fault]]]:
+    numeric_names: set[str] = set()
+    categorical_names: set[str] = set()
+    faults: list[tuple[int, Fault]] = []
+    kept: list[tuple[int, Record]] = []
+    for ref, rec in members:
+        feats = rec.get("features") or {}
+        num = {k for k, v in feats.items() if not isinstance(v, str)}
+        cat = feats.keys() - num
+        clash = (num & categorical_names) | (cat & numeric_names)
+        if clash:
+            f = sorted(clash)[0]
+            faults.append(
+                (
+                    ref,
+                    Fault(
+                        ErrorCode.FEATURES_INVALID,
+                        f"feature {f!r} is a number in some events and a category in others "
+                        f"of {name}/{version}; a feature must keep one type",
+                        f"features.{f}",
+                        rec["event_id"],
+                    ),
+                )
+            )
+            continue
+        numeric_names |= num
+        categorical_names |= cat
+        kept.append((ref, rec))
+    if not kept:
+        return None, faults
+    recs = [r for _, r in kept]
+    n = len(recs)
+    classes = sorted({k for r in recs for k in (r.get("probabilities") or ())})
+    probs = _class_matrix(recs, "probabilities", classes) if classes else None
+    logit_classes = classes or sorted({k for r in recs for k in (r.get("logits") or ())})
+    logits = (
+        _class_matrix(recs, "logits", logit_classes) if any(r.get("logits") for r in recs) else None
+    )
+    has_gt = any(r.get("ground_truth") is not None for r in recs)
+    has_unc = any(r.get("uncertainty") is not None for r in recs)
+    has_meta = any(r.get("metadata") for r in recs)
+    nan = math.nan
+    cols = PredictionColumns(
+        tenant=tenant,
+        model_name=name,
+        model_version=version,
+        model_version_id=recs[0].get("model_version_id"),
+        event_ids=[r["event_id"] for r in recs],
+        event_time_ms=np.fromiter((r["event_time_ms"] for r in recs), np.int64, n),
+        predicted_labels=[r["predicted_label"] for r in recs],
+        confidences=np.fromiter((r["confidence"] for r in recs), np.float64, n),
+        class_labels=logit_classes,
+        probabilities=probs,
+        logits=logits,
+        numeric_features={
+            f: np.fromiter(((r.get("features") or {}).get(f, nan) for r in recs), np.float64, n)
+            for f in sorted(numeric_names)
+        },
+        categorical_features={
+            f: [str((r.get("features") or {}).get(f, "")) for r in recs]
+            for f in sorted(categorical_names)
+        },
+        ground_truths=[r.get("ground_truth") for r in recs] if has_gt else None,
+        uncertainties=np.fromiter(
+            (nan if r.get("uncertainty") is None else r["uncertainty"] for r in recs),
+            np.float64,
+            n,
+        )
+        if has_unc
+        else None,
+        metadata=[dict(r.get("metadata") or {}) for r in recs] if has_meta else None,
+    )
+    return Rows(cols, [ref for ref, _ in kept]), faults
+
+
+def _class_matrix(recs: Sequence[Record], field: str, classes: list[str]) -> np.ndarray:
+    """N x C matrix; a class an event did not list is 0 (NaN row when the event has none)."""
+    index = {c: j for j, c in enumerate(classes)}
+    out = np.full((len(recs), len(classes)), np.nan)
+    for i, r in enumerate(recs):
+        values = r.get(field)
+        if values:
+            out[i] = 0.0
+            for k, v in values.items():
+                out[i, index[k]] = v
+    return out
+
+
+def validate_columns(
+    cols: PredictionColumns, limits: Limits = DEFAULT_LIMITS
+) -> tuple[np.ndarray, list[tuple[int, Fault]]]:
+    """Vectorised numeric checks. Returns the mask of valid rows and (row, fault) pairs."""
+    n = len(cols)
+    faults: dict[int, Fault] = {}
+
+    def flag(rows: np.ndarray, make: object) -> None:
+        for i in np.flatnonzero(rows).tolist():
+            if i not in faults:
+                faults[i] = make(i)  # type: ignore[operator]
+
+    conf = cols.confidences
+    eids = cols.event_ids
+    flag(
+        ~np.isfinite(conf),
+        lambda i: Fault(
+            ErrorCode.CONFIDENCE_NOT_FINITE,
+            f"confidence is {conf[i]}; expected a finite number in [0, 1]",
+            "confidence",
+            eids[i],
+        ),
+    )
+    flag(
+        (conf < 0) | (conf > 1),
+        lambda i: Fault(
+            ErrorCode.CONFIDENCE_OUT_OF_RANGE,
+            f"confidence is {conf[i]}; expected a number in [0, 1]",
+            "confidence",
+            eids[i],
+        ),
+    )
+    if cols.probabilities is not None:
+        _check_probabilities(cols, limits, flag)
+    for fname, values in cols.numeric_features.items():
+        flag(
+            np.isinf(values),
+            lambda i, fname=fname, values=values: Fault(
+                ErrorCode.FEATURES_INVALID,
+                f"feature {fname!r} is {values[i]}; numbers must be finite (omit it if missing)",
+                f"features.{fname}",
+                eids[i],
+            ),
+        )
+    mask = np.ones(n, dtype=np.bool_)
+    if faults:
+        mask[list(faults)] = False
+    return mask, sorted(faults.items())
+
+
+def _check_probabilities(cols: PredictionColumns, limits: Limits, flag: object) -> None:
+    p = cols.probabilities
+    assert p is not None
+    eids = cols.event_ids
+    tol = limits.probability_tolerance
+    present = ~np.all(np.isnan(p), axis=1)
+    bad_value = present & np.any(~np.isfinite(p) | (p < 0) | (p > 1), axis=1)
+    flag(  # type: ignore[operator]
+        bad_value,
+        lambda i: Fault(
+            ErrorCode.PROBABILITIES_INVALID,
+            "every probability must be a finite number in [0, 1]",
+            "probabilities",
+            eids[i],
+        ),
+    )
+    ok = present & ~bad_value
+    sums = np.where(ok, np.nansum(p, axis=1), 1.0)
+    flag(  # type: ignore[operator]
+        ok & (np.abs(sums - 1.0) > tol),
+        lambda i: Fault(
+            ErrorCode.PROBABILITIES_NOT_NORMALISED,
+            f"probabilities sum to {sums[i]:.6f}; expected 1 within {tol}",
+            "probabilities",
+            eids[i],
+        ),
+    )
+    index = {c: j for j, c in enumerate(cols.class_labels)}
+    col = np.fromiter((index.get(lbl, -1) for lbl in cols.predicted_labels), np.int64, len(cols))
+    missing = ok & (col < 0)
+    flag(  # type: ignore[operator]
+        missing,
+        lambda i: Fault(
+            ErrorCode.PROBABILITIES_INCONSISTENT,
+            f"predicted_label {cols.predicted_labels[i]!r} has no entry in probabilities",
+            "predicted_label",
+            eids[i],
+        ),
+    )
+    rows = np.arange(len(cols))
+    p_pred = np.where(col >= 0, p[rows, np.maximum(col, 0)], np.nan)
+    p_max = np.where(ok, np.nanmax(np.where(ok[:, None], p, 0.0), axis=1), np.nan)
+    conf = cols.confidences
+    flag(  # type: ignore[operator]
+        ok & ~missing & ((np.abs(p_pred - conf) > tol) | (p_pred < p_max - tol)),
+        lambda i: Fault(
+            ErrorCode.PROBABILITIES_INCONSISTENT,
+            f"confidence {conf[i]} should be the probability of predicted_label "
+            f"{cols.predicted_labels[i]!r} ({p_pred[i]}) and the largest one ({p_max[i]})",
+            "confidence",
+            eids[i],
+        ),
+    )
+
+
+def check_batch_record(rec: Record, limits: Limits = DEFAULT_LIMITS) -> Fault | None:
+    """Whole-message checks of a PredictionBatch record: identity, sizes and array shapes."""
+    for name in ("tenant", "model_name", "model_version"):
+        fault = _name_fault(name, rec.get(name), limits, None)
+        if fault:
+            return fault
+    n = len(rec["event_ids"])
+    if n > limits.max_batch_events:
+        return Fault(
+            ErrorCode.TOO_LARGE,
+            f"batch holds {n} events; at most {limits.max_batch_events} allowed",
+            "event_ids",
+        )
+    width = len(rec.get("class_labels") or ())
+    if width > limits.max_classes:
+        return Fault(
+            ErrorCode.TOO_LARGE, f"{width} classes; at most {limits.max_classes}", "class_labels"
+        )
+    expect = {
+        "event_time_ms": n,
+        "predicted_labels": n,
+        "confidences": n,
+    }
+    for opt in ("ground_truths", "uncertainties", "metadata"):
+        if rec.get(opt):
+            expect[opt] = n
+    for opt in ("probabilities", "logits"):
+        if rec.get(opt):
+            expect[opt] = n * width
+    for fname, want in expect.items():
+        got = len(rec.get(fname) or ())
+        if got != want:
+            return _shape_fault(fname, got, want)
+    for group in ("numeric_features", "categorical_features"):
+        for fname, values in (rec.get(group) or {}).items():
+            if len(values) != n:
+                return _shape_fault(f"{group}.{fname}", len(values), n)
+    return None
+
+
+def _shape_fault(field: str, got: int, want: int) -> Fault:
+    return Fault(
+        ErrorCode.BATCH_SHAPE,
+        f"{field} has {got} entries; the batch's event_ids say it should have {want}",
+        field,
+    )
+
+
+def check_batch_rows(
+    cols: PredictionColumns, limits: Limits = DEFAULT_LIMITS
+) -> list[tuple[int, Fault]]:
+    """Per-event structural checks of a decoded batch (ids, labels, times)."""
+    faults: list[tuple[int, Fault]] = []
+    for i, (eid, label, t) in enumerate(
+        zip(cols.event_ids, cols.predicted_labels, cols.event_time_ms.tolist(), strict=True)
+    ):
+        fault = check_event_id(eid) or _name_fault("predicted_label", label, limits, eid)
+        fault = fault or check_time("event_time_ms", t, eid)
+        if fault:
+            faults.append((i, Fault(fault.code, fault.message, fault.field, eid)))
+    return faults
+
+
+def check_label(rec: Record, limits: Limits = DEFAULT_LIMITS) -> Fault | None:
+    """Checks of one Label record."""
+    fault = check_event_id(rec.get("event_id"))
+    if fault:
+        return fault
+    eid = str(rec["event_id"])
+    fault = _name_fault("tenant", rec.get("tenant"), limits, eid) or _name_fault(
+        "ground_truth", rec.get("ground_truth"), limits, eid
+    )
+    for name in ("model_name", "model_version"):
+        if fault is None and rec.get(name) is not None:
+            fault = _name_fault(name, rec.get(name), limits, eid)
+    return fault or check_time("label_time_ms", rec["label_time_ms"], eid)
+
+
+def group_labels(
+    labels: Iterable[tuple[int, Record]], limits: Limits = DEFAULT_LIMITS
+) -> tuple[list[tuple[LabelColumns, list[int]]], list[tuple[int, Fault]]]:
+    """Group single Label records by (tenant, model version or unknown) into columns."""
+    groups: dict[tuple[str, str | None, str | None], list[tuple[int, Record]]] = {}
+    faults: list[tuple[int, Fault]] = []
+    for ref, rec in labels:
+        fault = check_label(rec, limits)
+        if fault:
+            faults.append((ref, fault))
+            continue
+        known = rec.get("model_name") is not None and rec.get("model_version") is not None
+        key = (
+            (rec["tenant"], rec["model_name"], rec["model_version"])
+            if known
+            else (
+                rec["tenant"],
+                None,
+                None,
+            )
+        )
+        groups.setdefault(key, []).append((ref, rec))
+    out = []
+    for (tenant, name, version), members in groups.items():
+        recs = [r for _, r in members]
+        cols = LabelColumns(
+            tenant=tenant,
+            model_name=name,
+            model_version=version,
+            event_ids=[r["event_id"] for r in recs],
+            ground_truths=[r["ground_truth"] for r in recs],
+            sources=[r["source"] for r in recs],
+            label_time_ms=np.fromiter((r["label_time_ms"] for r in recs), np.int64, len(recs)),
+        )
+        out.append((cols, [ref for ref, _ in members]))
+    return out, faults

@@ -1,0 +1,1 @@
+"""Drift statistics, reference profiles and their scores."""

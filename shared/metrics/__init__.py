@@ -1,0 +1,1 @@
+"""Calibration and selective-prediction metric maths, array and streaming forms."""

@@ -1,0 +1,1 @@
+"""Calibration maps: how a raw confidence becomes a calibrated one."""

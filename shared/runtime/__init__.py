@@ -1,0 +1,1 @@
+"""The worker shell: batch pipeline, Faust worker, Kafka config, offset fence, observability."""

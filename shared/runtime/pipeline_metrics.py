@@ -1,0 +1,45 @@
+"""Metrics every batch-loop worker exports, named after the service."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Gauge, Histogram
+
+BATCH_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.035, 0.05, 0.075, 0.1, 0.15,
+    0.25, 0.35, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+
+class PipelineMetrics:
+    """``caliber_<service>_batch_seconds`` and ``caliber_<service>_consumer_lag_messages``.
+
+    Implements :class:`shared.runtime.pipeline.PipelineHooks`.
+    """
+
+    def __init__(self, service: str, registry: CollectorRegistry) -> None:
+        self.batch_seconds = Histogram(
+            f"caliber_{service}_batch_seconds",
+            "Time to process one consumed batch, fetch to commit",
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.batch_messages = Histogram(
+            f"caliber_{service}_batch_messages",
+            "Kafka messages per consumed batch",
+            buckets=(1, 10, 50, 100, 500, 1000, 2500, 5000, 10000),
+            registry=registry,
+        )
+        self.consumer_lag = Gauge(
+            f"caliber_{service}_consumer_lag_messages",
+            "Messages behind the high watermark, per input partition",
+            ["topic", "partition"],
+            registry=registry,
+        )
+
+    def batch_done(self, n_messages: int, seconds: float) -> None:
+        self.batch_seconds.observe(seconds)
+        self.batch_messages.observe(n_messages)
+
+    def lag(self, partition_lag: dict[tuple[str, int], int]) -> None:
+        for (topic, partition), lag in partition_lag.items():
+            self.consumer_lag.labels(topic, str(partition)).set(lag)

@@ -1,0 +1,92 @@
+"""Run a Caliber worker as a Faust app.
+
+The Faust app owns the process: signal handling, start-up and orderly shutdown. The work
+itself is a batch loop (see :mod:`shared.runtime.pipeline`) run as the app's task, because a
+per-message Faust stream is capped near 3,700 messages/s while a batch fetch is not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+
+import faust
+
+from shared.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+Loop = Callable[[asyncio.Event], Awaitable[None]]
+
+
+def create_app(name: str, settings: Settings, loop: Loop) -> faust.App:
+    """A Faust app named ``<namespace>-<name>-worker`` whose task runs ``loop`` until shutdown.
+
+    ``loop`` gets an event that is set when the worker stops; it must return soon after.
+    """
+    datadir = settings.stack_home / "faust" / name
+    datadir.parent.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        # Not the pipeline's consumer group name: Faust joins its own group with this id.
+        f"{settings.topic_namespace}-{name}-worker",
+        broker=f"kafka://{settings.kafka_servers}",
+        store="memory://",
+        datadir=str(datadir),
+        autodiscover=False,
+        web_enabled=False,
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=1,
+        producer_acks=-1,
+    )
+    stopping = asyncio.Event()
+    state: dict[str, asyncio.Task[None]] = {}
+
+    @app.task
+    async def run_loop() -> None:
+        task = asyncio.ensure_future(loop(stopping))
+        state["task"] = task
+        try:
+            await task
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("%s loop failed; stopping the worker", name)
+            await app.crash(sys.exc_info()[1])  # type: ignore[arg-type]
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
+    async def drain(app: faust.App, **_: object) -> None:
+        stopping.set()
+        task = state.get("task")
+        if task is not None and not task.done():
+            try:
+                await asyncio.wait_for(task, timeout=15)
+            except (TimeoutError, asyncio.CancelledError):
+                logger.warning("%s loop did not stop in 15 s", name)
+
+    return app
+
+
+async def run_beside(
+    main: Callable[[asyncio.Event], Awaitable[None]],
+    side: Callable[[asyncio.Event], Awaitable[None]],
+    stopping: asyncio.Event,
+) -> None:
+    """Run ``main`` (a worker's batch loop) with ``side`` (its periodic evaluator) beside it;
+    when ``main`` ends, for whatever reason, ``side`` is told to stop and awaited."""
+    beside = asyncio.ensure_future(side(stopping))
+    try:
+        await main(stopping)
+    finally:
+        stopping.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beside
+
+
+def run(app: faust.App, settings: Settings) -> None:
+    """Start the worker and block until it stops (SIGTERM/SIGINT)."""
+    level = "warn" if settings.log_level.upper() == "WARNING" else settings.log_level.lower()
+    sys.argv = [sys.argv[0], "worker", "--loglevel", level, "--without-web"]
+    app.main()

@@ -1,0 +1,1 @@
+"""Developer and operator tooling: local stack, supervisor, the caliber CLI, benchmark helpers."""

@@ -1,0 +1,118 @@
+"""Brings the whole local stack up or down, reusing whatever already runs.
+
+The three servers start side by side (Kafka's jar download and JVM start dominate, so
+waiting for each in turn would add the others' time). Each one's follow-up runs as soon as
+it is ready: topics once Kafka answers, migrations once PostgreSQL does. A file lock in the
+stack home keeps two ``up`` runs (two test sessions, say) from starting servers twice.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TypeVar
+
+from shared.db import current_revision, migrate
+from shared.settings import Settings
+from tooling.stack.base import ComponentStatus, Server, StartAction, StopAction
+from tooling.stack.kafka import Kafka
+from tooling.stack.postgres import Postgres
+from tooling.stack.process import StackError
+from tooling.stack.redis import Redis
+from tooling.stack.topics_admin import ensure_topics
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class UpResult:
+    actions: dict[str, StartAction]
+    """Component → started | reused | external."""
+    topics_created: list[str]
+    seconds: float
+    database_revision: str | None = None
+    component_seconds: dict[str, float] = field(default_factory=dict)
+    """How long each component took to be ready, its follow-up included."""
+
+
+def components(settings: Settings) -> list[Server]:
+    return [Postgres(settings), Redis(settings), Kafka(settings)]
+
+
+@contextmanager
+def stack_lock(settings: Settings) -> Iterator[None]:
+    settings.stack_home.mkdir(parents=True, exist_ok=True)
+    with (settings.stack_home / "stack.lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _in_parallel(jobs: dict[str, Callable[[], T]]) -> dict[str, T]:
+    """Run ``jobs`` side by side; every failure is reported, not only the first."""
+    with ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="stack") as pool:
+        futures = {name: pool.submit(job) for name, job in jobs.items()}
+        results: dict[str, T] = {}
+        failures: dict[str, BaseException] = {}
+        for name, future in futures.items():
+            try:
+                results[name] = future.result()
+            except Exception as exc:
+                failures[name] = exc
+    if failures:
+        message = "\n".join(f"{name}: {exc}" for name, exc in failures.items())
+        raise StackError(f"the local stack did not come up:\n{message}") from next(
+            iter(failures.values())
+        )
+    return results
+
+
+def stack_up(settings: Settings) -> UpResult:
+    """Start what is not running, create topics, migrate the database. Idempotent."""
+    started = time.monotonic()
+    created: list[str] = []
+    revision: list[str | None] = []
+
+    def bring_up(server: Server) -> tuple[StartAction, float]:
+        action = server.start()
+        if isinstance(server, Kafka):
+            created.extend(ensure_topics(settings))
+        elif isinstance(server, Postgres):
+            migrate(settings.postgres_url)
+            revision.append(current_revision(settings.postgres_url))
+        seconds = time.monotonic() - started
+        logger.info("%s %s, ready after %.1f s", server.name, action, seconds)
+        return action, seconds
+
+    with stack_lock(settings):
+        outcome = _in_parallel({s.name: partial(bring_up, s) for s in components(settings)})
+    return UpResult(
+        actions={name: action for name, (action, _) in outcome.items()},
+        topics_created=sorted(created),
+        seconds=time.monotonic() - started,
+        database_revision=revision[0] if revision else None,
+        component_seconds={name: seconds for name, (_, seconds) in outcome.items()},
+    )
+
+
+def stack_down(settings: Settings) -> dict[str, StopAction]:
+    """Stop what the stack started; external servers are left alone.
+
+    Returns component → stopped | not running | external.
+    """
+    with stack_lock(settings):
+        return _in_parallel({s.name: s.stop for s in components(settings)})
+
+
+def stack_status(settings: Settings) -> list[ComponentStatus]:
+    return [s.status() for s in components(settings)]
