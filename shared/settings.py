@@ -16,6 +16,16 @@ DEFAULT_KAFKA_PORT = 19092
 DEFAULT_REDIS_PORT = 16379
 DEFAULT_POSTGRES_PORT = 15432
 
+WORKER_METRICS_PORTS = {
+    "ingest": 9101,
+    "policy": 9102,
+    "aggregator": 9103,
+    "drift": 9104,
+    "recorder": 9105,
+}
+"""Default /metrics port of each worker: its settings' default, and where tools that did not
+start it (the demo) look for it."""
+
 
 class Settings(BaseSettings):
     """Connection and runtime settings common to all services.
@@ -86,3 +96,11 @@ class Settings(BaseSettings):
     @property
     def logs_dir(self) -> Path:
         return self.stack_home / "logs"
+
+
+class GatewayAddress(Settings):
+    """Where the gateway listens: part of the gateway's settings, and what a client that
+    started it (the demo) reads to find it."""
+
+    gateway_host: str = Field(default="127.0.0.1", description="address the gateway listens on")
+    gateway_port: int = Field(default=8000, ge=1, le=65535, description="gateway HTTP port")

@@ -9,26 +9,24 @@ sends the same events (same ids), which ingest drops as duplicates, so the figur
 
 from __future__ import annotations
 
-import asyncio
+import os
 import re
+import subprocess
+import sys
 import time
 import urllib.error
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 
-import asyncpg
 import typer
 
-from services.gateway.auth import create_key
-from services.gateway.settings import GatewaySettings
-from services.ingest.settings import IngestSettings
 from shared.contracts.codec import AvroCodec
 from shared.contracts.topics import Topics
 from shared.metrics.selective import ConfidenceHistogram
 from shared.runtime.kafka import make_producer
 from shared.runtime.observability import configure_logging
-from shared.settings import Settings
+from shared.settings import WORKER_METRICS_PORTS, GatewayAddress, Settings
 from simulator.faults import FAULTS
 from simulator.gateway_client import GatewayClient, wait_ready
 from simulator.producer import event_records
@@ -64,16 +62,26 @@ def _dead_letter_counters(port: int) -> dict[str, float]:
 
 
 def create_keys(settings: Settings, tenants: list[str]) -> dict[str, str]:
-    """A new admin key per tenant (the tenant is created when missing)."""
+    """A new admin key per tenant (the tenant is created when missing), made the way an
+    operator makes one: ``caliber keys create``, which prints the key once."""
+    keys = {}
+    for tenant in tenants:
+        done = subprocess.run(
+            [sys.executable, "-m", "tooling.cli", "keys", "create", "--tenant", tenant],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "CALIBER_POSTGRES_DSN": settings.postgres_url},
+        )
+        keys[tenant] = done.stdout.strip().splitlines()[-1]
+    return keys
 
-    async def go() -> dict[str, str]:
-        conn = await asyncpg.connect(settings.postgres_url)
-        try:
-            return {t: await create_key(conn, t, ["admin"]) for t in tenants}
-        finally:
-            await conn.close()
 
-    return asyncio.run(go())
+def _ingest_metrics_port(settings: Settings) -> int:
+    """The ingest worker's /metrics port: ``CALIBER_METRICS_PORT`` when set, else its default."""
+    if "metrics_port" in settings.model_fields_set:
+        return settings.metrics_port
+    return WORKER_METRICS_PORTS["ingest"]
 
 
 def _send_faults(settings: Settings, n: int) -> None:
@@ -122,7 +130,7 @@ def run(
 ) -> None:
     """Bring everything up, send the scenarios and real models, print expected vs measured."""
     settings = Settings()
-    gateway = GatewaySettings()
+    gateway = GatewayAddress()
     configure_logging("WARNING")
     chosen = [scenario(n) for n in scenarios]
     base_url = f"http://{gateway.gateway_host}:{gateway.gateway_port}"
@@ -135,7 +143,7 @@ def run(
     typer.echo("   running: " + ", ".join(started))
     tenants = sorted({"default", *(t for s in chosen for t in s.tenants)})
     keys = create_keys(settings, tenants)
-    ingest_port = IngestSettings().metrics_port
+    ingest_port = _ingest_metrics_port(settings)
     before = _dead_letter_counters(ingest_port)
     with ExitStack() as stack:
         clients = {t: stack.enter_context(GatewayClient(base_url, k)) for t, k in keys.items()}

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from shared.settings import Settings
+from shared.settings import WORKER_METRICS_PORTS, Settings
 
 
 class AggregatorSettings(Settings):
-    metrics_port: int = Field(default=9103, ge=0, description="aggregator /metrics port")
+    metrics_port: int = Field(
+        default=WORKER_METRICS_PORTS["aggregator"], ge=0, description="aggregator /metrics port"
+    )
     aggregator_max_messages: int = Field(
         default=500, ge=1, description="messages the aggregator fetches per batch"
     )

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from shared.settings import Settings
+from shared.settings import WORKER_METRICS_PORTS, Settings
 
 
 class DriftSettings(Settings):
-    metrics_port: int = Field(default=9104, ge=0, description="drift worker /metrics port")
+    metrics_port: int = Field(
+        default=WORKER_METRICS_PORTS["drift"], ge=0, description="drift worker /metrics port"
+    )
     drift_max_messages: int = Field(
         default=500, ge=1, description="messages the drift worker fetches per batch"
     )

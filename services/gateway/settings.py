@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from shared.settings import Settings
+from shared.settings import GatewayAddress
 
 
-class GatewaySettings(Settings):
-    gateway_host: str = Field(default="127.0.0.1", description="address the gateway listens on")
-    gateway_port: int = Field(default=8000, ge=1, le=65535, description="gateway HTTP port")
+class GatewaySettings(GatewayAddress):
     gateway_max_body_bytes: int = Field(
         default=4 * 1024 * 1024, ge=1024, description="largest request body the gateway accepts"
     )

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from shared.settings import Settings
+from shared.settings import WORKER_METRICS_PORTS, Settings
 
 
 class IngestSettings(Settings):
-    metrics_port: int = Field(default=9101, ge=0, description="ingest /metrics port")
+    metrics_port: int = Field(
+        default=WORKER_METRICS_PORTS["ingest"], ge=0, description="ingest /metrics port"
+    )
     ingest_max_messages: int = Field(
         default=5_000, ge=1, description="messages fetched per batch by ingest"
     )

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from shared.settings import Settings
+from shared.settings import WORKER_METRICS_PORTS, Settings
 
 
 class PolicySettings(Settings):
-    metrics_port: int = Field(default=9102, ge=0, description="policy /metrics port (0 = none)")
+    metrics_port: int = Field(
+        default=WORKER_METRICS_PORTS["policy"], ge=0, description="policy /metrics port (0 = none)"
+    )
     default_threshold: float = Field(
         default=0.70,
         ge=0,

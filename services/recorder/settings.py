@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from shared.settings import Settings
+from shared.settings import WORKER_METRICS_PORTS, Settings
 
 
 class RecorderSettings(Settings):
-    metrics_port: int = Field(default=9105, ge=0, description="recorder /metrics port (0 = none)")
+    metrics_port: int = Field(
+        default=WORKER_METRICS_PORTS["recorder"],
+        ge=0,
+        description="recorder /metrics port (0 = none)",
+    )
     recorder_max_messages: int = Field(
         default=200,
         ge=1,
