@@ -1,4 +1,5 @@
-"""Topic names of DESIGN.md, derived from one namespace so tests can run side by side."""
+"""Topic names (docs/architecture.md, "Topics"), derived from one namespace so tests can run
+side by side."""
 
 from __future__ import annotations
 

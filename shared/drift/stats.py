@@ -1,4 +1,4 @@
-"""Drift statistics (DESIGN.md, "Metric definitions", Drift), from reference proportions and
+"""Drift statistics (docs/architecture.md, "Metric definitions"), from reference proportions and
 current counts, so a streaming worker needs only the histograms it keeps in Redis.
 
 Every function takes the reference as proportions (non-negative, normalised here) and the
@@ -25,7 +25,8 @@ from scipy import special, stats
 FloatArray = npt.NDArray[np.float64]
 PROPORTION_FLOOR = 1e-4
 CRITICAL_FACTOR = 1.5
-"""A score at or above ``CRITICAL_FACTOR × threshold`` is critical (DESIGN.md)."""
+"""A score at or above ``CRITICAL_FACTOR × threshold`` is critical (docs/architecture.md,
+"Metric definitions")."""
 BOUNDARY_TOLERANCE = 1e-9
 """Relative slack at the severity boundaries, so a decimal threshold written as 0.2 makes
 a score of 0.3 critical although 1.5·0.2 = 0.30000000000000004 in binary floating point."""

@@ -1,4 +1,4 @@
-"""Calibration metrics (DESIGN.md, "Metric definitions") from raw arrays of labeled
+"""Calibration metrics (docs/architecture.md, "Metric definitions") from raw arrays of labeled
 predictions: reliability bins, ECE, MCE, Brier (both forms), NLL and classwise ECE.
 
 Each metric also has a streaming form over sufficient statistics, in ``shared.metrics.reliability``

@@ -1,5 +1,5 @@
-"""Classwise ECE (DESIGN.md, "Metric definitions"): the mean over classes of the one-vs-rest
-ECE, from raw arrays or from per-class sufficient statistics.
+"""Classwise ECE (docs/architecture.md, "Metric definitions"): the mean over classes of the
+one-vs-rest ECE, from raw arrays or from per-class sufficient statistics.
 
 For class c every labeled sample with a probability vector counts once: its p_c is binned
 with the reliability rule of ``shared.metrics.confidence_bins`` and compared with 1[y = c], so

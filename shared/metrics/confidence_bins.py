@@ -1,6 +1,6 @@
 """The binning rule and the input checks shared by the calibration and selective metrics.
 
-Binning (DESIGN.md, "Metric definitions"): M equal-width bins over [0, 1], bin i =
+Binning (docs/architecture.md, "Metric definitions"): M equal-width bins over [0, 1], bin i =
 [i/M, (i+1)/M), confidence 1.0 in the last bin. The index is ``floor(c·M + EDGE_TOLERANCE)``
 capped at M − 1, because a confidence written on a decimal edge is not exactly that edge in
 binary floating point: 0.29·100 = 28.999999999999996 and 0.001·1000·k can fall either side

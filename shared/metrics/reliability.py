@@ -1,4 +1,4 @@
-"""Sufficient statistics of calibration (DESIGN.md, "Metric definitions") and the metrics
+"""Sufficient statistics of calibration (docs/architecture.md, "Metric definitions") and the metrics
 they answer: reliability bins, ECE, MCE, accuracy, Brier and NLL.
 
 A streaming aggregator keeps one ``ReliabilityStats`` per time bucket (per-bin counts and

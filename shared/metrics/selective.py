@@ -1,5 +1,5 @@
-"""Selective-prediction metrics (DESIGN.md, "Metric definitions"): the risk–coverage curve,
-AURC and E-AURC, from raw arrays or from a fine confidence histogram.
+"""Selective-prediction metrics (docs/architecture.md, "Metric definitions"): the risk–coverage
+curve, AURC and E-AURC, from raw arrays or from a fine confidence histogram.
 
 Sort by confidence, highest first. At each DISTINCT confidence τ, coverage = share of
 samples with confidence ≥ τ and risk = error rate among them; ties enter together.

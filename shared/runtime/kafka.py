@@ -1,4 +1,5 @@
-"""Kafka client configuration: one place that fixes the reliability settings of DESIGN.md."""
+"""Kafka client configuration: the one place that fixes the producer and consumer settings of
+docs/architecture.md, "Reliability rules"."""
 
 from __future__ import annotations
 
