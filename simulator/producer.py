@@ -115,28 +115,7 @@ def produce(
             if round_ >= len(ranges):
                 continue
             rows = ranges[round_]
-            cols = gen.predictions.take(rows)
-            key = cols.key.encode()
-            truths = None
-            if labels_on_events:
-                truths = [
-                    gen.ground_truth[i] if gen.labeled[i] and not gen.late[i] else None
-                    for i in rows.tolist()
-                ]
-            if form == "single":
-                for rec in event_records(cols, truths):
-                    _send(producer, topics.inference_raw, key, codec.encode("InferenceEvent", rec))
-                    sent.messages += 1
-            else:
-                if truths is not None:
-                    cols.ground_truths = truths
-                _send(
-                    producer,
-                    topics.inference_raw,
-                    key,
-                    codec.encode("PredictionBatch", cols.to_record()),
-                )
-                sent.messages += 1
+            _send_predictions(producer, topics, codec, gen, rows, form, labels_on_events, sent)
             sent.predictions += len(rows)
             pacer.sent(len(rows))
     if not labels_on_events:
@@ -153,6 +132,36 @@ def produce(
         raise RuntimeError(f"{remaining} messages were not delivered to Kafka within 60 s")
     sent.seconds = time.monotonic() - started
     return sent
+
+
+def _send_predictions(
+    producer: Producer,
+    topics: Topics,
+    codec: AvroCodec,
+    gen: Generated,
+    rows: np.ndarray,
+    form: str,
+    labels_on_events: bool,
+    sent: Sent,
+) -> None:
+    """One chunk of a model's predictions, as single events or one batch."""
+    cols = gen.predictions.take(rows)
+    key = cols.key.encode()
+    truths = None
+    if labels_on_events:
+        truths = [
+            gen.ground_truth[i] if gen.labeled[i] and not gen.late[i] else None
+            for i in rows.tolist()
+        ]
+    if form == "single":
+        for rec in event_records(cols, truths):
+            _send(producer, topics.inference_raw, key, codec.encode("InferenceEvent", rec))
+            sent.messages += 1
+        return
+    if truths is not None:
+        cols.ground_truths = truths
+    _send(producer, topics.inference_raw, key, codec.encode("PredictionBatch", cols.to_record()))
+    sent.messages += 1
 
 
 def _send_labels(

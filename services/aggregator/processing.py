@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from confluent_kafka import Message
 
 from services.aggregator.counters import (
+    Increments,
     LabeledEvents,
     decision_increments,
     labeled_increments,
@@ -34,6 +36,11 @@ from shared.runtime.pipeline import Output
 
 logger = logging.getLogger(__name__)
 LABELED = "L"
+"""Value of ``Ppred:{tenant}/{event id}`` once the prediction is labeled."""
+FIELD_SEP = "\x1f"
+"""Separates the fields of a prediction or pending-label record (unit separator)."""
+CLASS_SEP = "\x1e"
+"""Separates the class labels inside a prediction record (record separator)."""
 MAX_APPLY_EVENTS = 5_000
 """Events (predictions and labels) per Lua call: Redis runs one script at a time, so a
 bigger call would hold up every other client, the gateway's reads included."""
@@ -52,13 +59,13 @@ class PredictionRecord:
 
     def encode(self) -> str:
         probs = "" if self.probabilities is None else ",".join(repr(p) for p in self.probabilities)
-        return "\x1f".join(
+        return FIELD_SEP.join(
             [
                 self.model,
                 str(self.event_ms),
                 repr(self.confidence),
                 self.predicted,
-                "\x1e".join(self.classes),
+                CLASS_SEP.join(self.classes),
                 probs,
                 str(self.slot),
             ]
@@ -66,16 +73,27 @@ class PredictionRecord:
 
     @classmethod
     def decode(cls, raw: str) -> PredictionRecord:
-        model, ms, conf, predicted, classes, probs, *slot = raw.split("\x1f")
+        model, ms, conf, predicted, classes, probs, *slot = raw.split(FIELD_SEP)
         return cls(
             model,
             int(ms),
             float(conf),
             predicted,
-            classes.split("\x1e") if classes else [],
+            classes.split(CLASS_SEP) if classes else [],
             [float(p) for p in probs.split(",")] if probs else None,
             int(slot[0]) if slot else -1,
         )
+
+
+def encode_pending_label(truth: str, label_ms: int) -> str:
+    """``Ppending:{tenant}/{event id}``: a label that came before its prediction."""
+    return f"{truth}{FIELD_SEP}{label_ms}"
+
+
+def decode_pending_label(raw: str) -> tuple[str, int]:
+    """(ground truth, label time in ms) of an ``encode_pending_label`` value."""
+    truth, label_ms = raw.rsplit(FIELD_SEP, 1)
+    return truth, int(label_ms)
 
 
 @dataclass(slots=True)
@@ -144,15 +162,8 @@ class AggregatorProcessor:
         labels: list[LabelColumns],
     ) -> None:
         store = self._store
-        horizon = store.horizon
-        inc = new_increments()
-        sets: list[tuple[str, str, int]] = []
-        deletes: list[str] = []
-        counts: dict[tuple[str, int], int] = {}
         now_s = int(time.time())
-        slot = now_s // store.slot_width * store.slot_width
-        joined: list[Joined] = []
-        batch_preds: dict[tuple[str, str], PredictionRecord] = {}
+        plan = _JoinPlan(store, slot=now_s // store.slot_width * store.slot_width)
         # Predictions: count them; join labels that waited; leave records for the rest.
         all_ids = [
             (d.predictions.tenant, eid) for d in decisions for eid in d.predictions.event_ids
@@ -161,75 +172,114 @@ class AggregatorProcessor:
             zip(all_ids, await store.mget([store.pending_key(*e) for e in all_ids]), strict=True)
         )
         for d in decisions:
-            p = d.predictions
-            tenant = p.tenant
-            decision_increments(inc, p.key, p.event_time_ms, d.review)
-            probs = p.probabilities.tolist() if p.probabilities is not None else None
-            for i, eid in enumerate(p.event_ids):
-                row = (
-                    probs[i]
-                    if probs is not None and probs[i] and probs[i][0] == probs[i][0]
-                    else None
-                )
-                rec = PredictionRecord(
-                    p.key,
-                    int(p.event_time_ms[i]),
-                    float(p.confidences[i]),
-                    p.predicted_labels[i],
-                    p.class_labels if row else [],
-                    row,
-                )
-                pending = waiting.get((tenant, eid))
-                if pending is not None:
-                    truth, label_ms = pending.rsplit("\x1f", 1)
-                    joined.append(Joined(rec, truth, int(label_ms)))
-                    deletes.append(store.pending_key(tenant, eid))
-                    sets.append((store.pred_key(tenant, eid), LABELED, horizon))
-                else:
-                    batch_preds[(tenant, eid)] = rec
+            decision_increments(plan.inc, d.predictions.key, d.predictions.event_time_ms, d.review)
+            plan.add_predictions(d, waiting)
         # Labels: find their prediction in this batch or in Redis, else wait for it.
         label_ids = [(lbl.tenant, eid) for lbl in labels for eid in lbl.event_ids]
         known = dict(
             zip(label_ids, await store.mget([store.pred_key(*e) for e in label_ids]), strict=True)
         )
-        labeled_now: set[tuple[str, str]] = set()
         for lbl in labels:
-            for eid, truth, label_ms in zip(
-                lbl.event_ids, lbl.ground_truths, lbl.label_time_ms.tolist(), strict=True
-            ):
-                scoped = (lbl.tenant, eid)
-                if scoped in labeled_now:
-                    continue  # a second label of the same prediction counts nothing
-                found: PredictionRecord | None = batch_preds.pop(scoped, None)
-                raw = known.get(scoped)
-                stored = raw is not None and raw != LABELED
-                if found is None and stored:
-                    found = PredictionRecord.decode(str(raw))
-                if found is not None:
-                    labeled_now.add(scoped)
-                    joined.append(Joined(found, truth, label_ms))
-                    sets.append((store.pred_key(*scoped), LABELED, horizon))
-                    if stored and found.slot >= 0:
-                        key = (found.model, found.slot)
-                        counts[key] = counts.get(key, 0) - 1
-                elif raw != LABELED:
-                    sets.append((store.pending_key(*scoped), f"{truth}\x1f{label_ms}", horizon))
-        for scoped, rec in batch_preds.items():
-            rec.slot = slot
-            sets.append((store.pred_key(*scoped), rec.encode(), horizon))
-            key = (rec.model, slot)
-            counts[key] = counts.get(key, 0) + 1
-        for ev in _labeled_events(joined):
-            labeled_increments(inc, ev)
-        applied = await store.apply(messages, inc, sets, deletes, counts, now_s)
+            plan.add_labels(lbl, known)
+        plan.store_unlabeled()
+        for ev in _labeled_events(plan.joined):
+            labeled_increments(plan.inc, ev)
+        applied = await store.apply(messages, plan.inc, plan.sets, plan.deletes, plan.counts, now_s)
         if applied:
-            self.events_counted += len(all_ids)
-            self.labels_joined += len(joined)
-            if self._metrics is not None:
-                self._metrics.events.labels("prediction").inc(len(all_ids))
-                self._metrics.events.labels("label").inc(len(joined))
-                for j in joined:
-                    self._metrics.label_delay.observe(max(j.label_ms - j.record.event_ms, 0) / 1000)
+            self._count_applied(len(all_ids), plan.joined)
+
+    def _count_applied(self, predictions: int, joined: list[Joined]) -> None:
+        self.events_counted += predictions
+        self.labels_joined += len(joined)
+        if self._metrics is not None:
+            self._metrics.events.labels("prediction").inc(predictions)
+            self._metrics.events.labels("label").inc(len(joined))
+            for j in joined:
+                self._metrics.label_delay.observe(max(j.label_ms - j.record.event_ms, 0) / 1000)
+
+
+def _prediction_records(d: DecisionColumns) -> Iterator[tuple[str, PredictionRecord]]:
+    """(event id, the record a later label needs) of every prediction of the batch; a row of
+    probabilities that is missing (NaN) leaves the record without them."""
+    p = d.predictions
+    probs = p.probabilities.tolist() if p.probabilities is not None else None
+    for i, eid in enumerate(p.event_ids):
+        row = probs[i] if probs is not None and probs[i] and probs[i][0] == probs[i][0] else None
+        yield (
+            eid,
+            PredictionRecord(
+                p.key,
+                int(p.event_time_ms[i]),
+                float(p.confidences[i]),
+                p.predicted_labels[i],
+                p.class_labels if row else [],
+                row,
+            ),
+        )
+
+
+@dataclass(slots=True)
+class _JoinPlan:
+    """What one part of a batch does to Redis: counter increments, records to set (key,
+    value, TTL) and delete, and changes of the unlabeled count per (model, arrival slot)."""
+
+    store: AggregatorStore
+    slot: int
+    inc: Increments = field(default_factory=new_increments)
+    sets: list[tuple[str, str, int]] = field(default_factory=list)
+    deletes: list[str] = field(default_factory=list)
+    counts: dict[tuple[str, int], int] = field(default_factory=dict)
+    joined: list[Joined] = field(default_factory=list)
+    batch_preds: dict[tuple[str, str], PredictionRecord] = field(default_factory=dict)
+    labeled_now: set[tuple[str, str]] = field(default_factory=set)
+
+    def add_predictions(self, d: DecisionColumns, waiting: dict[tuple[str, str], Any]) -> None:
+        """Join each prediction with the label that waited for it, or keep it for this
+        batch's labels (and, unlabeled, for later ones)."""
+        store, tenant = self.store, d.predictions.tenant
+        for eid, rec in _prediction_records(d):
+            pending = waiting.get((tenant, eid))
+            if pending is not None:
+                truth, label_ms = decode_pending_label(pending)
+                self.joined.append(Joined(rec, truth, label_ms))
+                self.deletes.append(store.pending_key(tenant, eid))
+                self.sets.append((store.pred_key(tenant, eid), LABELED, store.horizon))
+            else:
+                self.batch_preds[(tenant, eid)] = rec
+
+    def add_labels(self, lbl: LabelColumns, known: dict[tuple[str, str], Any]) -> None:
+        """Join each label with its prediction from this batch or from Redis, else leave it
+        pending for the prediction to find."""
+        store = self.store
+        for eid, truth, label_ms in zip(
+            lbl.event_ids, lbl.ground_truths, lbl.label_time_ms.tolist(), strict=True
+        ):
+            scoped = (lbl.tenant, eid)
+            if scoped in self.labeled_now:
+                continue  # a second label of the same prediction counts nothing
+            found: PredictionRecord | None = self.batch_preds.pop(scoped, None)
+            raw = known.get(scoped)
+            stored = raw is not None and raw != LABELED
+            if found is None and stored:
+                found = PredictionRecord.decode(str(raw))
+            if found is not None:
+                self.labeled_now.add(scoped)
+                self.joined.append(Joined(found, truth, label_ms))
+                self.sets.append((store.pred_key(*scoped), LABELED, store.horizon))
+                if stored and found.slot >= 0:
+                    key = (found.model, found.slot)
+                    self.counts[key] = self.counts.get(key, 0) - 1
+            elif raw != LABELED:
+                value = encode_pending_label(truth, label_ms)
+                self.sets.append((store.pending_key(*scoped), value, store.horizon))
+
+    def store_unlabeled(self) -> None:
+        """The batch's predictions no label joined wait in Redis, counted in their slot."""
+        for scoped, rec in self.batch_preds.items():
+            rec.slot = self.slot
+            self.sets.append((self.store.pred_key(*scoped), rec.encode(), self.store.horizon))
+            key = (rec.model, self.slot)
+            self.counts[key] = self.counts.get(key, 0) + 1
 
 
 @dataclass(slots=True)

@@ -94,32 +94,7 @@ class DriftProcessor:
     async def __call__(self, messages: Sequence[Message]) -> list[Output]:
         store = self._store
         todo = fresh(messages, await store.fence.done())
-        pending = {id(m) for m in todo}
-        now_ms = int(time.time() * 1000)
-        dead: list[Output] = []
-        by_model: dict[str, list[PredictionColumns]] = {}
-        # Every message is decoded, not only the fresh ones: a replay after a crash then sends
-        # an undecodable message's dead letter again rather than never.
-        for m in messages:
-            decoded = self._codec.decode(m.value(), {"PredictionBatch"})
-            if not isinstance(decoded, Decoded):
-                dead.append(
-                    dead_letter(
-                        self._topics.deadletter,
-                        self._codec,
-                        m,
-                        str(decoded.code),
-                        decoded.message,
-                        "drift",
-                        now_ms,
-                    )
-                )
-                continue
-            if id(m) not in pending:
-                continue
-            cols = PredictionColumns.from_record(decoded.record)
-            if len(cols):
-                by_model.setdefault(cols.key, []).append(cols)
+        dead, by_model = self._decode(messages, {id(m) for m in todo})
         if not todo:
             return dead
         models = list(by_model)
@@ -143,18 +118,60 @@ class DriftProcessor:
                 scored += sum(len(b) for b in batches)
                 self._count(model, active.profile, batches, effect)
         if await store.fence.apply(todo, effect):
-            self._cache.active.update(built)
-            self._cache.dirty.update(by_model)
-            self.events_scored += scored
-            self.events_reference += reference
-            if self._metrics is not None:
-                self._metrics.events.labels("scored").inc(scored)
-                self._metrics.events.labels("reference").inc(reference)
-                for a in built.values():
-                    self._metrics.profiles.labels(a.source).inc()
-            for model, a in built.items():
-                logger.info("%s: reference profile %s built", model, a.profile.version)
+            self._applied(by_model, built, scored, reference)
         return dead
+
+    def _decode(
+        self, messages: Sequence[Message], pending: set[int]
+    ) -> tuple[list[Output], dict[str, list[PredictionColumns]]]:
+        """(dead letters, the fresh messages' batches by model version key).
+
+        Every message is decoded, not only the fresh ones: a replay after a crash then sends
+        an undecodable message's dead letter again rather than never."""
+        now_ms = int(time.time() * 1000)
+        dead: list[Output] = []
+        by_model: dict[str, list[PredictionColumns]] = {}
+        for m in messages:
+            decoded = self._codec.decode(m.value(), {"PredictionBatch"})
+            if not isinstance(decoded, Decoded):
+                dead.append(
+                    dead_letter(
+                        self._topics.deadletter,
+                        self._codec,
+                        m,
+                        str(decoded.code),
+                        decoded.message,
+                        "drift",
+                        now_ms,
+                    )
+                )
+                continue
+            if id(m) not in pending:
+                continue
+            cols = PredictionColumns.from_record(decoded.record)
+            if len(cols):
+                by_model.setdefault(cols.key, []).append(cols)
+        return dead, by_model
+
+    def _applied(
+        self,
+        by_model: dict[str, list[PredictionColumns]],
+        built: dict[str, ActiveProfile],
+        scored: int,
+        reference: int,
+    ) -> None:
+        """Bookkeeping once a batch's effect is in Redis: the profile cache, counts, logs."""
+        self._cache.active.update(built)
+        self._cache.dirty.update(by_model)
+        self.events_scored += scored
+        self.events_reference += reference
+        if self._metrics is not None:
+            self._metrics.events.labels("scored").inc(scored)
+            self._metrics.events.labels("reference").inc(reference)
+            for a in built.values():
+                self._metrics.profiles.labels(a.source).inc()
+        for model, a in built.items():
+            logger.info("%s: reference profile %s built", model, a.profile.version)
 
     def _model_state(self, model: str, batches: list[PredictionColumns], effect: Effect) -> None:
         keys = self._store.keys

@@ -385,17 +385,26 @@ def check_batch_record(rec: Record, limits: Limits = DEFAULT_LIMITS) -> Fault | 
         if fault:
             return fault
     n = len(rec["event_ids"])
+    width = len(rec.get("class_labels") or ())
+    return _batch_size_fault(n, width, limits) or _batch_shape_fault(rec, n, width)
+
+
+def _batch_size_fault(n: int, width: int, limits: Limits) -> Fault | None:
     if n > limits.max_batch_events:
         return Fault(
             ErrorCode.TOO_LARGE,
             f"batch holds {n} events; at most {limits.max_batch_events} allowed",
             "event_ids",
         )
-    width = len(rec.get("class_labels") or ())
     if width > limits.max_classes:
         return Fault(
             ErrorCode.TOO_LARGE, f"{width} classes; at most {limits.max_classes}", "class_labels"
         )
+    return None
+
+
+def _batch_shape_fault(rec: Record, n: int, width: int) -> Fault | None:
+    """The first array whose length does not fit ``n`` events of ``width`` classes."""
     expect = {
         "event_time_ms": n,
         "predicted_labels": n,

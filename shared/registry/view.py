@@ -12,7 +12,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.aio import AIOConsumer
 
 from shared.contracts.batches import model_key
@@ -92,46 +92,58 @@ class RegistryView:
             max_workers=1,
         )
         consumer = self._consumer
-        topic = self._topic
         try:
-            meta = await consumer.list_topics(topic, timeout=10)
-            found = meta.topics.get(topic)
-            if found is None or found.error is not None or not found.partitions:
-                raise RuntimeError(
-                    f"registry topic {topic!r} is not readable: "
-                    f"{found.error if found is not None else 'missing'}"
-                )
-            partitions = sorted(found.partitions)
-            # Watermarks before assign: once fetches are in flight, each query waits behind
-            # a long-poll fetch (fetch.wait.max.ms) on the same connection.
-            ends: dict[int, int] = {}
-            for p in partitions:
-                low, high = await consumer.get_watermark_offsets(
-                    TopicPartition(topic, p), timeout=10
-                )
-                if high > low:
-                    ends[p] = high
-            await consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+            ends = await self._assign_from_start(consumer)
             if not ends:
                 self._mark_caught_up()
             while not stopping.is_set():
                 for m in await consumer.consume(num_messages=1_000, timeout=0.2):
-                    err = m.error()
-                    if err is not None:
-                        if err.fatal():
-                            raise KafkaException(err)
-                        if err.code() != KafkaError._PARTITION_EOF:
-                            logger.warning("registry view: %s", err)
-                        continue
-                    self.apply(m.key(), m.value())
+                    self._take(m)
                 if ends:
-                    for tp in await consumer.position([TopicPartition(topic, p) for p in ends]):
-                        if tp.offset >= ends[tp.partition]:
-                            del ends[tp.partition]
+                    await self._drop_reached(consumer, ends)
                     if not ends:
                         self._mark_caught_up()
         finally:
             await consumer.close()
+
+    async def _assign_from_start(self, consumer: AIOConsumer) -> dict[int, int]:
+        """Assign every partition from its beginning; the high watermark of each non-empty
+        one (what reading must reach to be caught up)."""
+        topic = self._topic
+        meta = await consumer.list_topics(topic, timeout=10)
+        found = meta.topics.get(topic)
+        if found is None or found.error is not None or not found.partitions:
+            raise RuntimeError(
+                f"registry topic {topic!r} is not readable: "
+                f"{found.error if found is not None else 'missing'}"
+            )
+        partitions = sorted(found.partitions)
+        # Watermarks before assign: once fetches are in flight, each query waits behind
+        # a long-poll fetch (fetch.wait.max.ms) on the same connection.
+        ends: dict[int, int] = {}
+        for p in partitions:
+            low, high = await consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            if high > low:
+                ends[p] = high
+        await consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        return ends
+
+    def _take(self, m: Message) -> None:
+        err = m.error()
+        if err is not None:
+            if err.fatal():
+                raise KafkaException(err)
+            if err.code() != KafkaError._PARTITION_EOF:
+                logger.warning("registry view: %s", err)
+            return
+        self.apply(m.key(), m.value())
+
+    async def _drop_reached(self, consumer: AIOConsumer, ends: dict[int, int]) -> None:
+        """Forget the partitions whose position has reached their end."""
+        positions = await consumer.position([TopicPartition(self._topic, p) for p in ends])
+        for tp in positions:
+            if tp.offset >= ends[tp.partition]:
+                del ends[tp.partition]
 
     def _mark_caught_up(self) -> None:
         logger.info("registry view caught up: %d versions", len(self.versions))
