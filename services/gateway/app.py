@@ -11,6 +11,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated
 
 import asyncpg
@@ -20,7 +21,6 @@ from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from services.gateway import calibration
 from services.gateway.auth import ANY, KeyStore, Principal, require
 from services.gateway.fanout import Hub, follow
 from services.gateway.metrics import GatewayMetrics
@@ -29,6 +29,7 @@ from services.gateway.model_cache import ModelCache, RegistryIndex
 from services.gateway.outbox import Relay
 from services.gateway.publish import Publisher
 from services.gateway.routes import (
+    calibration,
     console,
     drift,
     health,
@@ -50,6 +51,14 @@ ROUTERS = (predictions, reviews, registry, calibration, drift, keys, health, liv
 RESTART_SECONDS = 2.0
 PUBLISH_TIMEOUT_MS = 15_000
 """How long a request waits for Kafka before it fails with 503."""
+
+
+def api_version() -> str:
+    """The API's version: the installed ``caliber`` package's."""
+    try:
+        return version("caliber")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "0+unknown"
 
 
 async def _keep_running(name: str, run: Callable[[], Awaitable[None]], stop: asyncio.Event) -> None:
@@ -119,7 +128,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
     app = FastAPI(
         title="Caliber",
-        version="0.2.0",
+        version=api_version(),
         description="Calibration, selective prediction and drift of models in production. "
         "Every endpoint but /health and these docs needs an API key: header `X-API-Key` or "
         "`Authorization: Bearer`.",

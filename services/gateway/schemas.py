@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -19,6 +19,8 @@ Stage = Literal["production", "staging", "archived"]
 Decision = Literal["auto", "review"]
 Role = Literal["producer", "reviewer", "viewer", "admin"]
 NAME_PATTERN = r"^[^/]+$"
+MAX_REFERENCE_EVENTS = 100_000
+MIN_REFERENCE_EVENTS = 100
 
 
 class PredictionIn(BaseModel):
@@ -182,3 +184,91 @@ class DependencyOut(BaseModel):
 class HealthOut(BaseModel):
     status: Literal["ok", "degraded"]
     dependencies: list[DependencyOut]
+
+
+# Calibration and risk–coverage (routes/calibration.py)
+
+
+class Bin(BaseModel):
+    bin_lo: float
+    bin_hi: float
+    confidence: float | None
+    accuracy: float | None
+    count: int
+
+
+class CalibrationOut(BaseModel):
+    model_version_id: int
+    window: str
+    n_predictions: int
+    n_labeled: int
+    ece: float | None
+    mce: float | None
+    brier: float | None
+    nll: float | None
+    classwise_ece: float | None
+    accuracy: float | None
+    coverage: float | None
+    review_rate: float | None
+    bins: list[Bin]
+
+
+class PointOut(BaseModel):
+    coverage: float
+    risk: float
+    threshold: float
+
+
+class RiskCoverageOut(BaseModel):
+    model_version_id: int
+    window: str
+    n_labeled: int
+    aurc: float | None
+    e_aurc: float | None
+    points: list[PointOut]
+
+
+# Drift (routes/drift.py)
+
+
+class ReferenceEvent(BaseModel):
+    confidence: float = Field(ge=0.0, le=1.0, description="top-label probability")
+    predicted_label: str
+    features: dict[str, float | str] | None = None
+
+
+class ReferenceIn(BaseModel):
+    model_version_id: int
+    events: list[ReferenceEvent] = Field(
+        min_length=MIN_REFERENCE_EVENTS, max_length=MAX_REFERENCE_EVENTS
+    )
+
+
+class ReferenceOut(BaseModel):
+    model_version_id: int
+    reference_version: str
+    n_samples: int
+    features: list[str]
+    created_at: datetime | None = None
+    source: str = "upload"
+
+
+class ThresholdsIn(BaseModel):
+    model_version_id: int
+    thresholds: dict[str, Annotated[float, Field(gt=0)]] = Field(
+        description="feature (or __confidence__, __predicted_label__) → threshold of its "
+        "alerting method (PSI for numbers, Cohen's w for categories)"
+    )
+
+
+class DriftAlertOut(BaseModel):
+    model_version_id: int | None
+    feature: str | None
+    drift_score: float
+    threshold: float
+    severity: Literal["warning", "critical", "resolved"]
+    created_at: datetime
+    method: str | None
+    window: str
+    reference_version: str | None
+    n_samples: int

@@ -14,15 +14,20 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import asyncpg
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
-from pydantic import BaseModel, Field
 
 from services.gateway.auth import ADMIN, READ, Principal, require
+from services.gateway.schemas import (
+    DriftAlertOut,
+    ReferenceEvent,
+    ReferenceIn,
+    ReferenceOut,
+    ThresholdsIn,
+)
 from shared.contracts.batches import model_key
 from shared.drift.profile import CONFIDENCE_KEY, LABEL_KEY
 from shared.drift.profile_builder import build_profile
@@ -30,51 +35,6 @@ from shared.drift.profile_codec import profile_to_dict
 from shared.windows.drift import MAX_FEATURES, read_collected, read_reference, read_scores
 
 router = APIRouter(prefix="/api", tags=["drift"])
-MAX_REFERENCE_EVENTS = 100_000
-MIN_REFERENCE_EVENTS = 100
-
-
-class ReferenceEvent(BaseModel):
-    confidence: float = Field(ge=0.0, le=1.0, description="top-label probability")
-    predicted_label: str
-    features: dict[str, float | str] | None = None
-
-
-class ReferenceIn(BaseModel):
-    model_version_id: int
-    events: list[ReferenceEvent] = Field(
-        min_length=MIN_REFERENCE_EVENTS, max_length=MAX_REFERENCE_EVENTS
-    )
-
-
-class ReferenceOut(BaseModel):
-    model_version_id: int
-    reference_version: str
-    n_samples: int
-    features: list[str]
-    created_at: datetime | None = None
-    source: str = "upload"
-
-
-class ThresholdsIn(BaseModel):
-    model_version_id: int
-    thresholds: dict[str, Annotated[float, Field(gt=0)]] = Field(
-        description="feature (or __confidence__, __predicted_label__) → threshold of its "
-        "alerting method (PSI for numbers, Cohen's w for categories)"
-    )
-
-
-class DriftAlertOut(BaseModel):
-    model_version_id: int | None
-    feature: str | None
-    drift_score: float
-    threshold: float
-    severity: Literal["warning", "critical", "resolved"]
-    created_at: datetime
-    method: str | None
-    window: str
-    reference_version: str | None
-    n_samples: int
 
 
 async def _owned(request: Request, who: Principal, model_version_id: int) -> asyncpg.Record:

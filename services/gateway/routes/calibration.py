@@ -5,53 +5,14 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
-from pydantic import BaseModel
 
 from services.gateway.auth import READ, Principal, require
+from services.gateway.schemas import Bin, CalibrationOut, PointOut, RiskCoverageOut
 from shared.contracts.batches import model_key
 from shared.windows.calibration import WindowReader
 
 router = APIRouter(prefix="/api", tags=["metrics"])
 Window = Literal["5m", "1h", "24h", "7d", "all"]
-
-
-class Bin(BaseModel):
-    bin_lo: float
-    bin_hi: float
-    confidence: float | None
-    accuracy: float | None
-    count: int
-
-
-class CalibrationOut(BaseModel):
-    model_version_id: int
-    window: str
-    n_predictions: int
-    n_labeled: int
-    ece: float | None
-    mce: float | None
-    brier: float | None
-    nll: float | None
-    classwise_ece: float | None
-    accuracy: float | None
-    coverage: float | None
-    review_rate: float | None
-    bins: list[Bin]
-
-
-class PointOut(BaseModel):
-    coverage: float
-    risk: float
-    threshold: float
-
-
-class RiskCoverageOut(BaseModel):
-    model_version_id: int
-    window: str
-    n_labeled: int
-    aurc: float | None
-    e_aurc: float | None
-    points: list[PointOut]
 
 
 async def _model(request: Request, who: Principal, model_version_id: int) -> str:
