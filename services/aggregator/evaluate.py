@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from typing import Any
 
 from confluent_kafka import Producer
@@ -23,11 +22,11 @@ from shared.alerts.publish import publish_alerts
 from shared.contracts.batches import split_model_key
 from shared.contracts.codec import AvroCodec
 from shared.contracts.topics import Topics
+from shared.runtime import clock
 from shared.windows.calibration import Calibration, RiskCoverageAnswer, WindowReader
+from shared.windows.names import SNAPSHOT_WINDOWS, WINDOW_SECONDS
 
 logger = logging.getLogger(__name__)
-SNAPSHOT_WINDOWS = ("5m", "1h", "24h", "7d")
-WINDOW_SECONDS = {"5m": 300, "1h": 3600, "24h": 86400, "7d": 7 * 86400}
 
 
 class Evaluator:
@@ -54,7 +53,7 @@ class Evaluator:
     async def run(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
             try:
-                await self.evaluate(int(time.time() * 1000))
+                await self.evaluate(clock.now_ms())
             except (ConnectionError, OSError, RedisError) as exc:
                 logger.warning("evaluation skipped: %s", exc)
             except Exception:

@@ -31,6 +31,7 @@ from shared.contracts.batches import DecisionColumns, LabelColumns
 from shared.contracts.codec import AvroCodec, Decoded
 from shared.contracts.dead_letters import dead_letter
 from shared.contracts.topics import Topics
+from shared.runtime import clock
 from shared.runtime.offset_fence import fresh
 from shared.runtime.pipeline import Output
 
@@ -121,7 +122,7 @@ class AggregatorProcessor:
     async def __call__(self, messages: Sequence[Message]) -> list[Output]:
         todo = fresh(messages, await self._store.fence.done())
         is_fresh = {id(m) for m in todo}
-        now_ms = int(time.time() * 1000)
+        now_ms = clock.now_ms()
         dead: list[Output] = []
         decoded_batch: list[tuple[Message, DecisionColumns | LabelColumns]] = []
         # Every message is decoded, not only the fresh ones: a replay after a crash then sends
@@ -342,7 +343,3 @@ def _labeled_events(joined: list[Joined]) -> list[LabeledEvents]:
             )
         )
     return out
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)

@@ -108,12 +108,3 @@ def alert_record(
         "created_at_ms": now_ms,
         "details": details,
     }
-
-
-def window_name(seconds: int) -> str:
-    """``600`` → ``10m``, ``3600`` → ``1h``, ``90`` → ``90s``."""
-    if seconds % 3600 == 0:
-        return f"{seconds // 3600}h"
-    if seconds % 60 == 0:
-        return f"{seconds // 60}m"
-    return f"{seconds}s"

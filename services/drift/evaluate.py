@@ -24,7 +24,7 @@ import asyncpg
 import numpy as np
 from confluent_kafka import Producer
 
-from services.drift.alerts import alert_record, primary_method, transition, window_name
+from services.drift.alerts import alert_record, primary_method, transition
 from services.drift.binning import decode_fields, parts
 from services.drift.metrics import MAX_EXPORTED, DriftMetrics
 from services.drift.processing import ActiveProfile, ProfileCache
@@ -38,6 +38,8 @@ from shared.contracts.topics import Topics
 from shared.drift.profile import CategoricalProfile
 from shared.drift.profile_codec import profile_from_dict
 from shared.drift.scores import DriftMethod, DriftScore, profile_drift
+from shared.runtime import clock
+from shared.windows.names import window_name
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +74,7 @@ class Evaluator:
     async def run(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
             try:
-                await self.evaluate(int(time.time() * 1000))
+                await self.evaluate(clock.now_ms())
             except (ConnectionError, OSError) as exc:
                 logger.warning("drift evaluation skipped: %s", exc)
             except Exception:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -28,6 +27,7 @@ from shared.contracts.codec import AvroCodec, Decoded
 from shared.contracts.dead_letters import dead_letter
 from shared.contracts.topics import Topics
 from shared.drift.profile import ReferenceProfile
+from shared.runtime import clock
 from shared.runtime.offset_fence import Effect, fresh
 from shared.runtime.pipeline import Output
 
@@ -128,7 +128,7 @@ class DriftProcessor:
 
         Every message is decoded, not only the fresh ones: a replay after a crash then sends
         an undecodable message's dead letter again rather than never."""
-        now_ms = int(time.time() * 1000)
+        now_ms = clock.now_ms()
         dead: list[Output] = []
         by_model: dict[str, list[PredictionColumns]] = {}
         for m in messages:

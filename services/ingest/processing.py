@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -17,6 +16,7 @@ from shared.contracts.codec import AvroCodec
 from shared.contracts.errors import Fault
 from shared.contracts.topics import Topics
 from shared.contracts.validation import Limits
+from shared.runtime import clock
 from shared.runtime.pipeline import Output
 
 
@@ -183,7 +183,7 @@ class IngestProcessor:
         return out
 
     def _dead_letters(self, sources: Sequence[Source], parsed: Parsed) -> list[Output]:
-        now = int(time.time() * 1000)
+        now = clock.now_ms()
         out = []
         for ref, fault in parsed.dead:
             src = sources[ref]

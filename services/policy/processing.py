@@ -7,7 +7,6 @@ PredictionBatch becomes a dead letter; the pipeline goes on.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -23,6 +22,7 @@ from shared.contracts.errors import ErrorCode
 from shared.contracts.topics import Topics
 from shared.contracts.validation import DEFAULT_LIMITS, Limits, check_batch_record
 from shared.recalibration.maps import CalibrationMap, CalibratorError
+from shared.runtime import clock
 from shared.runtime.pipeline import Output
 
 PREDICTION_BATCH = {"PredictionBatch"}
@@ -98,7 +98,7 @@ class PolicyProcessor:
 
     async def __call__(self, messages: Sequence[Message]) -> list[Output]:
         self._tally = _Tally()
-        now_ms = int(time.time() * 1000)
+        now_ms = clock.now_ms()
         out = []
         for m in messages:
             decoded = self._codec.decode(m.value(), PREDICTION_BATCH)

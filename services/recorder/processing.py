@@ -10,7 +10,6 @@ message, each under a savepoint of the same transaction, to find the culprit.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +25,7 @@ from shared.contracts.dead_letters import dead_letter
 from shared.contracts.errors import ErrorCode
 from shared.contracts.topics import Topics
 from shared.contracts.validation import check_batch_record
+from shared.runtime import clock
 from shared.runtime.pipeline import Output
 
 logger = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ class RecorderProcessor:
         except TRANSIENT_ERRORS as exc:
             # Nothing was committed; the pipeline retries the same batch once PostgreSQL is back.
             raise ConnectionError(f"PostgreSQL unavailable: {exc}") from exc
-        now_ms = int(time.time() * 1000)
+        now_ms = clock.now_ms()
         dead = [
             self._dead_letter(messages[i], code, text, now_ms) for i, code, text in parsed.faults
         ]

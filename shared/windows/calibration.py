@@ -45,6 +45,7 @@ from shared.metrics.calibration import (
     reliability_bins,
 )
 from shared.metrics.selective import ConfidenceHistogram, RiskCoverage
+from shared.windows.names import ALL_TIME, WINDOW_SECONDS
 
 SCALE = 1_000_000_000
 """Fixed-point unit of sums: 1e-9."""
@@ -53,7 +54,16 @@ FINE_BINS = 1000
 DELAY_BUCKETS_S = (60, 300, 900, 3600, 4 * 3600, 12 * 3600, 86400, 7 * 86400)
 GRANULARITY = {"m": 60, "h": 3600, "d": 86400}
 RETENTION_S = {"m": 3 * 3600, "h": 15 * 86400, "d": 400 * 86400}
-WINDOWS = {"5m": ("m", 5), "1h": ("m", 60), "24h": ("h", 24), "7d": ("h", 168), "all": ("d", 400)}
+ALL_TIME_DAYS = 400
+WINDOWS = {
+    **{
+        name: ("m", seconds // 60) if seconds < 86400 else ("h", seconds // 3600)
+        for name, seconds in WINDOW_SECONDS.items()
+    },
+    ALL_TIME: ("d", ALL_TIME_DAYS),
+}
+"""Window name → (granularity, how many buckets of it): a window under a day sums minute
+buckets, a longer one hour buckets, all-time the day buckets."""
 
 Counters = dict[str, int]
 FINE_FIELDS = frozenset("hef")

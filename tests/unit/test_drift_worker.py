@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from services.drift.alerts import HYSTERESIS, alert_record, transition, window_name
+from services.drift.alerts import HYSTERESIS, alert_record, transition
 from services.drift.binning import (
     bucketed_counts,
     decode_fields,
@@ -21,6 +21,7 @@ from shared.drift.profile import bin_batch
 from shared.drift.profile_builder import build_profile
 from shared.drift.scores import DriftMethod, DriftScore
 from shared.drift.stats import js_distance, ks_from_histograms, psi
+from shared.windows.names import window_name
 
 
 def columns(n: int, seed: int, start_ms: int = 1_000_000, step_ms: int = 100) -> PredictionColumns:

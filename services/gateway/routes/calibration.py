@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 
@@ -10,9 +10,10 @@ from services.gateway.auth import READ, Principal, require
 from services.gateway.schemas import Bin, CalibrationOut, PointOut, RiskCoverageOut
 from shared.contracts.batches import model_key
 from shared.windows.calibration import WindowReader
+from shared.windows.names import WindowName
 
 router = APIRouter(prefix="/api", tags=["metrics"])
-Window = Literal["5m", "1h", "24h", "7d", "all"]
+Window = WindowName
 
 
 async def _model(request: Request, who: Principal, model_version_id: int) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -22,6 +21,7 @@ from services.gateway.schemas import (
     PredictionIn,
     PredictionOut,
 )
+from shared.runtime import clock
 
 router = APIRouter(prefix="/api", tags=["predictions"])
 
@@ -58,7 +58,7 @@ async def _accept(
     request: Request, who: Principal, events: Sequence[PredictionIn], batch: bool
 ) -> Prepared:
     state = request.app.state
-    now_ms = int(time.time() * 1000)
+    now_ms = clock.now_ms()
     models = await _resolve(state.models, who.tenant, events)
     prepared = prepare(events, who.tenant, models, now_ms, batch)
     if not isinstance(prepared, Prepared):
