@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import redis.asyncio as aioredis
 
+from shared.alerts.machine import AlertMachine
 from shared.contracts.batches import split_model_key
 from shared.drift.stats import severity
 
@@ -72,14 +73,8 @@ class AlertState:
         state: dict[str, Any] = (
             json.loads(raw) if raw else {"active": False, "since": 0, "cleared": 0}
         )
-        action = None
-        if not state["active"] and breach.severity is not None:
-            if now_ms - state["cleared"] >= cooldown_s * 1000:
-                state.update(active=True, since=now_ms, severity=breach.severity)
-                action = "raise"
-        elif state["active"] and breach.value < HYSTERESIS * breach.threshold:
-            state.update(active=False, cleared=now_ms)
-            action = "resolve"
+        machine = AlertMachine(HYSTERESIS, cooldown_s)
+        action = machine.step(state, breach.severity, breach.value, breach.threshold, now_ms)
         if action is None:
             return None
         return Transition(action, int(state["since"]), key, json.dumps(state))

@@ -24,6 +24,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from shared.alerts.machine import AlertMachine
 from shared.contracts.batches import split_model_key
 from shared.drift.scores import DriftMethod, DriftScore
 from shared.drift.stats import severity
@@ -61,19 +62,13 @@ def transition(
     sev = severity(score.score, threshold)
     if score.p_value is not None and score.p_value > max_p_value:
         sev = None
-    if not s["active"]:
-        cleared = s["cleared"]
-        quiet = cleared is None or now_ms - cleared >= cooldown_s * 1000
-        if sev is not None and quiet:
-            s.update(active=True, since=now_ms, severity=sev)
-            return s, Transition("raise", sev, now_ms)
-        return s, None
-    if score.score < HYSTERESIS * threshold:
-        since = int(s["since"])
-        s.update(active=False, cleared=now_ms, severity=None)
+    since = int(s["since"])
+    machine = AlertMachine(HYSTERESIS, cooldown_s, tracks_severity=True)
+    action = machine.step(s, sev, score.score, threshold, now_ms)
+    if action == "raise":
+        return s, Transition("raise", s["severity"], now_ms)
+    if action == "resolve":
         return s, Transition("resolve", "resolved", since)
-    if sev == "critical":
-        s["severity"] = sev
     return s, None
 
 
