@@ -15,7 +15,6 @@ from services.aggregator.metrics import (
     MAX_EXPORTED,
     RISK_COVERAGES,
     AggregatorMetrics,
-    RoundSeries,
 )
 from services.aggregator.settings import AggregatorSettings
 from shared.alerts.publish import publish_alerts
@@ -23,6 +22,7 @@ from shared.contracts.batches import split_model_key
 from shared.contracts.codec import AvroCodec
 from shared.contracts.topics import Topics
 from shared.runtime import clock
+from shared.runtime.observability import RoundSeries
 from shared.windows.calibration import Calibration, RiskCoverageAnswer, WindowReader
 from shared.windows.names import SNAPSHOT_WINDOWS, WINDOW_SECONDS
 

@@ -2,14 +2,13 @@
 
 ``model`` label values are model version keys seen in traffic; at most ``MAX_EXPORTED``
 model versions are exported (the rest are computed and alerted on, not exported), so the
-label set stays bounded. The per-model gauges are set through :class:`RoundSeries`: a series
+label set stays bounded. The per-model gauges are set through
+:class:`shared.runtime.observability.RoundSeries`: a series
 not set again in the next evaluation round (its model no longer exported, or its value no
 longer defined) is removed rather than left at a stale value.
 """
 
 from __future__ import annotations
-
-import contextlib
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -19,28 +18,6 @@ from shared.windows.calibration import DELAY_BUCKETS_S
 MAX_EXPORTED = 200
 RISK_COVERAGES = ("0.5", "0.8", "0.9", "0.95")
 """Coverages at which ``caliber_selective_risk`` reports the risk–coverage curve."""
-
-
-class RoundSeries:
-    """The gauge series one evaluation round sets; ending the round removes those the round
-    before set and this one did not."""
-
-    def __init__(self) -> None:
-        self._previous: set[tuple[Gauge, tuple[str, ...]]] = set()
-        self._current: set[tuple[Gauge, tuple[str, ...]]] = set()
-
-    def begin(self) -> None:
-        self._current = set()
-
-    def set(self, gauge: Gauge, labels: tuple[str, ...], value: float) -> None:
-        gauge.labels(*labels).set(value)
-        self._current.add((gauge, labels))
-
-    def end(self) -> None:
-        for gauge, labels in self._previous - self._current:
-            with contextlib.suppress(KeyError):
-                gauge.remove(*labels)
-        self._previous, self._current = self._current, set()
 
 
 class AggregatorMetrics(PipelineMetrics):

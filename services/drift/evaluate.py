@@ -39,6 +39,7 @@ from shared.drift.profile import CategoricalProfile
 from shared.drift.profile_codec import profile_from_dict
 from shared.drift.scores import DriftMethod, DriftScore, profile_drift
 from shared.runtime import clock
+from shared.runtime.observability import RoundSeries
 from shared.windows.names import window_name
 
 logger = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class Evaluator:
         self.metrics = metrics
         self.topics = Topics.for_namespace(settings.topic_namespace)
         self.thresholds: dict[tuple[str, str], float] = {}
-        self._exported: dict[str, set[tuple[str, str]]] = {}
+        self._series = RoundSeries()
         self._unusable: set[int] = set()
         self._started = False
         """False until the first full round: a window ends at its model version's latest
@@ -170,9 +171,8 @@ class Evaluator:
             self.metrics.evaluation_seconds.observe(time.perf_counter() - started)
             if rank < MAX_EXPORTED:
                 self._export(model, scores)
-            elif model in self._exported:
+            elif self._series.exported(model):
                 self._export(model, [])  # pushed out of the exported ones: drop its series
-                del self._exported[model]
 
     async def _send(self, alerts: list[dict[str, Any]]) -> None:
         await publish_alerts(self.producer, self.topics.alerts, self.codec, alerts)
@@ -302,16 +302,8 @@ class Evaluator:
     def _export(self, model: str, scores: list[DriftScore]) -> None:
         assert self.metrics is not None
         m = self.metrics
-        seen: set[tuple[str, str]] = set()
+        self._series.begin(model)
         for s in scores:
-            m.score.labels(model, s.feature, str(s.method)).set(s.score)
-            m.samples.labels(model, s.feature).set(s.n_samples)
-            seen.add((s.feature, str(s.method)))
-        before = self._exported.get(model, set())
-        for feature, method in before - seen:
-            with contextlib.suppress(KeyError):
-                m.score.remove(model, feature, method)
-        for feature in {f for f, _ in before} - {f for f, _ in seen}:
-            with contextlib.suppress(KeyError):
-                m.samples.remove(model, feature)
-        self._exported[model] = seen
+            self._series.set(m.score, (model, s.feature, str(s.method)), s.score, model)
+            self._series.set(m.samples, (model, s.feature), s.n_samples, model)
+        self._series.end(model)

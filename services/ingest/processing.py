@@ -13,6 +13,7 @@ from services.ingest.metrics import IngestMetrics
 from services.ingest.parsing import Parsed, Source, parse
 from shared.contracts.batches import LabelColumns, PredictionColumns, split_model_key
 from shared.contracts.codec import AvroCodec
+from shared.contracts.dead_letters import dead_letter_record
 from shared.contracts.errors import Fault
 from shared.contracts.topics import Topics
 from shared.contracts.validation import Limits
@@ -209,17 +210,17 @@ class IngestProcessor:
 
 
 def _dead_letter(src: Source, fault: Fault, now_ms: int) -> dict[str, object]:
-    return {
-        "source_topic": src.topic,
-        "source_partition": src.partition,
-        "source_offset": src.offset,
-        "raw": src.value or b"",
-        "error_code": str(fault.code),
-        "message": fault.message,
-        "event_id": fault.event_id,
-        "service": "ingest",
-        "occurred_at_ms": now_ms,
-    }
+    return dead_letter_record(
+        src.topic,
+        src.partition,
+        src.offset,
+        src.value,
+        str(fault.code),
+        fault.message,
+        "ingest",
+        now_ms,
+        fault.event_id,
+    )
 
 
 def _chunks(cols: PredictionColumns, size: int) -> list[PredictionColumns]:

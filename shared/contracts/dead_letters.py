@@ -31,15 +31,40 @@ def dead_letter(
     logger.error(
         "dead letter from %s[%s]@%s: %s: %s", m.topic(), m.partition(), m.offset(), code, message
     )
-    record = {
-        "source_topic": str(m.topic()),
-        "source_partition": int(m.partition() or 0),
-        "source_offset": int(m.offset() or 0),
-        "raw": m.value() or b"",
+    record = dead_letter_record(
+        str(m.topic()),
+        int(m.partition() or 0),
+        int(m.offset() or 0),
+        m.value(),
+        code,
+        message,
+        service,
+        now_ms,
+        event_id,
+    )
+    return Output(topic, None, codec.encode("DeadLetter", record))
+
+
+def dead_letter_record(
+    source_topic: str,
+    source_partition: int,
+    source_offset: int,
+    raw: bytes | None,
+    code: str,
+    message: str,
+    service: str,
+    now_ms: int,
+    event_id: str | None = None,
+) -> dict[str, object]:
+    """The DeadLetter record (schemas/DeadLetter.avsc) of a message from where it came."""
+    return {
+        "source_topic": source_topic,
+        "source_partition": source_partition,
+        "source_offset": source_offset,
+        "raw": raw or b"",
         "error_code": str(code),
         "message": message,
         "event_id": event_id,
         "service": service,
         "occurred_at_ms": now_ms,
     }
-    return Output(topic, None, codec.encode("DeadLetter", record))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
-from services.aggregator.metrics import AggregatorMetrics, RoundSeries
+from services.aggregator.metrics import AggregatorMetrics
+from shared.runtime.observability import RoundSeries
 
 
 def test_a_series_not_set_in_the_next_round_is_removed() -> None:
