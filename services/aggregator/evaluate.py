@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
@@ -21,8 +20,8 @@ from shared.alerts.publish import publish_alerts
 from shared.contracts.batches import split_model_key
 from shared.contracts.codec import AvroCodec
 from shared.contracts.topics import Topics
-from shared.runtime import clock
 from shared.runtime.observability import RoundSeries
+from shared.runtime.rounds import TRANSIENT, run_rounds
 from shared.windows.calibration import Calibration, RiskCoverageAnswer, WindowReader
 from shared.windows.names import SNAPSHOT_WINDOWS, WINDOW_SECONDS
 
@@ -51,17 +50,14 @@ class Evaluator:
             metrics.ece_slo.set(settings.ece_slo)
 
     async def run(self, stopping: asyncio.Event) -> None:
-        while not stopping.is_set():
-            try:
-                await self.evaluate(clock.now_ms())
-            except (ConnectionError, OSError, RedisError) as exc:
-                logger.warning("evaluation skipped: %s", exc)
-            except Exception:
-                # A round that fails for another reason must not end the loop: the worker
-                # would go on counting with no snapshots, alerts or gauges.
-                logger.exception("evaluation round failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), self.settings.snapshot_interval_seconds)
+        await run_rounds(
+            "evaluation",
+            self.evaluate,
+            self.settings.snapshot_interval_seconds,
+            stopping,
+            logger,
+            (*TRANSIENT, RedisError),
+        )
 
     async def evaluate(self, now_ms: int) -> list[dict[str, Any]]:
         """One round over every model version; returns the alerts it raised or resolved."""

@@ -14,7 +14,6 @@ than loses one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -38,8 +37,8 @@ from shared.contracts.topics import Topics
 from shared.drift.profile import CategoricalProfile
 from shared.drift.profile_codec import profile_from_dict
 from shared.drift.scores import DriftMethod, DriftScore, profile_drift
-from shared.runtime import clock
 from shared.runtime.observability import RoundSeries
+from shared.runtime.rounds import run_rounds
 from shared.windows.names import window_name
 
 logger = logging.getLogger(__name__)
@@ -73,17 +72,9 @@ class Evaluator:
         can have other scores, and each replica scores those of its own partitions."""
 
     async def run(self, stopping: asyncio.Event) -> None:
-        while not stopping.is_set():
-            try:
-                await self.evaluate(clock.now_ms())
-            except (ConnectionError, OSError) as exc:
-                logger.warning("drift evaluation skipped: %s", exc)
-            except Exception:
-                # The batch loop goes on counting; a round that fails for another reason
-                # (a malformed upload, a bug) must not end evaluation for good.
-                logger.exception("drift evaluation round failed; trying again next round")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), self.settings.drift_eval_seconds)
+        await run_rounds(
+            "drift evaluation", self.evaluate, self.settings.drift_eval_seconds, stopping, logger
+        )
 
     def threshold(self, model: str, score: DriftScore) -> float:
         own = self.thresholds.get((model, score.feature))
