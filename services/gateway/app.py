@@ -21,13 +21,11 @@ from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from services.gateway.auth import ANY, KeyStore, Principal, require
-from services.gateway.fanout import Hub, follow
+from services.gateway.auth import ANY, Principal, require
+from services.gateway.fanout import follow
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.middleware import BodyLimit, RequestMetrics
-from services.gateway.model_cache import ModelCache, RegistryIndex
 from services.gateway.outbox import Relay
-from services.gateway.publish import Publisher
 from services.gateway.routes import (
     calibration,
     console,
@@ -40,8 +38,7 @@ from services.gateway.routes import (
     reviews,
 )
 from services.gateway.settings import GatewaySettings
-from shared.contracts.codec import AvroCodec
-from shared.contracts.topics import Topics
+from services.gateway.state import open_state
 from shared.runtime.kafka import make_producer
 from shared.runtime.observability import configure_logging
 
@@ -49,8 +46,6 @@ logger = logging.getLogger(__name__)
 
 ROUTERS = (predictions, reviews, registry, calibration, drift, keys, health, live)
 RESTART_SECONDS = 2.0
-PUBLISH_TIMEOUT_MS = 15_000
-"""How long a request waits for Kafka before it fails with 503."""
 
 
 def api_version() -> str:
@@ -78,23 +73,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = app.state
-        state.settings = settings
-        state.metrics = metrics
-        state.topics = Topics.for_namespace(settings.topic_namespace)
-        state.codec = codec = AvroCodec()
-        state.pool = pool = await asyncpg.create_pool(
-            settings.postgres_url, min_size=2, max_size=settings.gateway_db_pool_size
-        )
-        state.redis = aioredis.Redis.from_url(settings.redis_dsn)
-        state.publisher = Publisher(
-            make_producer(settings, **{"message.timeout.ms": PUBLISH_TIMEOUT_MS})
-        )
-        view = RegistryIndex(settings, state.topics.model_updates, codec)
-        state.models = ModelCache(pool, view)
-        state.keys = KeyStore(pool, settings.gateway_key_cache_seconds)
-        state.hub = Hub(settings.gateway_ws_queue, metrics)
-        state.live_ready = asyncio.Event()
+        app.state.gateway = state = await open_state(settings, metrics)
+        pool, codec, view = state.pool, state.codec, state.view
         relay_producer = make_producer(settings)
         relay = Relay(
             pool,
@@ -151,7 +131,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         )
 
     async def metrics_text(request: Request) -> Response:
-        pool = getattr(request.app.state, "pool", None)
+        # No pool before start-up (or in a test app without servers): the depths wait.
+        pool = getattr(getattr(request.app.state, "gateway", None), "pool", None)
         if pool is not None:
             try:
                 metrics.set_review_queue(await reviews.queue_depth(pool))

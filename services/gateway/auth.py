@@ -160,7 +160,7 @@ def require(allowed: frozenset[str]) -> Callable[[Request], Awaitable[Principal]
         _header: Annotated[str | None, Security(_HEADER)] = None,
         _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)] = None,
     ) -> Principal:
-        keys: KeyStore = request.app.state.keys
+        keys: KeyStore = request.app.state.gateway.keys
         principal = await keys.lookup(presented_key(request.headers, request.query_params))
         if principal is None:
             raise _unauthorized()
@@ -176,7 +176,7 @@ def require(allowed: frozenset[str]) -> Callable[[Request], Awaitable[Principal]
 
 
 async def websocket_principal(ws: WebSocket, allowed: frozenset[str]) -> Principal | None:
-    keys: KeyStore = ws.app.state.keys
+    keys: KeyStore = ws.app.state.gateway.keys
     principal = await keys.lookup(presented_key(ws.headers, ws.query_params))
     if principal is None or not principal.roles & allowed:
         return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -17,7 +18,7 @@ OPEN = {"/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
 def app_without_servers(**settings: object) -> httpx.AsyncClient:
     app = create_app(GatewaySettings(**settings))  # type: ignore[arg-type]
     # No lifespan: a request without a key never reaches PostgreSQL.
-    app.state.keys = KeyStore(None, 5.0)  # type: ignore[arg-type]
+    app.state.gateway = SimpleNamespace(keys=KeyStore(None, 5.0))  # type: ignore[arg-type]
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
 
 

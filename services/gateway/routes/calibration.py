@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 
 from services.gateway.auth import READ, Principal, require
 from services.gateway.schemas import Bin, CalibrationOut, PointOut, RiskCoverageOut
+from services.gateway.state import state_of
 from shared.contracts.batches import model_key
 from shared.windows.calibration import WindowReader
 from shared.windows.names import WindowName
@@ -17,7 +18,7 @@ Window = WindowName
 
 
 async def _model(request: Request, who: Principal, model_version_id: int) -> str:
-    row = await request.app.state.models.by_id(who.tenant, model_version_id)
+    row = await state_of(request).models.by_id(who.tenant, model_version_id)
     if row is None:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND, detail=f"model version {model_version_id} not found"
@@ -26,7 +27,7 @@ async def _model(request: Request, who: Principal, model_version_id: int) -> str
 
 
 def _reader(request: Request) -> WindowReader:
-    return WindowReader(request.app.state.redis, request.app.state.settings.redis_prefix)
+    return WindowReader(state_of(request).redis, state_of(request).settings.redis_prefix)
 
 
 @router.get("/calibration", response_model=CalibrationOut)

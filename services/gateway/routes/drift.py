@@ -28,6 +28,7 @@ from services.gateway.schemas import (
     ReferenceOut,
     ThresholdsIn,
 )
+from services.gateway.state import state_of
 from shared.contracts.batches import model_key
 from shared.drift.profile import CONFIDENCE_KEY, LABEL_KEY
 from shared.drift.profile_builder import build_profile
@@ -38,7 +39,7 @@ router = APIRouter(prefix="/api", tags=["drift"])
 
 
 async def _owned(request: Request, who: Principal, model_version_id: int) -> asyncpg.Record:
-    row = await request.app.state.pool.fetchrow(
+    row = await state_of(request).pool.fetchrow(
         "SELECT id, tenant_id, name, version FROM model_versions WHERE id = $1 AND tenant_id = $2",
         model_version_id,
         who.tenant,
@@ -102,7 +103,7 @@ async def upload_reference(
         )
     except ValueError as exc:
         raise _unprocessable(["body", "events"], str(exc)) from exc
-    created = await request.app.state.pool.fetchval(
+    created = await state_of(request).pool.fetchval(
         "INSERT INTO drift_references (tenant_id, model_version_id, version, n_samples, "
         "profile, api_key_id) VALUES ($1, $2, $3, $4, $5::jsonb, $6) RETURNING created_at",
         who.tenant,
@@ -130,7 +131,7 @@ async def active_reference(
     row = await _owned(request, who, model_version_id)
     key = model_key(row["tenant_id"], row["name"], row["version"])
     ref = await read_reference(
-        request.app.state.redis, request.app.state.settings.redis_prefix, key
+        state_of(request).redis, state_of(request).settings.redis_prefix, key
     )
     if ref is None:
         raise HTTPException(
@@ -153,7 +154,7 @@ async def set_thresholds(
     """Set thresholds per feature of one model version (unnamed features keep the worker's
     defaults: PSI 0.2, Cohen's w 0.3); returns every threshold the version has."""
     await _owned(request, who, body.model_version_id)
-    async with request.app.state.pool.acquire() as conn, conn.transaction():
+    async with state_of(request).pool.acquire() as conn, conn.transaction():
         for feature, threshold in body.thresholds.items():
             if not feature or not math.isfinite(threshold):
                 raise _unprocessable(
@@ -189,11 +190,11 @@ async def current_drift(
     row = await _owned(request, who, model_version_id)
     key = model_key(row["tenant_id"], row["name"], row["version"])
     scores = await read_scores(
-        request.app.state.redis, request.app.state.settings.redis_prefix, key
+        state_of(request).redis, state_of(request).settings.redis_prefix, key
     )
     if scores is None:
         collected = await read_collected(
-            request.app.state.redis, request.app.state.settings.redis_prefix, key
+            state_of(request).redis, state_of(request).settings.redis_prefix, key
         )
         return {
             "model_version_id": model_version_id,
@@ -215,7 +216,7 @@ async def drift_alerts(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> list[DriftAlertOut]:
     """Drift alerts and recoveries of the tenant's model versions, newest first."""
-    rows = await request.app.state.pool.fetch(
+    rows = await state_of(request).pool.fetch(
         "SELECT coalesce(a.model_version_id, m.id) AS model_version_id, a.feature, a.value, "
         "a.threshold, a.severity, a.created_at, a.method, a.window_name, a.reference_version, "
         "a.n_samples FROM alerts a LEFT JOIN model_versions m ON m.tenant_id = a.tenant_id "

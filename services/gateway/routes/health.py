@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from services.gateway.schemas import HealthOut
+from services.gateway.state import state_of
 
 router = APIRouter(tags=["health"])
 PROBE_TIMEOUT_SECONDS = 3.0
@@ -37,7 +38,7 @@ async def check(name: str, probe: Callable[[], Awaitable[Any]]) -> dict[str, Any
 @router.get("/health", response_model=HealthOut, responses={503: {"model": HealthOut}})
 async def health(request: Request) -> JSONResponse:
     """Kafka, Redis, PostgreSQL and the live feed's Kafka assignment, each with its latency."""
-    state = request.app.state
+    state = state_of(request)
     loop = asyncio.get_running_loop()
 
     async def kafka() -> None:

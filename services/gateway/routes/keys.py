@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, status
 
 from services.gateway.auth import ADMIN, ANY, Principal, create_key_row, require
 from services.gateway.schemas import KeyCreated, KeyIn, KeyOut, Me
+from services.gateway.state import state_of
 
 router = APIRouter(prefix="/api", tags=["auth"])
 
@@ -23,7 +24,7 @@ async def list_keys(
     request: Request, who: Annotated[Principal, Depends(require(ADMIN))]
 ) -> list[KeyOut]:
     """This tenant's keys (their prefixes; the keys themselves are not stored)."""
-    rows = await request.app.state.pool.fetch(
+    rows = await state_of(request).pool.fetch(
         "SELECT id, key_prefix, roles, created_at, revoked_at FROM api_keys "
         "WHERE tenant_id = $1 ORDER BY id",
         who.tenant,
@@ -45,7 +46,7 @@ async def create(
     body: KeyIn, request: Request, who: Annotated[Principal, Depends(require(ADMIN))]
 ) -> KeyCreated:
     """A new key of this tenant; the answer is the only time the key is shown."""
-    key, row = await create_key_row(request.app.state.pool, who.tenant, body.roles)
+    key, row = await create_key_row(state_of(request).pool, who.tenant, body.roles)
     return KeyCreated(
         id=row["id"],
         prefix=row["key_prefix"],
@@ -62,7 +63,7 @@ async def revoke(
     key_id: int, request: Request, who: Annotated[Principal, Depends(require(ADMIN))]
 ) -> None:
     """Revoke a key of this tenant (other instances stop accepting it within seconds)."""
-    done = await request.app.state.pool.fetchval(
+    done = await state_of(request).pool.fetchval(
         "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now()) "
         "WHERE id = $1 AND tenant_id = $2 RETURNING id",
         key_id,
@@ -70,4 +71,4 @@ async def revoke(
     )
     if done is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"key {key_id} not found")
-    request.app.state.keys.forget()
+    state_of(request).keys.forget()

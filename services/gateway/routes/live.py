@@ -15,6 +15,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from services.gateway.auth import READ, websocket_principal
 from services.gateway.fanout import Client, Hub
+from services.gateway.state import state_of
 
 router = APIRouter(tags=["live"])
 POLICY_VIOLATION = 1008
@@ -42,7 +43,7 @@ async def live(ws: WebSocket, model_version_id: int | None = None) -> None:
         await ws.close(code=POLICY_VIOLATION, reason="a valid API key with a read role is required")
         return
     await ws.accept()
-    hub: Hub = ws.app.state.hub
+    hub: Hub = state_of(ws).hub
     client = hub.join(principal.tenant, model_version_id)
     tasks = [
         asyncio.create_task(_pump(ws, client)),

@@ -21,6 +21,7 @@ from services.gateway.schemas import (
     PredictionIn,
     PredictionOut,
 )
+from services.gateway.state import state_of
 from shared.runtime import clock
 
 router = APIRouter(prefix="/api", tags=["predictions"])
@@ -57,7 +58,7 @@ async def _resolve(
 async def _accept(
     request: Request, who: Principal, events: Sequence[PredictionIn], batch: bool
 ) -> Prepared:
-    state = request.app.state
+    state = state_of(request)
     now_ms = clock.now_ms()
     models = await _resolve(state.models, who.tenant, events)
     prepared = prepare(events, who.tenant, models, now_ms, batch)
@@ -190,7 +191,7 @@ async def list_predictions(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> list[PredictionOut]:
     """Recorded predictions of this tenant, newest first; filter by model and status."""
-    rows = await request.app.state.pool.fetch(
+    rows = await state_of(request).pool.fetch(
         f"SELECT {PREDICTION_COLUMNS} FROM predictions WHERE tenant_id = $1 "
         "AND ($2::bigint IS NULL OR model_version_id = $2) AND ($3::text IS NULL OR status = $3) "
         "ORDER BY event_time DESC, event_id LIMIT $4 OFFSET $5",

@@ -22,6 +22,7 @@ from services.gateway.schemas import (
     ModelVersionOut,
     StageChange,
 )
+from services.gateway.state import state_of
 from shared.registry.events import REGISTRY_COLUMNS, model_update_message
 
 router = APIRouter(prefix="/api/models", tags=["registry"])
@@ -45,8 +46,8 @@ def to_out(row: asyncpg.Record) -> ModelVersionOut:
 
 
 async def _publish(request: Request, conn: asyncpg.Connection, row: asyncpg.Record) -> None:
-    key, value = model_update_message(request.app.state.codec, row)
-    await enqueue(conn, request.app.state.topics.model_updates, key, value)
+    key, value = model_update_message(state_of(request).codec, row)
+    await enqueue(conn, state_of(request).topics.model_updates, key, value)
 
 
 async def _owned(
@@ -88,7 +89,7 @@ async def list_models(
     request: Request, who: Annotated[Principal, Depends(require(READ))]
 ) -> list[ModelVersionOut]:
     """This tenant's model versions, oldest first."""
-    rows = await request.app.state.pool.fetch(
+    rows = await state_of(request).pool.fetch(
         f"SELECT {REGISTRY_COLUMNS} FROM model_versions WHERE tenant_id = $1 ORDER BY id",
         who.tenant,
     )
@@ -105,7 +106,7 @@ async def register(
     body: ModelVersionIn, request: Request, who: Annotated[Principal, Depends(require(ADMIN))]
 ) -> ModelVersionOut:
     """Register a version; registering it in production archives the previous one."""
-    async with request.app.state.pool.acquire() as conn, conn.transaction():
+    async with state_of(request).pool.acquire() as conn, conn.transaction():
         if body.parent_id is not None:
             parent = await conn.fetchval(
                 "SELECT id FROM model_versions WHERE id = $1 AND tenant_id = $2",
@@ -146,7 +147,7 @@ async def register(
                 detail=f"model {body.name!r} version {body.version!r} already exists",
             ) from None
         await _publish(request, conn, row)
-    request.app.state.models.forget()
+    state_of(request).models.forget()
     return to_out(row)
 
 
@@ -154,7 +155,7 @@ async def register(
 async def get_model(
     model_id: int, request: Request, who: Annotated[Principal, Depends(require(READ))]
 ) -> ModelVersionOut:
-    async with request.app.state.pool.acquire() as conn:
+    async with state_of(request).pool.acquire() as conn:
         return to_out(await _owned(conn, who.tenant, model_id))
 
 
@@ -166,7 +167,7 @@ async def change_stage(
     who: Annotated[Principal, Depends(require(ADMIN))],
 ) -> ModelVersionOut:
     """Move a version to a stage; promotion to production archives the previous one."""
-    async with request.app.state.pool.acquire() as conn, conn.transaction():
+    async with state_of(request).pool.acquire() as conn, conn.transaction():
         current = await _owned(conn, who.tenant, model_id)
         await _lock_model(conn, who.tenant, current["name"])
         if body.stage == "production":
@@ -178,7 +179,7 @@ async def change_stage(
             model_id,
         )
         await _publish(request, conn, row)
-    request.app.state.models.forget()
+    state_of(request).models.forget()
     return to_out(row)
 
 
@@ -190,7 +191,7 @@ async def change_threshold(
     who: Annotated[Principal, Depends(require(ADMIN))],
 ) -> ModelVersionOut:
     """Change the abstain threshold; the policy applies it from the next batch it reads."""
-    async with request.app.state.pool.acquire() as conn, conn.transaction():
+    async with state_of(request).pool.acquire() as conn, conn.transaction():
         await _owned(conn, who.tenant, model_id, lock=True)
         row = await conn.fetchrow(
             "UPDATE model_versions SET abstain_threshold = $1, updated_at = now() WHERE id = $2 "
@@ -199,7 +200,7 @@ async def change_threshold(
             model_id,
         )
         await _publish(request, conn, row)
-    request.app.state.models.forget()
+    state_of(request).models.forget()
     return to_out(row)
 
 
@@ -222,7 +223,7 @@ async def lineage(
     model_id: int, request: Request, who: Annotated[Principal, Depends(require(READ))]
 ) -> Lineage:
     """Ancestors (parent, grandparent, ...) and descendants (children, grandchildren, ...)."""
-    async with request.app.state.pool.acquire() as conn:
+    async with state_of(request).pool.acquire() as conn:
         me = await _owned(conn, who.tenant, model_id)
         up = await conn.fetch(
             _WALK.format(join="n.id = walk.parent_id", columns=_COLUMNS), model_id, who.tenant

@@ -12,6 +12,7 @@ from services.gateway.auth import READ, REVIEW, Principal, require
 from services.gateway.outbox import enqueue
 from services.gateway.routes.predictions import PREDICTION_COLUMNS, prediction_out
 from services.gateway.schemas import PredictionOut, ResolutionIn, ResolutionOut
+from services.gateway.state import state_of
 from shared.contracts.batches import model_key
 
 router = APIRouter(prefix="/api", tags=["review"])
@@ -37,7 +38,7 @@ async def review_queue(
     A prediction leaves the queue as soon as it is resolved here, before its label has
     travelled through the pipeline back into the prediction.
     """
-    rows = await request.app.state.pool.fetch(
+    rows = await state_of(request).pool.fetch(
         f"SELECT {PREDICTION_COLUMNS} FROM predictions p WHERE tenant_id = $1 "
         "AND status = 'review' AND ($2::bigint IS NULL OR model_version_id = $2) "
         f"AND {_UNRESOLVED} "
@@ -89,7 +90,7 @@ async def resolve(
         eid = uuid.UUID(event_id)
     except ValueError:
         raise _not_found(event_id) from None
-    state = request.app.state
+    state = state_of(request)
     async with state.pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
             "SELECT event_id::text AS event_id, model_version_id, model_name, model_version, "

@@ -1,0 +1,73 @@
+"""Everything a request handler of the gateway reaches: one typed object, built in one place.
+
+:func:`open_state` builds it when the app starts (``app.py``'s lifespan, which also closes
+it); handlers get it with :func:`state_of`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import asyncpg
+import redis.asyncio as aioredis
+from starlette.requests import HTTPConnection
+
+from services.gateway.auth import KeyStore
+from services.gateway.fanout import Hub
+from services.gateway.metrics import GatewayMetrics
+from services.gateway.model_cache import ModelCache, RegistryIndex
+from services.gateway.publish import Publisher
+from services.gateway.settings import GatewaySettings
+from shared.contracts.codec import AvroCodec
+from shared.contracts.topics import Topics
+from shared.runtime.kafka import make_producer
+
+PUBLISH_TIMEOUT_MS = 15_000
+"""How long a request waits for Kafka before it fails with 503."""
+
+
+@dataclass(slots=True)
+class GatewayState:
+    settings: GatewaySettings
+    metrics: GatewayMetrics
+    topics: Topics
+    codec: AvroCodec
+    pool: asyncpg.Pool
+    redis: aioredis.Redis
+    publisher: Publisher
+    view: RegistryIndex
+    models: ModelCache
+    keys: KeyStore
+    hub: Hub
+    live_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set once the live feed follows its topics (``/health`` reports it)."""
+
+
+async def open_state(settings: GatewaySettings, metrics: GatewayMetrics) -> GatewayState:
+    """Connect the pools and producers the handlers use."""
+    topics = Topics.for_namespace(settings.topic_namespace)
+    codec = AvroCodec()
+    pool = await asyncpg.create_pool(
+        settings.postgres_url, min_size=2, max_size=settings.gateway_db_pool_size
+    )
+    view = RegistryIndex(settings, topics.model_updates, codec)
+    return GatewayState(
+        settings=settings,
+        metrics=metrics,
+        topics=topics,
+        codec=codec,
+        pool=pool,
+        redis=aioredis.Redis.from_url(settings.redis_dsn),
+        publisher=Publisher(make_producer(settings, **{"message.timeout.ms": PUBLISH_TIMEOUT_MS})),
+        view=view,
+        models=ModelCache(pool, view),
+        keys=KeyStore(pool, settings.gateway_key_cache_seconds),
+        hub=Hub(settings.gateway_ws_queue, metrics),
+    )
+
+
+def state_of(conn: HTTPConnection) -> GatewayState:
+    """The gateway's state, from a request or a WebSocket."""
+    state: GatewayState = conn.app.state.gateway
+    return state
