@@ -1,0 +1,1 @@
+"""Before-labels estimation: confidence-based performance estimates and guaranteed-risk thresholds."""
