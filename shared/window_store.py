@@ -12,6 +12,14 @@ The aggregator is the only writer; the gateway reads. Layout (``P`` = ``<redis_p
   ``h{j}``/``e{j}`` count and errors of fine cell j (sparse; the curve needs nothing else;
   ``f{j}``, a confidence sum, is read where an older aggregator wrote it). Kept apart so a
   calibration answer never reads its thousands of fields.
+- ``P{g}q:{model key}:{start}`` — the fine histogram of labeled predictions binned on their
+  CALIBRATED confidence (the one the policy compares with its threshold): ``h{j}``/``e{j}``
+  as above. The threshold advice reads it (``shared.estimation.risk_threshold``).
+- Estimation sums in the main hash (``ESTIMATE_FIELDS``; CBPE, ``shared.estimation.cbpe``):
+  over predictions with a calibrated confidence c, ``En`` count, ``Ec`` Σc, ``Ev`` Σc(1−c);
+  the same over auto-accepted ones ``Ean``/``Eac``/``Eav``; over labeled ones (counted when
+  the label joins) ``Ln``/``Lc``/``Lv`` and ``Lk`` correct, auto-accepted labeled
+  ``Lan``/``Lac``/``Lav``/``Lak``.
   Sums are fixed point, integer units of 1e-9, so merges and replays are exact.
 - ``Pidx:{model key}`` — sorted set of the minute buckets that exist (for time series).
 - ``Pmodels`` — set of model keys seen.
@@ -44,6 +52,7 @@ from shared.calibration import (
     nll,
     reliability_bins,
 )
+from shared.estimation.cbpe import ConfidenceSums
 from shared.selective import ConfidenceHistogram, RiskCoverage
 
 SCALE = 1_000_000_000
@@ -58,6 +67,37 @@ WINDOWS = {"5m": ("m", 5), "1h": ("m", 60), "24h": ("h", 24), "7d": ("h", 168), 
 Counters = dict[str, int]
 FINE_FIELDS = frozenset("hef")
 """First letters of the fine-histogram fields, which live in the ``{g}f`` hash."""
+CALIBRATED_COUNT = "Q"
+CALIBRATED_ERRORS = "X"
+"""Increment fields ``Q{j}``/``X{j}``: count and errors of fine cell j on calibrated
+confidence; stored as ``h{j}``/``e{j}`` of the ``{g}q`` hash."""
+CALIBRATED_FINE = {CALIBRATED_COUNT: "h", CALIBRATED_ERRORS: "e"}
+
+
+@dataclass(frozen=True, slots=True)
+class SumFields:
+    """Field names of one set's CBPE sums: count, Σc, Σc(1−c) (fixed point), and, for a
+    labeled set, its correct count."""
+
+    n: str
+    conf: str
+    var: str
+    correct: str | None = None
+
+
+ALL_PREDICTIONS = SumFields("En", "Ec", "Ev")
+AUTO_PREDICTIONS = SumFields("Ean", "Eac", "Eav")
+LABELED_PREDICTIONS = SumFields("Ln", "Lc", "Lv", "Lk")
+LABELED_AUTO = SumFields("Lan", "Lac", "Lav", "Lak")
+ESTIMATE_SETS = {
+    "all": ALL_PREDICTIONS,
+    "auto": AUTO_PREDICTIONS,
+    "labeled": LABELED_PREDICTIONS,
+    "labeled_auto": LABELED_AUTO,
+}
+ESTIMATE_FIELDS = tuple(
+    f for s in ESTIMATE_SETS.values() for f in (s.n, s.conf, s.var, s.correct) if f is not None
+)
 SERIES_FIELDS = (
     "n",
     "rv",
@@ -193,6 +233,13 @@ class Totals:
         values = [v for s in per_class.values() if (v := ece(s)) is not None]
         return float(np.mean(values)) if values else None
 
+    def confidence_sums(self, fields: SumFields) -> tuple[ConfidenceSums, int]:
+        """One set's CBPE sums, and its correct count (0 for an unlabeled set)."""
+        sums = ConfidenceSums(
+            self.get(fields.n), self.get(fields.conf) / SCALE, self.get(fields.var) / SCALE
+        )
+        return sums, self.get(fields.correct) if fields.correct else 0
+
 
 def _joined(flat: list[bytes]) -> Totals:
     """The ``_SUM`` script's answer: field, high part, low part, … → exact integers."""
@@ -202,6 +249,19 @@ def _joined(flat: list[bytes]) -> Totals:
             for i in range(0, len(flat), 3)
         }
     )
+
+
+def split_calibrated(fields: dict[str, int]) -> tuple[dict[str, int], dict[str, int]]:
+    """A bucket's counters as (other fields, ``{g}q`` hash fields under their stored names)."""
+    rest: dict[str, int] = {}
+    calibrated: dict[str, int] = {}
+    for f, v in fields.items():
+        letter = CALIBRATED_FINE.get(f[0])
+        if letter is not None and f[1:].isdigit():
+            calibrated[letter + f[1:]] = v
+        else:
+            rest[f] = v
+    return rest, calibrated
 
 
 def split_fine(fields: dict[str, int]) -> tuple[dict[str, int], dict[str, int]]:
@@ -221,11 +281,13 @@ class WindowReader:
         self._p = f"{prefix}agg:"
         self._sum = client.register_script(_SUM)
 
-    def key(self, granularity: str, model: str, start: int, fine: bool = False) -> str:
-        return f"{self._p}{granularity}{'f' if fine else ''}:{model}:{start}"
+    def key(self, granularity: str, model: str, start: int, fine: bool | str = False) -> str:
+        """``fine``: True (or "f") for the fine histogram, "q" for the calibrated one."""
+        suffix = "f" if fine is True else fine or ""
+        return f"{self._p}{granularity}{suffix}:{model}:{start}"
 
     def window_keys(
-        self, model: str, window: str, now_s: int | None = None, fine: bool = False
+        self, model: str, window: str, now_s: int | None = None, fine: bool | str = False
     ) -> list[str]:
         """One key per bucket of the window, newest first (the time series' points)."""
         granularity, count = _window(window)
@@ -235,7 +297,7 @@ class WindowReader:
         return [self.key(granularity, model, last - i * size, fine) for i in range(count)]
 
     def summed_keys(
-        self, model: str, window: str, now_s: int | None = None, fine: bool = False
+        self, model: str, window: str, now_s: int | None = None, fine: bool | str = False
     ) -> list[str]:
         """Keys whose sum is the window: the 7-day window's whole days come from day
         buckets, which hold exactly what their 24 hour buckets hold."""
@@ -255,7 +317,7 @@ class WindowReader:
         ]
 
     async def totals(
-        self, model: str, window: str, now_s: int | None = None, fine: bool = False
+        self, model: str, window: str, now_s: int | None = None, fine: bool | str = False
     ) -> Totals:
         """The window's counters: the main hashes, or with ``fine`` the fine histograms."""
         keys = self.summed_keys(model, window, now_s, fine)
@@ -293,6 +355,12 @@ class WindowReader:
         return RiskCoverageAnswer(
             window, int(histogram.count.sum()), curve.aurc, curve.e_aurc, points, curve
         )
+
+    async def calibrated_histogram(
+        self, model: str, window: str, now_s: int | None = None
+    ) -> ConfidenceHistogram:
+        """Labeled predictions of the window binned on calibrated confidence."""
+        return (await self.totals(model, window, now_s, fine="q")).histogram()
 
     async def timeseries(
         self, model: str, window: str, now_s: int | None = None

@@ -9,7 +9,20 @@ import numpy as np
 import numpy.typing as npt
 
 from shared.calibration import bin_index, brier_terms, nll_terms
-from shared.window_store import DELAY_BUCKETS_S, FINE_BINS, GRANULARITY, RELIABILITY_BINS, SCALE
+from shared.window_store import (
+    CALIBRATED_COUNT,
+    CALIBRATED_ERRORS,
+    ALL_PREDICTIONS,
+    AUTO_PREDICTIONS,
+    DELAY_BUCKETS_S,
+    FINE_BINS,
+    GRANULARITY,
+    LABELED_AUTO,
+    LABELED_PREDICTIONS,
+    RELIABILITY_BINS,
+    SCALE,
+    SumFields,
+)
 
 MAX_CLASSES = 50
 """Classes tracked per model for classwise ECE; beyond this the classwise counters stop."""
@@ -32,6 +45,10 @@ class LabeledEvents:
     classes: list[str] | None = None
     true_index: npt.NDArray[np.int64] | None = None
     """Column of the true class in ``probabilities`` (−1 when the class is not a column)."""
+    calibrated: npt.NDArray[np.float64] | None = None
+    """Calibrated confidence the policy decided on (NaN where unknown: an older record)."""
+    auto: npt.NDArray[np.bool_] | None = None
+    """Whether the prediction was auto-accepted (not withheld for review)."""
 
 
 _BIN_SPAN = 1 << 20
@@ -86,6 +103,87 @@ def _add(
                 bucket[field] = bucket.get(field, 0) + total
 
 
+def _add_many(
+    out: Increments,
+    model: str,
+    event_ms: npt.NDArray[np.int64],
+    fields: dict[str, npt.NDArray[np.int64]],
+) -> None:
+    """:func:`_add` of several fields at once: one grouping per granularity for all."""
+    if not len(event_ms):
+        return
+    seconds = np.asarray(event_ms, dtype=np.int64) // 1000
+    for g, size in GRANULARITY.items():
+        uniq, inverse = np.unique(seconds // size * size, return_inverse=True)
+        starts = uniq.tolist()
+        for field, values in fields.items():
+            sums = np.bincount(inverse, weights=values, minlength=len(uniq))
+            for start, total in zip(starts, sums.tolist(), strict=True):
+                if total:
+                    bucket = out[(g, model, start)]
+                    bucket[field] = bucket.get(field, 0) + int(total)
+
+
+def _sum_fields(
+    fields: SumFields,
+    c: npt.NDArray[np.float64],
+    member: npt.NDArray[np.bool_],
+    correct: npt.NDArray[np.bool_] | None = None,
+) -> dict[str, npt.NDArray[np.int64]]:
+    """Per-event values of one set's CBPE sums (zero outside the set)."""
+    m = member.astype(np.int64)
+    out = {
+        fields.n: m,
+        fields.conf: np.where(member, fixed(c), 0),
+        fields.var: np.where(member, fixed(c * (1.0 - c)), 0),
+    }
+    if fields.correct is not None and correct is not None:
+        out[fields.correct] = (member & correct).astype(np.int64)
+    return out
+
+
+def estimate_increments(
+    out: Increments,
+    model: str,
+    event_ms: npt.NDArray[np.int64],
+    calibrated: npt.NDArray[np.float64],
+    review: npt.NDArray[np.bool_],
+) -> None:
+    """CBPE sums of a batch of decisions, labeled or not: all and auto-accepted predictions
+    with a calibrated confidence (a NaN, withheld by the policy, counts in neither)."""
+    known = np.isfinite(calibrated)
+    c = np.where(known, calibrated, 0.0)
+    _add_many(
+        out,
+        model,
+        event_ms,
+        _sum_fields(ALL_PREDICTIONS, c, known) | _sum_fields(AUTO_PREDICTIONS, c, known & ~review),
+    )
+
+
+def _labeled_estimate_increments(out: Increments, ev: LabeledEvents) -> None:
+    """Labeled predictions' CBPE sums and correct counts, and their fine histogram on
+    calibrated confidence (the threshold advice's input)."""
+    if ev.calibrated is None:
+        return
+    known = np.isfinite(ev.calibrated)
+    if not known.any():
+        return
+    c = np.where(known, ev.calibrated, 0.0)
+    auto = known & (ev.auto if ev.auto is not None else np.zeros(len(c), dtype=np.bool_))
+    _add_many(
+        out,
+        ev.model,
+        ev.event_ms,
+        _sum_fields(LABELED_PREDICTIONS, c, known, ev.correct)
+        | _sum_fields(LABELED_AUTO, c, auto, ev.correct),
+    )
+    ms, ck, ok = ev.event_ms[known], np.clip(c[known], 0.0, 1.0), ev.correct[known]
+    fine = bin_index(ck, FINE_BINS + 1, scale=FINE_BINS)
+    _add_binned(out, ev.model, ms, CALIBRATED_COUNT, fine, np.ones(len(ms), dtype=np.int64))
+    _add_binned(out, ev.model, ms, CALIBRATED_ERRORS, fine, (~ok).astype(np.int64))
+
+
 def fixed(x: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
     return np.round(np.asarray(x) * SCALE).astype(np.int64)
 
@@ -98,10 +196,12 @@ def decision_increments(
     _add(out, model, event_ms, "rv", review.astype(np.int64))
 
 
-def labeled_increments(out: Increments, ev: LabeledEvents) -> None:
+def labeled_increments(out: Increments, ev: LabeledEvents, estimate: bool = True) -> None:
     n = len(ev.event_ms)
     if n == 0:
         return
+    if estimate:
+        _labeled_estimate_increments(out, ev)
     ones = np.ones(n, dtype=np.int64)
     ok = ev.correct.astype(np.int64)
     conf_fp = fixed(ev.confidences)

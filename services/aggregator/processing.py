@@ -20,6 +20,7 @@ from confluent_kafka import Message
 from services.aggregator.counters import (
     LabeledEvents,
     decision_increments,
+    estimate_increments,
     labeled_increments,
     new_increments,
 )
@@ -49,6 +50,10 @@ class PredictionRecord:
     probabilities: list[float] | None
     slot: int = -1
     """Start of the arrival slot it was stored in (its unlabeled count); −1 when unknown."""
+    calibrated: float | None = None
+    """Calibrated confidence the policy decided on; None when unknown (an older record)."""
+    auto: bool = False
+    """Auto-accepted (not withheld for review)."""
 
     def encode(self) -> str:
         probs = "" if self.probabilities is None else ",".join(repr(p) for p in self.probabilities)
@@ -61,12 +66,14 @@ class PredictionRecord:
                 "\x1e".join(self.classes),
                 probs,
                 str(self.slot),
+                "" if self.calibrated is None else repr(self.calibrated),
+                "1" if self.auto else "0",
             ]
         )
 
     @classmethod
     def decode(cls, raw: str) -> PredictionRecord:
-        model, ms, conf, predicted, classes, probs, *slot = raw.split("\x1f")
+        model, ms, conf, predicted, classes, probs, *rest = raw.split("\x1f")
         return cls(
             model,
             int(ms),
@@ -74,7 +81,9 @@ class PredictionRecord:
             predicted,
             classes.split("\x1e") if classes else [],
             [float(p) for p in probs.split(",")] if probs else None,
-            int(slot[0]) if slot else -1,
+            int(rest[0]) if rest else -1,
+            float(rest[1]) if len(rest) > 1 and rest[1] else None,
+            len(rest) > 2 and rest[2] == "1",
         )
 
 
@@ -92,7 +101,10 @@ class AggregatorProcessor:
         codec: AvroCodec,
         store: AggregatorStore,
         metrics: AggregatorMetrics | None = None,
+        estimate: bool = True,
     ) -> None:
+        self._estimate = estimate
+        """Keep the before-labels sums (CBPE, calibrated fine histogram)."""
         self._topics = topics
         self._codec = codec
         self._store = store
@@ -164,6 +176,10 @@ class AggregatorProcessor:
             p = d.predictions
             tenant = p.tenant
             decision_increments(inc, p.key, p.event_time_ms, d.review)
+            if self._estimate:
+                estimate_increments(inc, p.key, p.event_time_ms, d.calibrated_confidences, d.review)
+            calibrated = d.calibrated_confidences.tolist()
+            auto = (~d.review).tolist()
             probs = p.probabilities.tolist() if p.probabilities is not None else None
             for i, eid in enumerate(p.event_ids):
                 row = (
@@ -178,6 +194,8 @@ class AggregatorProcessor:
                     p.predicted_labels[i],
                     p.class_labels if row else [],
                     row,
+                    calibrated=calibrated[i],
+                    auto=auto[i],
                 )
                 pending = waiting.get((tenant, eid))
                 if pending is not None:
@@ -220,7 +238,7 @@ class AggregatorProcessor:
             key = (rec.model, slot)
             counts[key] = counts.get(key, 0) + 1
         for ev in _labeled_events(joined):
-            labeled_increments(inc, ev)
+            labeled_increments(inc, ev, self._estimate)
         applied = await store.apply(messages, inc, sets, deletes, counts, now_s)
         if applied:
             self.events_counted += len(all_ids)
@@ -288,7 +306,18 @@ def _labeled_events(joined: list[Joined]) -> list[LabeledEvents]:
             true_idx = np.array([index.get(j.truth, -1) for j in items], dtype=np.int64)
         out.append(
             LabeledEvents(
-                model, event_ms, conf, correct, np.maximum(delay, 0.0), probs, classes, true_idx
+                model,
+                event_ms,
+                conf,
+                correct,
+                np.maximum(delay, 0.0),
+                probs,
+                classes,
+                true_idx,
+                np.array(
+                    [np.nan if j.record.calibrated is None else j.record.calibrated for j in items]
+                ),
+                np.array([j.record.auto for j in items]),
             )
         )
     return out
