@@ -10,10 +10,10 @@ import numpy.typing as npt
 
 from shared.calibration import bin_index, brier_terms, nll_terms
 from shared.window_store import (
-    CALIBRATED_COUNT,
-    CALIBRATED_ERRORS,
     ALL_PREDICTIONS,
     AUTO_PREDICTIONS,
+    CALIBRATED_COUNT,
+    CALIBRATED_ERRORS,
     DELAY_BUCKETS_S,
     FINE_BINS,
     GRANULARITY,

@@ -1,1 +1,1 @@
-"""Before-labels estimation: confidence-based performance estimates and guaranteed-risk thresholds."""
+"""Before-labels estimation: performance estimated from confidence, guaranteed-risk thresholds."""

@@ -150,7 +150,7 @@ def advise(
 def _with(advice: ThresholdAdvice, **changes: object) -> ThresholdAdvice:
     fields = {f: getattr(advice, f) for f in advice.__dataclass_fields__}
     fields.update(changes)
-    return ThresholdAdvice(**fields)  # type: ignore[arg-type]
+    return ThresholdAdvice(**fields)
 
 
 def selective_risk(histogram: ConfidenceHistogram, threshold: float) -> float | None:

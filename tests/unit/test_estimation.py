@@ -70,7 +70,7 @@ def test_estimate_within_band_in_95_percent_of_200_windows() -> None:
             assert r is not None
             inside[z] += not r.outside_band
     rates = {z: k / 200 for z, k in inside.items()}
-    print(f"estimate within its band of realised: {rates}")  # noqa: T201
+    print(f"estimate within its band of realised: {rates}")
     assert rates[DEFAULT_Z] >= 0.95
     assert rates[1.96] >= 0.90  # nominal 95 %: reported, loosely checked
 
@@ -124,7 +124,7 @@ def test_threshold_advice_holds_its_risk_in_all_but_delta_of_500_draws() -> None
         risk = selective_risk(fresh, adv.threshold)
         assert risk is not None
         exceed += risk > target
-    print(f"advised {advised}/500, realised risk above target in {exceed / 500:.4f}")  # noqa: T201
+    print(f"advised {advised}/500, realised risk above target in {exceed / 500:.4f}")
     assert advised >= 450  # the method has power at this size
     assert exceed / 500 <= delta
 
