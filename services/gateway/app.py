@@ -31,6 +31,7 @@ from services.gateway.publish import Publisher
 from services.gateway.routes import (
     console,
     drift,
+    estimation,
     health,
     keys,
     live,
@@ -46,7 +47,7 @@ from shared.topics import Topics
 
 logger = logging.getLogger(__name__)
 
-ROUTERS = (predictions, reviews, registry, calibration, drift, keys, health, live)
+ROUTERS = (predictions, reviews, registry, estimation, calibration, drift, keys, health, live)
 RESTART_SECONDS = 2.0
 PUBLISH_TIMEOUT_MS = 15_000
 """How long a request waits for Kafka before it fails with 503."""
