@@ -32,6 +32,13 @@ SNAPSHOT_WINDOWS = ("5m", "1h", "24h", "7d")
 WINDOW_SECONDS = {"5m": 300, "1h": 3600, "24h": 86400, "7d": 7 * 86400}
 
 
+def estimate_floor(settings: AggregatorSettings, model: str) -> float:
+    """The model version's estimated-accuracy floor: its own, its model's, or the default."""
+    floors = settings.estimate_floors
+    tenant, name, _ = split_model_key(model)
+    return floors.get(model, floors.get(f"{tenant}/{name}", settings.estimate_floor))
+
+
 class Evaluator:
     def __init__(
         self,
@@ -139,12 +146,6 @@ class Evaluator:
                 self.metrics.alerts.labels(b.metric, sev).inc()
         return out, changed
 
-    def floor(self, model: str) -> float:
-        """The model version's estimated-accuracy floor: its own, its model's, or the default."""
-        floors = self.settings.estimate_floors
-        tenant, name, _ = split_model_key(model)
-        return floors.get(model, floors.get(f"{tenant}/{name}", self.settings.estimate_floor))
-
     async def _performance_alerts(
         self, model: str, now_ms: int, export: bool = False
     ) -> tuple[list[dict[str, Any]], list[Transition]]:
@@ -162,7 +163,7 @@ class Evaluator:
                 self.series.set(self.metrics.estimate_gap, (model, window), lab.gap)
         rules: list[tuple[Breach, int, dict[str, str]]] = []
         if est is not None and est.n >= s.estimate_min_predictions:
-            floor = self.floor(model)
+            floor = estimate_floor(s, model)
             if floor > 0:
                 ceiling = 1.0 - floor
                 rules.append(

@@ -83,3 +83,13 @@ def test_join_record_keeps_calibrated_confidence_and_decision() -> None:
     assert PredictionRecord.decode(rec.encode()) == rec
     older = PredictionRecord(M, 1_000, 0.8, "cat", [], None, 7_200).encode()
     assert PredictionRecord.decode(older.rsplit("\x1f", 2)[0]).calibrated is None
+
+
+def test_floor_of_version_then_model_then_default() -> None:
+    from services.aggregator.evaluate import estimate_floor
+    from services.aggregator.settings import AggregatorSettings
+
+    s = AggregatorSettings(estimate_floor=0.5, estimate_floors={"acme/m": 0.8, "acme/m/v2": 0.9})
+    assert estimate_floor(s, "acme/m/v1") == 0.8
+    assert estimate_floor(s, "acme/m/v2") == 0.9
+    assert estimate_floor(s, "acme/other/v1") == 0.5
