@@ -12,9 +12,11 @@ The aggregator is the only writer; the gateway reads. Layout (``P`` = ``<redis_p
   ``h{j}``/``e{j}`` count and errors of fine cell j (sparse; the curve needs nothing else;
   ``f{j}``, a confidence sum, is read where an older aggregator wrote it). Kept apart so a
   calibration answer never reads its thousands of fields.
-- ``P{g}q:{model key}:{start}`` — the fine histogram of labeled predictions binned on their
-  CALIBRATED confidence (the one the policy compares with its threshold): ``h{j}``/``e{j}``
-  as above. The threshold advice reads it (``shared.estimation.risk_threshold``).
+- ``P{g}q:{model key}:{start}`` — a histogram of labeled predictions binned on their
+  CALIBRATED confidence (the one the policy compares with its threshold), in
+  ``CALIBRATED_BINS`` = 100 cells of 0.01 plus one for 1.0: ``h{j}``/``e{j}`` as above. The
+  threshold advice reads it (``shared.estimation.risk_threshold``, whose candidate
+  thresholds are that grid); 100 cells rather than 1,000 keep its writes a tenth.
 - Estimation sums in the main hash (``ESTIMATE_FIELDS``; CBPE, ``shared.estimation.cbpe``):
   over predictions with a calibrated confidence c, ``En`` count, ``Ec`` Σc, ``Ev`` Σc(1−c);
   the same over auto-accepted ones ``Ean``/``Eac``/``Eav``; over labeled ones (counted when
@@ -59,6 +61,7 @@ SCALE = 1_000_000_000
 """Fixed-point unit of sums: 1e-9."""
 RELIABILITY_BINS = 10
 FINE_BINS = 1000
+CALIBRATED_BINS = 100
 DELAY_BUCKETS_S = (60, 300, 900, 3600, 4 * 3600, 12 * 3600, 86400, 7 * 86400)
 GRANULARITY = {"m": 60, "h": 3600, "d": 86400}
 RETENTION_S = {"m": 3 * 3600, "h": 15 * 86400, "d": 400 * 86400}
@@ -203,8 +206,8 @@ class Totals:
             self.get("Nn"),
         )
 
-    def histogram(self) -> ConfidenceHistogram:
-        h = ConfidenceHistogram.empty(FINE_BINS)
+    def histogram(self, bins: int = FINE_BINS) -> ConfidenceHistogram:
+        h = ConfidenceHistogram.empty(bins)
         for field, value in self.c.items():
             if field[0] in "hef" and field[1:].isdigit():
                 j = int(field[1:])
@@ -360,7 +363,7 @@ class WindowReader:
         self, model: str, window: str, now_s: int | None = None
     ) -> ConfidenceHistogram:
         """Labeled predictions of the window binned on calibrated confidence."""
-        return (await self.totals(model, window, now_s, fine="q")).histogram()
+        return (await self.totals(model, window, now_s, fine="q")).histogram(CALIBRATED_BINS)
 
     async def timeseries(
         self, model: str, window: str, now_s: int | None = None

@@ -12,6 +12,7 @@ from shared.calibration import bin_index, brier_terms, nll_terms
 from shared.window_store import (
     ALL_PREDICTIONS,
     AUTO_PREDICTIONS,
+    CALIBRATED_BINS,
     CALIBRATED_COUNT,
     CALIBRATED_ERRORS,
     DELAY_BUCKETS_S,
@@ -82,6 +83,32 @@ def _add_binned(
                 bucket = out[(g, model, start)]
                 field = f"{prefix}{b}{suffix}"
                 bucket[field] = bucket.get(field, 0) + total
+
+
+def _add_binned_many(
+    out: Increments,
+    model: str,
+    event_ms: npt.NDArray[np.int64],
+    bins: npt.NDArray[np.int64],
+    fields: dict[str, npt.NDArray[np.int64]],
+) -> None:
+    """:func:`_add_binned` of several prefixes over the same bins: one sort per granularity."""
+    if not len(event_ms):
+        return
+    seconds = np.asarray(event_ms, dtype=np.int64) // 1000
+    for g, size in GRANULARITY.items():
+        combined = (seconds // size * size) * _BIN_SPAN + bins
+        order = np.argsort(combined, kind="stable")
+        ordered = combined[order]
+        edges = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+        codes = [divmod(c, _BIN_SPAN) for c in ordered[edges].tolist()]
+        for prefix, values in fields.items():
+            sums = np.add.reduceat(np.asarray(values, dtype=np.int64)[order], edges)
+            for (start, b), total in zip(codes, sums.tolist(), strict=True):
+                if total:
+                    bucket = out[(g, model, start)]
+                    field = f"{prefix}{b}"
+                    bucket[field] = bucket.get(field, 0) + total
 
 
 def _add(
@@ -179,9 +206,17 @@ def _labeled_estimate_increments(out: Increments, ev: LabeledEvents) -> None:
         | _sum_fields(LABELED_AUTO, c, auto, ev.correct),
     )
     ms, ck, ok = ev.event_ms[known], np.clip(c[known], 0.0, 1.0), ev.correct[known]
-    fine = bin_index(ck, FINE_BINS + 1, scale=FINE_BINS)
-    _add_binned(out, ev.model, ms, CALIBRATED_COUNT, fine, np.ones(len(ms), dtype=np.int64))
-    _add_binned(out, ev.model, ms, CALIBRATED_ERRORS, fine, (~ok).astype(np.int64))
+    fine = bin_index(ck, CALIBRATED_BINS + 1, scale=CALIBRATED_BINS)
+    _add_binned_many(
+        out,
+        ev.model,
+        ms,
+        fine,
+        {
+            CALIBRATED_COUNT: np.ones(len(ms), dtype=np.int64),
+            CALIBRATED_ERRORS: (~ok).astype(np.int64),
+        },
+    )
 
 
 def fixed(x: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:

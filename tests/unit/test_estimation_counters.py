@@ -49,10 +49,10 @@ def test_labeled_sums_and_calibrated_histogram() -> None:
     b = inc[("d", M, 0)]
     assert (b["Ln"], b["Lk"], b["Lan"], b["Lak"]) == (2, 1, 1, 1)
     assert b["Lc"] == round(1.5 * SCALE) and b["Lav"] == round(0.09 * SCALE)
-    assert (b["Q900"], b["Q600"], b["X600"]) == (1, 1, 1)
-    assert "X900" not in b and "Q990" not in b
+    assert (b["Q90"], b["Q60"], b["X60"]) == (1, 1, 1)  # 0.01-wide cells
+    assert "X90" not in b and "Q99" not in b
     rest, calibrated = split_calibrated(b)
-    assert calibrated == {"h900": 1, "h600": 1, "e600": 1}
+    assert calibrated == {"h90": 1, "h60": 1, "e60": 1}
     assert "Q900" not in rest and rest["h990"] == 3
 
     r = report(Totals(rest), "1h", z=2.0)
