@@ -9,7 +9,12 @@
    and day buckets) and the per-event join state (``pred:`` records, kept for the label
    horizon);
 3. copies the day's hour buckets onto the six days before it, so a 7-day window reads 168
-   full hours, and times ``GET /api/calibration?window=7d`` through one gateway.
+   full hours, and times ``GET /api/calibration?window=7d`` through one gateway, and the
+   before-labels answers (``/api/models/{id}/performance-estimate`` and
+   ``/threshold-advice``) on the same windows.
+
+``--no-estimate`` runs the aggregator without the before-labels sums
+(``CALIBER_ESTIMATE_ENABLED=false``): run it and the default back to back to see their cost.
 """
 
 from __future__ import annotations
@@ -107,17 +112,18 @@ def fill_week(client: redis.Redis, prefix: str, model: str) -> int:
     made = 0
     hour, day = GRANULARITY["h"], GRANULARITY["d"]
     starts: set[int] = set()
-    for suffix in ("", "f"):
+    for suffix in ("", "f", "q"):
         for src in list(client.scan_iter(match=f"{prefix}agg:h{suffix}:{model}:*", count=1000)):
             start = int(src.decode().rsplit(":", 1)[1])
             for k in range(1, 7):
                 dst = f"{prefix}agg:h{suffix}:{model}:{start - k * day}"
-                made += int(client.copy(src, dst, replace=True))
+                copied = int(client.copy(src, dst, replace=True))
+                made += copied if suffix == "" else 0
                 client.expire(dst, RETENTION_S["h"])
                 starts.add(start - k * day)
             starts.add(start)
     for d in {s // day * day for s in starts}:
-        for suffix in ("", "f"):
+        for suffix in ("", "f", "q"):
             pipe = client.pipeline(transaction=False)
             for h in range(d, d + day, hour):
                 pipe.hgetall(f"{prefix}agg:h{suffix}:{model}:{h}")
@@ -130,21 +136,27 @@ def fill_week(client: redis.Redis, prefix: str, model: str) -> int:
             if summed:
                 client.hset(dst, mapping=summed)
                 client.expire(dst, RETENTION_S["d"])
-    return made // 2
+    return made
 
 
 async def time_calibration(
-    base: str, key: str, model_id: int, window: str, requests: int
+    base: str, key: str, model_id: int, window: str, requests: int, path: str = "/api/calibration"
 ) -> list[float]:
     latencies = []
-    params: dict[str, str | int] = {"model_version_id": model_id, "window": window}
+    params: dict[str, str | int | float] = {"window": window}
+    if path == "/api/calibration":
+        params["model_version_id"] = model_id
+    else:
+        path = path.format(id=model_id)
+        if path.endswith("threshold-advice"):
+            params.update(target_risk=0.02, delta=0.05)
     async with httpx.AsyncClient(base_url=base, headers={"X-API-Key": key}) as client:
         for i in range(requests + 20):
             started = time.perf_counter()
-            r = await client.get("/api/calibration", params=params)
+            r = await client.get(path, params=params)
             took = (time.perf_counter() - started) * 1000
             if r.status_code != 200:
-                raise RuntimeError(f"/api/calibration answered {r.status_code}: {r.text[:200]}")
+                raise RuntimeError(f"{path} answered {r.status_code}: {r.text[:200]}")
             if i >= 20:  # warm-up: connection, caches
                 latencies.append(took)
     return latencies
@@ -226,6 +238,8 @@ def main(
     batch: int = 500,
     requests: int = 500,
     gateway_port: int = 8098,
+    estimate: bool = True,
+    gateway: bool = True,
 ) -> None:
     """Print labeled events/s, /api/calibration latency percentiles, Redis bytes per model
     version per day and peak RSS."""
@@ -250,11 +264,18 @@ def main(
     client = redis.Redis.from_url(settings.redis_dsn, socket_timeout=60)
     port = free_port()
     agg = start_service(
-        "aggregator", settings, logs / "aggregator-bench.log", CALIBER_METRICS_PORT=str(port)
+        "aggregator",
+        settings,
+        logs / "aggregator-bench.log",
+        CALIBER_METRICS_PORT=str(port),
+        CALIBER_ESTIMATE_ENABLED=str(estimate).lower(),
     )
     try:
         wait_metrics(port)
-        print("aggregator, one process, pre-loaded input:")
+        print(
+            "aggregator, one process, pre-loaded input, before-labels sums "
+            f"{'on' if estimate else 'off'}:"
+        )
         run_aggregator(settings, client, live, batch, "live traffic (the last 10 minutes)", port)
         run_aggregator(settings, client, day, batch, "a day of traffic replayed at once", port)
         print(
@@ -266,7 +287,7 @@ def main(
 
     total = hour_day = 0
     for g in GRANULARITY:
-        for suffix, what in (("", "counters"), ("f", "fine histogram")):
+        for suffix, what in (("", "counters"), ("f", "fine histogram"), ("q", "calibrated fine")):
             n, size = memory(client, f"{prefix}agg:{g}{suffix}:{model}:*")
             total += size
             hour_day += size if g != "m" else 0
@@ -290,8 +311,9 @@ def main(
 
     copies = fill_week(client, prefix, model)
     try:
-        with scratch_database(settings) as db:
-            time_gateway(db, name, gateway_port, requests, copies, logs)
+        if gateway:
+            with scratch_database(settings) as db:
+                time_gateway(db, name, gateway_port, requests, copies, logs)
     finally:
         for k in client.scan_iter(match=f"{prefix}*", count=5000):
             client.unlink(k)
@@ -317,6 +339,17 @@ def time_gateway(
             lat = asyncio.run(time_calibration(base, key, model_id, window, requests))
             p50, p99, top = np.percentile(lat, [50, 99, 100])
             print(f"  window {window:>3}: p50 {p50:5.1f} ms  p99 {p99:5.1f} ms  max {top:5.1f} ms")
+        for path in (
+            "/api/models/{id}/performance-estimate",
+            "/api/models/{id}/threshold-advice",
+        ):
+            print(f"GET {path}, one client, {requests} requests:")
+            for window in ("24h", "7d"):
+                lat = asyncio.run(time_calibration(base, key, model_id, window, requests, path))
+                p50, p99, top = np.percentile(lat, [50, 99, 100])
+                print(
+                    f"  window {window:>3}: p50 {p50:5.1f} ms  p99 {p99:5.1f} ms  max {top:5.1f} ms"
+                )
         print(f"gateway peak RSS {peak_rss_mb(gw.pid):.0f} MB")
     finally:
         gw.terminate()

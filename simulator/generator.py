@@ -47,6 +47,9 @@ class ModelSpec:
     feature_shift: dict[str, float] = field(default_factory=dict)
     """Numeric feature name → mean shift in standard deviations, from ``shift_at`` on."""
     shift_at: int | None = None
+    confidence_shift: float = 0.0
+    """From ``shift_at`` on, confidence moves this share of the way down to 1/C: the shifted
+    inputs land where the model is less sure (it stays as calibrated as before)."""
 
     @property
     def n_classes(self) -> int:
@@ -104,6 +107,8 @@ def generate(
     k = spec.n_classes
     lo = 1.0 / k
     conf = lo + (1.0 - lo) * rng.beta(spec.confidence_alpha, spec.confidence_beta, n)
+    if spec.confidence_shift and spec.shift_at is not None:
+        conf[spec.shift_at :] = lo + (conf[spec.shift_at :] - lo) * (1.0 - spec.confidence_shift)
     if grid:
         conf = np.clip(np.round(conf / grid) * grid, np.ceil(lo / grid) * grid, 1.0)
     correct = rng.random(n) < spec.p_correct(conf)

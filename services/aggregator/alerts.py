@@ -6,6 +6,15 @@ Rules per model version, on the alert window:
   labels) → warning, 15 % → critical;
 - ``ece_control``: ECE above mean + 3σ of its own past evaluations (30 at least).
 
+Performance before labels (kind ``performance``, from calibrated confidence; see
+``shared.estimation.cbpe``), each with a ``reason`` in its details:
+- ``estimated_error``: 1 − estimated accuracy above 1 − the model's floor;
+- ``estimate_drop``: the estimate below the reference window's by more than the band of
+  their difference (value in bands, threshold 1);
+- ``estimate_gap``: labels show the estimate of the labeled predictions was off by more
+  than its band (value in bands, threshold 1): the calibrator is stale, a trigger for
+  recalibration.
+
 A breach raises one alert. It clears (a ``resolved`` alert) only when the value falls below
 90 % of the threshold, and after clearing the same rule stays quiet for the cooldown.
 """
@@ -23,6 +32,7 @@ import redis.asyncio as aioredis
 from shared.alerts.machine import AlertMachine
 from shared.contracts.batches import split_model_key
 from shared.drift.stats import severity
+from shared.estimation.cbpe import ConfidenceSums
 
 ALERT_NAMESPACE = uuid.UUID("5d7c0b8e-6a57-4f36-9a3c-1f2b8c4f9e21")
 HYSTERESIS = 0.9
@@ -49,6 +59,17 @@ class AlertState:
         key = f"{self.p}baseline:{model}"
         await self.r.set(key, repr(current), nx=True)
         return float(await self.r.get(key) or current)
+
+    async def reference_estimate(self, model: str, current: ConfidenceSums) -> ConfidenceSums:
+        """The CBPE sums of the model's reference window: its first alert window with enough
+        predictions, kept from then on (as the Brier baseline is)."""
+        key = f"{self.p}estimate-reference:{model}"
+        await self.r.set(key, json.dumps([current.n, current.conf_sum, current.var_sum]), nx=True)
+        raw = await self.r.get(key)
+        if not raw:
+            return current
+        n, conf_sum, var_sum = json.loads(raw)
+        return ConfidenceSums(int(n), float(conf_sum), float(var_sum))
 
     async def control_limit(self, model: str, ece: float) -> float | None:
         """mean + 3σ of past ECE evaluations (before adding this one)."""
@@ -103,6 +124,7 @@ def alert_record(
     n: int,
     since_ms: int,
     now_ms: int,
+    details: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     tenant, name, version = split_model_key(model)
     alert_id = uuid.uuid5(ALERT_NAMESPACE, f"{model}|{breach.metric}|{since_ms}|{severity_}")
@@ -123,5 +145,5 @@ def alert_record(
         "reference_version": None,
         "n_samples": n,
         "created_at_ms": now_ms,
-        "details": {},
+        "details": dict(details or {}),
     }

@@ -48,7 +48,7 @@ def build_app(settings: AggregatorSettings) -> faust.App:
                 transactional=False,
                 max_messages=settings.aggregator_max_messages,
             ),
-            AggregatorProcessor(topics, codec, store, metrics),
+            AggregatorProcessor(topics, codec, store, metrics, settings.estimate_enabled),
             metrics,
         )
         try:

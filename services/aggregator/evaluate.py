@@ -20,12 +20,21 @@ from shared.alerts.publish import publish_alerts
 from shared.contracts.batches import split_model_key
 from shared.contracts.codec import AvroCodec
 from shared.contracts.topics import Topics
+from shared.estimation.cbpe import ConfidenceSums, drop_in_bands, estimate
+from shared.estimation.report import report
 from shared.runtime.observability import RoundSeries
 from shared.runtime.rounds import TRANSIENT, run_rounds
 from shared.windows.calibration import Calibration, RiskCoverageAnswer, WindowReader
 from shared.windows.names import SNAPSHOT_WINDOWS, WINDOW_SECONDS
 
 logger = logging.getLogger(__name__)
+
+
+def estimate_floor(settings: AggregatorSettings, model: str) -> float:
+    """The model version's estimated-accuracy floor: its own, its model's, or the default."""
+    floors = settings.estimate_floors
+    tenant, name, _ = split_model_key(model)
+    return floors.get(model, floors.get(f"{tenant}/{name}", settings.estimate_floor))
 
 
 class Evaluator:
@@ -87,6 +96,9 @@ class Evaluator:
             raised, changed = await self._alerts(model, cal, now_ms, export)
             alerts += raised
             transitions += changed
+            raised, changed = await self._performance_alerts(model, now_ms, export)
+            alerts += raised
+            transitions += changed
         await publish_alerts(self.producer, self.topics.alerts, self.codec, alerts)
         await self.state.save(transitions)
         self.series.end()
@@ -124,6 +136,86 @@ class Evaluator:
             kind = "calibration" if b.metric.startswith("ece") else "performance"
             out.append(
                 alert_record(model, b, kind, sev, s.alert_window, cal.n_labeled, since, now_ms)
+            )
+            if self.metrics is not None:
+                self.metrics.alerts.labels(b.metric, sev).inc()
+        return out, changed
+
+    async def _performance_alerts(
+        self, model: str, now_ms: int, export: bool = False
+    ) -> tuple[list[dict[str, Any]], list[Transition]]:
+        """Before-labels rules on the alert window (see ``services.aggregator.alerts``)."""
+        s = self.settings
+        window = s.alert_window
+        rep = report(
+            await self.reader.totals(model, window, now_ms // 1000), window, s.estimate_band_z
+        )
+        est, lab = rep.estimated, rep.labeled
+        if export and self.metrics is not None:
+            if est is not None:
+                self.series.set(self.metrics.estimated_accuracy, (model, window), est.accuracy)
+            if lab is not None:
+                self.series.set(self.metrics.estimate_gap, (model, window), lab.gap)
+        rules: list[tuple[Breach, int, dict[str, str]]] = []
+        if est is not None and est.n >= s.estimate_min_predictions:
+            floor = estimate_floor(s, model)
+            if floor > 0:
+                ceiling = 1.0 - floor
+                rules.append(
+                    (
+                        Breach("estimated_error", est.risk, ceiling, severity(est.risk, ceiling)),
+                        est.n,
+                        {
+                            "reason": f"estimated accuracy {est.accuracy:.4f} "
+                            f"(±{est.band:.4f}) is below the floor {floor:g}",
+                            "estimated_accuracy": repr(est.accuracy),
+                        },
+                    )
+                )
+            ref_sums = await self.state.reference_estimate(
+                model, ConfidenceSums(est.n, est.accuracy * est.n, (est.sd * est.n) ** 2)
+            )
+            ref = estimate(ref_sums, s.estimate_band_z)
+            if ref is not None:
+                drop = drop_in_bands(est, ref)
+                rules.append(
+                    (
+                        Breach("estimate_drop", drop, 1.0, severity(drop, 1.0)),
+                        est.n,
+                        {
+                            "reason": f"estimated accuracy {est.accuracy:.4f} fell "
+                            f"{ref.accuracy - est.accuracy:.4f} below the reference window's "
+                            f"{ref.accuracy:.4f}, {drop:.2f} × the band of the difference",
+                            "estimated_accuracy": repr(est.accuracy),
+                            "reference_accuracy": repr(ref.accuracy),
+                        },
+                    )
+                )
+        if lab is not None and lab.estimate.n >= s.alert_min_labeled:
+            off = lab.gap_in_bands
+            rules.append(
+                (
+                    Breach("estimate_gap", off, 1.0, severity(off, 1.0)),
+                    lab.estimate.n,
+                    {
+                        "reason": f"labels show accuracy {lab.realised:.4f} against the estimate "
+                        f"{lab.estimate.accuracy:.4f} ± {lab.estimate.band:.4f}: the calibrator "
+                        "is stale (recalibrate)",
+                        "realised_accuracy": repr(lab.realised),
+                        "estimated_accuracy": repr(lab.estimate.accuracy),
+                        "band": repr(lab.estimate.band),
+                    },
+                )
+            )
+        out, changed = [], []
+        for b, n, details in rules:
+            t = await self.state.transition(model, b, now_ms, s.alert_cooldown_seconds)
+            if t is None:
+                continue
+            changed.append(t)
+            sev = b.severity if t.action == "raise" and b.severity else "resolved"
+            out.append(
+                alert_record(model, b, "performance", sev, window, n, t.since_ms, now_ms, details)
             )
             if self.metrics is not None:
                 self.metrics.alerts.labels(b.metric, sev).inc()

@@ -35,6 +35,14 @@ class AggregatorMetrics(PipelineMetrics):
         self.coverage = gauge("coverage", "Share of decisions auto-accepted")
         self.review_rate = gauge("review_rate", "Share of decisions withheld for review")
         self.labeled = gauge("labeled_predictions", "Labeled predictions in the window")
+        self.estimated_accuracy = gauge(
+            "estimated_accuracy",
+            "Expected accuracy of every prediction in the window from calibrated confidence",
+        )
+        self.estimate_gap = gauge(
+            "estimate_gap",
+            "Realised minus estimated accuracy of the window's labeled predictions",
+        )
         self.reliability_accuracy = Gauge(
             "caliber_reliability_accuracy",
             "Accuracy of each reliability bin (bin = lower edge index 0..9)",

@@ -22,6 +22,7 @@ from services.aggregator.counters import (
     Increments,
     LabeledEvents,
     decision_increments,
+    estimate_increments,
     labeled_increments,
     new_increments,
 )
@@ -57,6 +58,10 @@ class PredictionRecord:
     probabilities: list[float] | None
     slot: int = -1
     """Start of the arrival slot it was stored in (its unlabeled count); −1 when unknown."""
+    calibrated: float | None = None
+    """Calibrated confidence the policy decided on; None when unknown (an older record)."""
+    auto: bool = False
+    """Auto-accepted (not withheld for review)."""
 
     def encode(self) -> str:
         probs = "" if self.probabilities is None else ",".join(repr(p) for p in self.probabilities)
@@ -69,12 +74,14 @@ class PredictionRecord:
                 CLASS_SEP.join(self.classes),
                 probs,
                 str(self.slot),
+                "" if self.calibrated is None else repr(self.calibrated),
+                "1" if self.auto else "0",
             ]
         )
 
     @classmethod
     def decode(cls, raw: str) -> PredictionRecord:
-        model, ms, conf, predicted, classes, probs, *slot = raw.split(FIELD_SEP)
+        model, ms, conf, predicted, classes, probs, *rest = raw.split(FIELD_SEP)
         return cls(
             model,
             int(ms),
@@ -82,7 +89,9 @@ class PredictionRecord:
             predicted,
             classes.split(CLASS_SEP) if classes else [],
             [float(p) for p in probs.split(",")] if probs else None,
-            int(slot[0]) if slot else -1,
+            int(rest[0]) if rest else -1,
+            float(rest[1]) if len(rest) > 1 and rest[1] else None,
+            len(rest) > 2 and rest[2] == "1",
         )
 
 
@@ -111,7 +120,10 @@ class AggregatorProcessor:
         codec: AvroCodec,
         store: AggregatorStore,
         metrics: AggregatorMetrics | None = None,
+        estimate: bool = True,
     ) -> None:
+        self._estimate = estimate
+        """Keep the before-labels sums (CBPE, calibrated fine histogram)."""
         self._topics = topics
         self._codec = codec
         self._store = store
@@ -173,7 +185,12 @@ class AggregatorProcessor:
             zip(all_ids, await store.mget([store.pending_key(*e) for e in all_ids]), strict=True)
         )
         for d in decisions:
-            decision_increments(plan.inc, d.predictions.key, d.predictions.event_time_ms, d.review)
+            p = d.predictions
+            decision_increments(plan.inc, p.key, p.event_time_ms, d.review)
+            if self._estimate:
+                estimate_increments(
+                    plan.inc, p.key, p.event_time_ms, d.calibrated_confidences, d.review
+                )
             plan.add_predictions(d, waiting)
         # Labels: find their prediction in this batch or in Redis, else wait for it.
         label_ids = [(lbl.tenant, eid) for lbl in labels for eid in lbl.event_ids]
@@ -184,7 +201,7 @@ class AggregatorProcessor:
             plan.add_labels(lbl, known)
         plan.store_unlabeled()
         for ev in _labeled_events(plan.joined):
-            labeled_increments(plan.inc, ev)
+            labeled_increments(plan.inc, ev, self._estimate)
         applied = await store.apply(messages, plan.inc, plan.sets, plan.deletes, plan.counts, now_s)
         if applied:
             self._count_applied(len(all_ids), plan.joined)
@@ -204,6 +221,8 @@ def _prediction_records(d: DecisionColumns) -> Iterator[tuple[str, PredictionRec
     probabilities that is missing (NaN) leaves the record without them."""
     p = d.predictions
     probs = p.probabilities.tolist() if p.probabilities is not None else None
+    calibrated = d.calibrated_confidences.tolist()
+    auto = (~d.review).tolist()
     for i, eid in enumerate(p.event_ids):
         row = probs[i] if probs is not None and probs[i] and probs[i][0] == probs[i][0] else None
         yield (
@@ -215,6 +234,8 @@ def _prediction_records(d: DecisionColumns) -> Iterator[tuple[str, PredictionRec
                 p.predicted_labels[i],
                 p.class_labels if row else [],
                 row,
+                calibrated=calibrated[i],
+                auto=auto[i],
             ),
         )
 
@@ -339,7 +360,18 @@ def _labeled_events(joined: list[Joined]) -> list[LabeledEvents]:
             true_idx = np.array([index.get(j.truth, -1) for j in items], dtype=np.int64)
         out.append(
             LabeledEvents(
-                model, event_ms, conf, correct, np.maximum(delay, 0.0), probs, classes, true_idx
+                model,
+                event_ms,
+                conf,
+                correct,
+                np.maximum(delay, 0.0),
+                probs,
+                classes,
+                true_idx,
+                np.array(
+                    [np.nan if j.record.calibrated is None else j.record.calibrated for j in items]
+                ),
+                np.array([j.record.auto for j in items]),
             )
         )
     return out

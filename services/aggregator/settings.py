@@ -25,3 +25,23 @@ class AggregatorSettings(Settings):
     alert_cooldown_seconds: float = Field(
         default=600.0, ge=0, description="quiet time after a recovery before the same alert again"
     )
+    estimate_enabled: bool = Field(
+        default=True,
+        description="keep the before-labels sums (CBPE estimate, calibrated fine histogram)",
+    )
+    estimate_band_z: float = Field(
+        default=2.576, gt=0, description="half-width of the estimate's band in sd (99 %)"
+    )
+    estimate_floor: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="estimated accuracy below this raises a performance alert (0: off)",
+    )
+    estimate_floors: dict[str, float] = Field(
+        default_factory=dict,
+        description="per-model floors, JSON: 'tenant/name' or 'tenant/name/version' → floor",
+    )
+    estimate_min_predictions: int = Field(
+        default=200, ge=1, description="predictions a window needs before its estimate alerts"
+    )

@@ -11,7 +11,13 @@ from confluent_kafka import Message
 
 from services.aggregator.counters import Increments
 from shared.runtime.offset_fence import Effect, OffsetFence
-from shared.windows.calibration import RETENTION_S, pending_slot_seconds, split_fine, unlabeled_key
+from shared.windows.calibration import (
+    RETENTION_S,
+    pending_slot_seconds,
+    split_calibrated,
+    split_fine,
+    unlabeled_key,
+)
 
 
 class AggregatorStore:
@@ -59,8 +65,9 @@ class AggregatorStore:
         effect = Effect(set=set_, delete=delete)
         models = set()
         for (granularity, model, start), fields in increments.items():
-            main, fine = split_fine(fields)
-            for suffix, part in (("", main), ("f", fine)):
+            rest, calibrated = split_calibrated(fields)
+            main, fine = split_fine(rest)
+            for suffix, part in (("", main), ("f", fine), ("q", calibrated)):
                 if part:
                     key = f"{self.p}{granularity}{suffix}:{model}:{start}"
                     effect.incr.append((key, RETENTION_S[granularity], part))

@@ -30,6 +30,7 @@ from services.gateway.routes import (
     calibration,
     console,
     drift,
+    estimation,
     health,
     keys,
     live,
@@ -44,7 +45,7 @@ from shared.runtime.observability import configure_logging
 
 logger = logging.getLogger(__name__)
 
-ROUTERS = (predictions, reviews, registry, calibration, drift, keys, health, live)
+ROUTERS = (predictions, reviews, registry, estimation, calibration, drift, keys, health, live)
 RESTART_SECONDS = 2.0
 
 

@@ -38,3 +38,9 @@ class GatewaySettings(GatewayAddress):
     outbox_retention_hours: float = Field(
         default=24.0, gt=0, description="how long published outbox rows are kept"
     )
+    estimate_band_z: float = Field(
+        default=2.576,
+        gt=0,
+        description="half-width of the performance estimate's band in sd (99 %; as the "
+        "aggregator's CALIBER_ESTIMATE_BAND_Z)",
+    )

@@ -12,6 +12,16 @@ The aggregator is the only writer; the gateway reads. Layout (``P`` = ``<redis_p
   ``h{j}``/``e{j}`` count and errors of fine cell j (sparse; the curve needs nothing else;
   ``f{j}``, a confidence sum, is read where an older aggregator wrote it). Kept apart so a
   calibration answer never reads its thousands of fields.
+- ``P{g}q:{model key}:{start}`` — a histogram of labeled predictions binned on their
+  CALIBRATED confidence (the one the policy compares with its threshold), in
+  ``CALIBRATED_BINS`` = 100 cells of 0.01 plus one for 1.0: ``h{j}``/``e{j}`` as above. The
+  threshold advice reads it (``shared.estimation.risk_threshold``, whose candidate
+  thresholds are that grid); 100 cells rather than 1,000 keep its writes a tenth.
+- Estimation sums in the main hash (``ESTIMATE_FIELDS``; CBPE, ``shared.estimation.cbpe``):
+  over predictions with a calibrated confidence c, ``En`` count, ``Ec`` Σc, ``Ev`` Σc(1−c);
+  the same over auto-accepted ones ``Ean``/``Eac``/``Eav``; over labeled ones (counted when
+  the label joins) ``Ln``/``Lc``/``Lv`` and ``Lk`` correct, auto-accepted labeled
+  ``Lan``/``Lac``/``Lav``/``Lak``.
   Sums are fixed point, integer units of 1e-9, so merges and replays are exact.
 - ``Pidx:{model key}`` — sorted set of the minute buckets that exist (for time series).
 - ``Pmodels`` — set of model keys seen.
@@ -34,6 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 import redis.asyncio as aioredis
 
+from shared.estimation.cbpe import ConfidenceSums
 from shared.metrics.calibration import (
     ReliabilityBin,
     ReliabilityStats,
@@ -51,6 +62,7 @@ SCALE = 1_000_000_000
 """Fixed-point unit of sums: 1e-9."""
 RELIABILITY_BINS = 10
 FINE_BINS = 1000
+CALIBRATED_BINS = 100
 DELAY_BUCKETS_S = (60, 300, 900, 3600, 4 * 3600, 12 * 3600, 86400, 7 * 86400)
 GRANULARITY = {"m": 60, "h": 3600, "d": 86400}
 RETENTION_S = {"m": 3 * 3600, "h": 15 * 86400, "d": 400 * 86400}
@@ -68,6 +80,37 @@ buckets, a longer one hour buckets, all-time the day buckets."""
 Counters = dict[str, int]
 FINE_FIELDS = frozenset("hef")
 """First letters of the fine-histogram fields, which live in the ``{g}f`` hash."""
+CALIBRATED_COUNT = "Q"
+CALIBRATED_ERRORS = "X"
+"""Increment fields ``Q{j}``/``X{j}``: count and errors of fine cell j on calibrated
+confidence; stored as ``h{j}``/``e{j}`` of the ``{g}q`` hash."""
+CALIBRATED_FINE = {CALIBRATED_COUNT: "h", CALIBRATED_ERRORS: "e"}
+
+
+@dataclass(frozen=True, slots=True)
+class SumFields:
+    """Field names of one set's CBPE sums: count, Σc, Σc(1−c) (fixed point), and, for a
+    labeled set, its correct count."""
+
+    n: str
+    conf: str
+    var: str
+    correct: str | None = None
+
+
+ALL_PREDICTIONS = SumFields("En", "Ec", "Ev")
+AUTO_PREDICTIONS = SumFields("Ean", "Eac", "Eav")
+LABELED_PREDICTIONS = SumFields("Ln", "Lc", "Lv", "Lk")
+LABELED_AUTO = SumFields("Lan", "Lac", "Lav", "Lak")
+ESTIMATE_SETS = {
+    "all": ALL_PREDICTIONS,
+    "auto": AUTO_PREDICTIONS,
+    "labeled": LABELED_PREDICTIONS,
+    "labeled_auto": LABELED_AUTO,
+}
+ESTIMATE_FIELDS = tuple(
+    f for s in ESTIMATE_SETS.values() for f in (s.n, s.conf, s.var, s.correct) if f is not None
+)
 SERIES_FIELDS = (
     "n",
     "rv",
@@ -173,8 +216,8 @@ class Totals:
             self.get("Nn"),
         )
 
-    def histogram(self) -> ConfidenceHistogram:
-        h = ConfidenceHistogram.empty(FINE_BINS)
+    def histogram(self, bins: int = FINE_BINS) -> ConfidenceHistogram:
+        h = ConfidenceHistogram.empty(bins)
         for field, value in self.c.items():
             if field[0] in "hef" and field[1:].isdigit():
                 j = int(field[1:])
@@ -203,6 +246,13 @@ class Totals:
         values = [v for s in per_class.values() if (v := ece(s)) is not None]
         return float(np.mean(values)) if values else None
 
+    def confidence_sums(self, fields: SumFields) -> tuple[ConfidenceSums, int]:
+        """One set's CBPE sums, and its correct count (0 for an unlabeled set)."""
+        sums = ConfidenceSums(
+            self.get(fields.n), self.get(fields.conf) / SCALE, self.get(fields.var) / SCALE
+        )
+        return sums, self.get(fields.correct) if fields.correct else 0
+
 
 def _joined(flat: list[bytes]) -> Totals:
     """The ``_SUM`` script's answer: field, high part, low part, … → exact integers."""
@@ -212,6 +262,19 @@ def _joined(flat: list[bytes]) -> Totals:
             for i in range(0, len(flat), 3)
         }
     )
+
+
+def split_calibrated(fields: dict[str, int]) -> tuple[dict[str, int], dict[str, int]]:
+    """A bucket's counters as (other fields, ``{g}q`` hash fields under their stored names)."""
+    rest: dict[str, int] = {}
+    calibrated: dict[str, int] = {}
+    for f, v in fields.items():
+        letter = CALIBRATED_FINE.get(f[0])
+        if letter is not None and f[1:].isdigit():
+            calibrated[letter + f[1:]] = v
+        else:
+            rest[f] = v
+    return rest, calibrated
 
 
 def split_fine(fields: dict[str, int]) -> tuple[dict[str, int], dict[str, int]]:
@@ -231,11 +294,13 @@ class WindowReader:
         self._p = f"{prefix}agg:"
         self._sum = client.register_script(_SUM)
 
-    def key(self, granularity: str, model: str, start: int, fine: bool = False) -> str:
-        return f"{self._p}{granularity}{'f' if fine else ''}:{model}:{start}"
+    def key(self, granularity: str, model: str, start: int, fine: bool | str = False) -> str:
+        """``fine``: True (or "f") for the fine histogram, "q" for the calibrated one."""
+        suffix = "f" if fine is True else fine or ""
+        return f"{self._p}{granularity}{suffix}:{model}:{start}"
 
     def window_keys(
-        self, model: str, window: str, now_s: int | None = None, fine: bool = False
+        self, model: str, window: str, now_s: int | None = None, fine: bool | str = False
     ) -> list[str]:
         """One key per bucket of the window, newest first (the time series' points)."""
         granularity, count = _window(window)
@@ -245,7 +310,7 @@ class WindowReader:
         return [self.key(granularity, model, last - i * size, fine) for i in range(count)]
 
     def summed_keys(
-        self, model: str, window: str, now_s: int | None = None, fine: bool = False
+        self, model: str, window: str, now_s: int | None = None, fine: bool | str = False
     ) -> list[str]:
         """Keys whose sum is the window: the 7-day window's whole days come from day
         buckets, which hold exactly what their 24 hour buckets hold."""
@@ -265,7 +330,7 @@ class WindowReader:
         ]
 
     async def totals(
-        self, model: str, window: str, now_s: int | None = None, fine: bool = False
+        self, model: str, window: str, now_s: int | None = None, fine: bool | str = False
     ) -> Totals:
         """The window's counters: the main hashes, or with ``fine`` the fine histograms."""
         keys = self.summed_keys(model, window, now_s, fine)
@@ -303,6 +368,12 @@ class WindowReader:
         return RiskCoverageAnswer(
             window, int(histogram.count.sum()), curve.aurc, curve.e_aurc, points, curve
         )
+
+    async def calibrated_histogram(
+        self, model: str, window: str, now_s: int | None = None
+    ) -> ConfidenceHistogram:
+        """Labeled predictions of the window binned on calibrated confidence."""
+        return (await self.totals(model, window, now_s, fine="q")).histogram(CALIBRATED_BINS)
 
     async def timeseries(
         self, model: str, window: str, now_s: int | None = None

@@ -3,6 +3,7 @@
 import { api, ApiError, forgetKey, storedKey, storeKey } from "./api.js";
 import { $, h, soon, toast } from "./dom.js";
 import { startFeed } from "./feed.js";
+import * as advice from "./advice.js";
 import * as panels from "./panels.js";
 import * as queue from "./queue.js";
 
@@ -20,6 +21,7 @@ const state = {
   queue: [],
   reviewing: null,
   canReview: false,
+  isAdmin: false,
   liveAlerts: [],
   drift: { available: false, scores: [], alerts: [] },
 };
@@ -80,18 +82,31 @@ async function refreshSelected() {
     return;
   }
   const params = { model_version_id: m.id, window: state.window };
-  const [cal, rc, ts, drift] = await Promise.all([
+  const [cal, rc, ts, drift, before] = await Promise.all([
     api("calibration", { params }),
     api("risk-coverage", { params }),
     api("timeseries", { params: { model_version_id: m.id, window: $("#timeseries-select").value } }),
     panels.loadDrift(m.id).catch(() => ({ available: false, scores: [], alerts: [] })),
+    advice.loadAdvice(m.id, state.window).catch(() => null),
   ]);
   if (m.id !== state.selected) return; // the user moved on meanwhile
   panels.renderReliability(cal);
   panels.renderTimeseries(ts);
-  panels.renderRisk(rc, m);
+  panels.renderRisk(rc, m, advice.advisedPoint(before));
+  advice.renderAdvice(before, {
+    isAdmin: state.isAdmin,
+    onChange: () => guard("the threshold advice", refreshSelected),
+    onApply: (threshold) => guard("the threshold change", () => applyThreshold(m, threshold)),
+  });
   state.drift = drift;
   renderAlerts();
+}
+
+/** Make the advised threshold the version's abstain threshold (admins only). */
+async function applyThreshold(m, threshold) {
+  await api(`models/${m.id}`, { method: "PATCH", body: { abstain_threshold: threshold } });
+  toast(`${m.name} ${m.version}: abstain threshold set to ${threshold.toFixed(2)}`);
+  await refreshAll();
 }
 
 function renderAlerts() {
@@ -189,6 +204,7 @@ async function signIn(key) {
   }
   for (const sel of ["#model-select", "#window-select"]) $(sel).closest("label").hidden = false;
   state.canReview = me.roles.some((r) => REVIEW.includes(r));
+  state.isAdmin = me.roles.includes("admin");
   document.body.classList.toggle("can-review", state.canReview);
   show("dashboard");
   await refreshAll();

@@ -142,9 +142,10 @@ export function overTime(series, bucketMs = MINUTE) {
 
 /**
  * Risk–coverage: risk among the kept predictions against the share kept, as a step curve
- * whose shaded area is the AURC; `operating` marks the model's abstain threshold.
+ * whose shaded area is the AURC; `operating` marks the model's abstain threshold, `advised`
+ * (optional) the threshold advice's operating point.
  */
-export function riskCoverage(points, operating) {
+export function riskCoverage(points, operating, advised = null) {
   if (points.length === 0) return empty("no labeled predictions in this window");
   const pts = [...points].sort((a, b) => a.coverage - b.coverage);
   const yHi = niceMax(Math.max(...pts.map((p) => p.risk)));
@@ -167,6 +168,14 @@ export function riskCoverage(points, operating) {
       s("circle", { cx: x(operating.coverage), cy: y(operating.risk), r: 4, class: "operating-dot" },
         s("title", {}, `abstain threshold ${num(operating.threshold)}: coverage ${num(operating.coverage)}, risk ${num(operating.risk)}`)),
       s("text", { x: x(operating.coverage) + 4, y: M.top + 12, class: "tick" }, `threshold ${num(operating.threshold, 2)}`),
+    );
+  }
+  if (advised) {
+    svg.append(
+      s("line", { x1: x(advised.coverage), x2: x(advised.coverage), y1: y(0), y2: y(yHi), class: "advised" }),
+      s("circle", { cx: x(advised.coverage), cy: y(Math.min(advised.risk, yHi)), r: 4, class: "advised-dot" },
+        s("title", {}, `advised threshold ${num(advised.threshold, 2)}: coverage ${num(advised.coverage)}, risk ${num(advised.risk)}`)),
+      s("text", { x: x(advised.coverage) + 4, y: M.top + 26, class: "tick advised-label" }, `advised ${num(advised.threshold, 2)}`),
     );
   }
   return svg;

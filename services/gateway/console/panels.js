@@ -80,14 +80,14 @@ function operatingPoint(points, threshold) {
   return kept.reduce((a, b) => (b.threshold < a.threshold ? b : a));
 }
 
-export function renderRisk(rc, model) {
+export function renderRisk(rc, model, advised = null) {
   $("#risk-stats").replaceChildren(
     stat("AURC", num(rc.aurc), "aurc"),
     stat("E-AURC", num(rc.e_aurc)),
     stat("labeled", count(rc.n_labeled)),
   );
   const op = model ? operatingPoint(rc.points, model.abstain_threshold) : null;
-  $("#risk-chart").replaceChildren(riskCoverage(rc.points, op));
+  $("#risk-chart").replaceChildren(riskCoverage(rc.points, op, advised));
 }
 
 /** Current drift scores and drift alerts; either endpoint may be missing (404). */

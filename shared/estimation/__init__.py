@@ -1,0 +1,1 @@
+"""Before-labels estimation: performance estimated from confidence, guaranteed-risk thresholds."""
