@@ -64,6 +64,10 @@ def _scalar_search(method: str, nll: Callable[[float], float]) -> float | FitFai
     log_beta = float(res.x)
     if not res.success or not np.isfinite(log_beta) or not np.isfinite(res.fun):
         return FitFailure(method, FailureReason.NO_CONVERGENCE, f"search ended: {res.message}")
+    if res.fun < 1e-9:
+        return FitFailure(
+            method, FailureReason.NO_CONVERGENCE, "separable: the NLL falls to 0 as T → 0"
+        )
     if abs(log_beta) > LOG_BETA_BOUND - 1e-3:
         return FitFailure(
             method, FailureReason.NO_CONVERGENCE, f"log β = {log_beta:.3f} at its bound"
