@@ -34,6 +34,7 @@ class RunConfig:
     holdout_fraction: float
     ece_slo: float
     bootstrap_resamples: int = 1000
+    retrain_auc_drop: float = 0.1
 
 
 @dataclass(slots=True)
@@ -84,6 +85,12 @@ def run_calibration(
     if not np.isfinite(cal.confidences).all():
         bad = int((~np.isfinite(cal.confidences)).sum())
         return RunOutcome("failed", f"{bad} confidences in the set are not finite")
+    truths = np.unique(cal.true_index[cal.true_index >= 0])
+    if truths.size < 2 and (cal.true_index >= 0).all():
+        return RunOutcome("failed", "one_class: every row has the same ground truth")
+    if cal.correct.all() or not cal.correct.any():
+        which = "right" if cal.correct.all() else "wrong"
+        return RunOutcome("failed", f"one_class: every prediction in the set is {which}")
     fit_rows, hold_rows = cal.split_by_time(config.holdout_fraction)
     opts = FitOptions(min_samples=config.min_samples)
     train = cal.fit_data(fit_rows)
@@ -126,6 +133,7 @@ def run_calibration(
             discrimination(reference.confidences, reference.correct),
             discrimination(raw, correct),
             config.ece_slo,
+            min_drop=config.retrain_auc_drop,
         )
         advice = adv.advice
         result["advice"] = adv.to_json()

@@ -109,6 +109,7 @@ class Runner:
             holdout_fraction=s.calibrator_holdout_fraction,
             ece_slo=s.calibrator_ece_slo,
             bootstrap_resamples=s.calibrator_bootstrap_resamples,
+            retrain_auc_drop=s.calibrator_retrain_auc_drop,
         )
 
     async def gather_triggers(self) -> None:

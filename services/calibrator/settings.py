@@ -32,6 +32,11 @@ class CalibratorSettings(Settings):
     calibrator_ece_slo: float = Field(
         default=0.05, gt=0, description="ECE above which a run advises recalibration"
     )
+    calibrator_retrain_auc_drop: float = Field(
+        default=0.1,
+        gt=0,
+        description="fall of the raw scores' AUC (beyond its sampling error) that advises retrain",
+    )
     calibrator_bootstrap_resamples: int = Field(
         default=1000, ge=100, description="resamples of the gate's paired bootstrap"
     )
