@@ -35,6 +35,7 @@ from services.gateway.routes import (
     keys,
     live,
     predictions,
+    recalibration,
     registry,
     reviews,
 )
@@ -46,7 +47,9 @@ from shared.topics import Topics
 
 logger = logging.getLogger(__name__)
 
-ROUTERS = (predictions, reviews, registry, calibration, drift, keys, health, live)
+ROUTERS = (
+    predictions, reviews, registry, recalibration, calibration, drift, keys, health, live,
+)  # fmt: skip
 RESTART_SECONDS = 2.0
 PUBLISH_TIMEOUT_MS = 15_000
 """How long a request waits for Kafka before it fails with 503."""
