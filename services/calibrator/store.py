@@ -72,7 +72,7 @@ SELECT event_id, (extract(epoch FROM event_time) * 1000)::bigint AS event_time_m
 FROM predictions
 WHERE tenant_id = $1 AND model_name = $2 AND model_version = $3
   AND event_time >= $4 AND event_time < $5
-  AND ground_truth IS NOT NULL AND labeled_at <= $6
+  AND ground_truth IS NOT NULL AND (labeled_at IS NULL OR labeled_at <= $6)
   AND ($7::text IS NULL OR metadata->>'segment' = $7)
 ORDER BY md5(event_id::text), event_id
 LIMIT $8
@@ -81,7 +81,7 @@ _SET_COUNT = """
 SELECT count(*) FROM predictions
 WHERE tenant_id = $1 AND model_name = $2 AND model_version = $3
   AND event_time >= $4 AND event_time < $5
-  AND ground_truth IS NOT NULL AND labeled_at <= $6
+  AND ground_truth IS NOT NULL AND (labeled_at IS NULL OR labeled_at <= $6)
   AND ($7::text IS NULL OR metadata->>'segment' = $7)
 """
 
