@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -22,7 +23,7 @@ import pytest
 from services.calibrator.runner import Runner
 from services.calibrator.settings import CalibratorSettings
 from services.calibrator.store import CalibratorStore, load_set
-from shared.batches import model_key
+from shared.batches import PredictionColumns, model_key
 from shared.calibration import ece_from_arrays
 from shared.calibration_map import from_registry
 from shared.codec import AvroCodec
@@ -32,6 +33,7 @@ from shared.topics import Topics
 from tests.integration.conftest import running_service
 from tests.integration.gateway_client import make_keys, start_gateway
 from tests.integration.kafka_io import TopicReader
+from tests.integration.pipeline_io import KeyedReader, produce
 
 CODEC = AvroCodec()
 CALIBRATOR_ENV = {
@@ -49,6 +51,7 @@ class Env:
     keys: dict[str, str]
     topics: Topics
     calibrator: Any
+    logs: Path
 
     def client(self, who: str = "admin") -> httpx.Client:
         return httpx.Client(base_url=self.base, headers={"X-API-Key": self.keys[who]}, timeout=30)
@@ -113,6 +116,7 @@ def env(isolated_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -
             keys,
             Topics.for_namespace(isolated_settings.topic_namespace),
             calibrator,
+            logs,
         )
     gateway.terminate()  # type: ignore[attr-defined]
     gateway.wait(30)  # type: ignore[attr-defined]
@@ -242,9 +246,51 @@ def _stage_and_activate(env: Env, model: dict[str, Any], reader: TopicReader, no
     conf = np.array([r[3] for r in nxt])
     probs = np.array([[json.loads(r[6])[k] for k in ("no", "yes")] for r in nxt])
     correct = np.array([r[5] for r in nxt])
-    calibrated = calibration.apply(conf, probs, None, ["no", "yes"])
     assert ece_from_arrays(conf, correct) > 0.1
-    assert ece_from_arrays(calibrated, correct) < 0.05
+    assert ece_from_arrays(calibration.apply(conf, probs, None, ["no", "yes"]), correct) < 0.05
+
+    # The policy itself, reading the registry from model-updates, decides the next window
+    # with the activated map and records its version with every decision.
+    batches = [
+        PredictionColumns(
+            tenant="acme",
+            model_name=model["name"],
+            model_version=model["version"],
+            event_ids=[str(r[0]) for r in nxt[i : i + 500]],
+            event_time_ms=np.array([int(r[1].timestamp() * 1000) for r in nxt[i : i + 500]]),
+            predicted_labels=[r[2] for r in nxt[i : i + 500]],
+            confidences=conf[i : i + 500],
+            class_labels=["no", "yes"],
+            probabilities=probs[i : i + 500],
+        )
+        for i in range(0, len(nxt), 500)
+    ]
+    decisions = KeyedReader(env.settings, [env.topics.decisions])
+    try:
+        with running_service("policy", env.settings, env.logs / "policy.log") as policy:
+            produce(
+                env.settings,
+                [
+                    (env.topics.predictions, "PredictionBatch", b.to_record(), b.key)
+                    for b in batches
+                ],
+            )
+            decisions.wait_for(
+                lambda: sum(len(r.record["statuses"]) for r in decisions.received) >= len(nxt),
+                90,
+                "the policy's decisions on the next window",
+                [policy],
+            )
+    finally:
+        decisions.close()
+    by_id = {}
+    for r in decisions.received:
+        assert r.record["calibrator_version"] == run["artifact_version"]
+        for eid, c in zip(r.record["predictions"]["event_ids"], r.record["calibrated_confidences"],
+                          strict=True):  # fmt: skip
+            by_id[eid] = c
+    decided = np.array([by_id[str(r[0])] for r in nxt])
+    assert ece_from_arrays(decided, correct) < 0.05  # under the SLO
 
 
 def test_collapsed_discrimination_advises_retrain_and_stages_nothing(env: Env) -> None:
