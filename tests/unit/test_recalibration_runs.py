@@ -156,3 +156,30 @@ def test_bad_sets_are_failed_runs_with_a_reason(case: str) -> None:
     out = run_calibration(build_set(FIELDS, rows, len(rows), 5000), None, IDENTITY, CONFIG)
     assert out.verdict == "failed"
     assert ("one_class" in out.reason) if case == "one_class" else ("10 labeled rows" in out.reason)
+
+
+@pytest.mark.parametrize(
+    ("kind", "metric", "severity", "trigger"),
+    [
+        ("calibration", "ece", "critical", "calibration_alert"),
+        ("calibration", "brier", "warning", "calibration_alert"),
+        ("calibration", "ece", "resolved", None),
+        ("calibration", "ece_anomaly", "warning", None),
+        ("drift", "psi", "warning", "drift_alert"),
+        ("recalibration", "ece", "warning", None),  # its own announcements never loop
+        ("performance", "accuracy", "critical", None),
+    ],
+)
+def test_which_alerts_start_a_run(kind: str, metric: str, severity: str, trigger: str) -> None:
+    from services.calibrator.triggers import trigger_of
+
+    assert trigger_of({"kind": kind, "metric": metric, "severity": severity}) == trigger
+
+
+def test_trigger_run_ids_are_stable_per_trigger() -> None:
+    from services.calibrator.store import trigger_run_id
+
+    a = trigger_run_id("t", 1, "schedule", {"slot": 5})
+    assert a == trigger_run_id("t", 1, "schedule", {"slot": 5})
+    assert a != trigger_run_id("t", 1, "schedule", {"slot": 6})
+    assert a != trigger_run_id("u", 1, "schedule", {"slot": 5})
