@@ -120,7 +120,9 @@ class Runner:
             detail = {"methods": req["methods"], "window_seconds": req["window_seconds"]}
             await self.store.enqueue(req["run_id"], model, "manual", detail)
         due = await self.store.due(
-            self.settings.calibrator_schedule_seconds, self.settings.calibrator_on_promotion
+            self.settings.calibrator_schedule_seconds,
+            self.settings.calibrator_on_promotion,
+            2 * self.settings.calibrator_min_samples,
         )
         for model, trigger, detail in due:
             run_id = trigger_run_id(model.tenant, model.id, trigger, detail)

@@ -311,9 +311,12 @@ class CalibratorStore:
         )
 
     async def due(
-        self, schedule_seconds: float, on_promotion: bool
+        self, schedule_seconds: float, on_promotion: bool, min_labeled: int = 0
     ) -> list[tuple[ModelRow, str, dict[str, Any]]]:
-        """Model versions a schedule or a promotion asks to run now."""
+        """Model versions a schedule or a promotion asks to run now.
+
+        A promotion waits until the version has ``min_labeled`` labeled predictions (a run
+        before that could only fail for too few rows)."""
         out: list[tuple[ModelRow, str, dict[str, Any]]] = []
         if schedule_seconds > 0:
             rows = await self.pool.fetch(
@@ -334,7 +337,11 @@ class CalibratorStore:
                 "('staging', 'production') AND NOT EXISTS (SELECT 1 FROM calibration_runs r "
                 "WHERE r.model_version_id = m.id AND (r.trigger_detail->>'stage' = m.stage AND "
                 "r.trigger = 'promoted' OR r.coalesced @> jsonb_build_array("
-                "jsonb_build_object('trigger', 'promoted', 'stage', m.stage))))"
+                "jsonb_build_object('trigger', 'promoted', 'stage', m.stage)))) AND "
+                "(SELECT count(*) FROM (SELECT 1 FROM predictions p WHERE p.tenant_id = "
+                "m.tenant_id AND p.model_name = m.name AND p.model_version = m.version AND "
+                "p.ground_truth IS NOT NULL LIMIT $1) enough) >= $1",
+                min_labeled,
             )
             out += [(_model(r), "promoted", {"stage": r["stage"]}) for r in rows]
         return out

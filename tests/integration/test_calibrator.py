@@ -390,3 +390,24 @@ def test_a_run_left_running_by_a_killed_worker_is_redone_once(env: Env) -> None:
     verdict, rows = asyncio.run(go())
     assert len(rows) == 1 and rows[0]["status"] == "done" and rows[0]["attempts"] == 2
     assert rows[0]["verdict"] == verdict
+
+
+def test_a_promotion_runs_once_the_version_has_enough_labels(env: Env) -> None:
+    now = int(time.time() * 1000)
+    with env.client() as c:
+        ready = register(c, "promoted-ready")
+        empty = register(c, "promoted-empty")
+    insert(env.settings, ready, _rows(500, 8, now - 1_000_000, 900_000, 0.1))
+
+    async def go() -> list[Any]:
+        pool = await asyncpg.create_pool(env.settings.postgres_url, min_size=1, max_size=1)
+        assert pool is not None
+        try:
+            due = await CalibratorStore(pool).due(0, True, 400)
+        finally:
+            await pool.close()
+        return [(m.id, trigger, detail) for m, trigger, detail in due]
+
+    due = asyncio.run(go())
+    assert (ready["id"], "promoted", {"stage": "production"}) in due
+    assert all(m != empty["id"] for m, _, _ in due)
