@@ -22,6 +22,8 @@ WORKER_METRICS_PORTS = {
     "aggregator": 9103,
     "drift": 9104,
     "recorder": 9105,
+    "calibrator": 9106,
+    "router": 9107,
 }
 """Default /metrics port of each worker: its settings' default, and where tools that did not
 start it (the demo) look for it."""

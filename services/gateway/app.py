@@ -35,6 +35,7 @@ from services.gateway.routes import (
     keys,
     live,
     predictions,
+    recalibration,
     registry,
     reviews,
 )
@@ -45,7 +46,18 @@ from shared.runtime.observability import configure_logging
 
 logger = logging.getLogger(__name__)
 
-ROUTERS = (predictions, reviews, registry, estimation, calibration, drift, keys, health, live)
+ROUTERS = (
+    predictions,
+    reviews,
+    registry,
+    estimation,
+    recalibration,
+    calibration,
+    drift,
+    keys,
+    health,
+    live,
+)
 RESTART_SECONDS = 2.0
 
 

@@ -1,1 +1,1 @@
-"""Calibration maps: how a raw confidence becomes a calibrated one."""
+"""Calibration maps and the methods that fit them, calibration sets, the validation gate."""

@@ -18,6 +18,8 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from shared.recalibration import appliers as recalibration_maps
+
 FloatArray = npt.NDArray[np.float64]
 
 IDENTITY_VERSION = "identity"
@@ -69,6 +71,16 @@ Builder = Callable[[str, Mapping[str, Any]], CalibrationMap]
 
 BUILDERS: dict[str, Builder] = {"identity": lambda version, _spec: IdentityMap(version)}
 """Calibrator kinds Caliber can apply, by the ``kind`` field of the ``calibrator`` JSON."""
+
+
+def _artifact_builder(version: str, spec: Mapping[str, Any]) -> CalibrationMap:
+    try:
+        return recalibration_maps.build(version, spec)
+    except recalibration_maps.ArtifactError as exc:
+        raise CalibratorError(str(exc)) from exc
+
+
+BUILDERS.update(dict.fromkeys(recalibration_maps.KINDS, _artifact_builder))
 
 
 class CalibratorError(ValueError):

@@ -15,11 +15,11 @@ import pytest
 import redis
 
 from shared.contracts.codec import AvroCodec
+from shared.contracts.topics import Topics
 from shared.estimation.cbpe import DEFAULT_Z, realised_from_arrays
 from shared.estimation.risk_threshold import advise
 from shared.metrics.selective import ConfidenceHistogram
 from shared.settings import Settings
-from shared.contracts.topics import Topics
 from shared.windows.calibration import Totals
 from simulator.generator import Generated, ModelSpec, generate
 from tests.integration.aggregator_io import send_decisions_and_labels

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -155,7 +156,9 @@ def test_factory_builds_known_kinds_from_json_text_or_a_mapping() -> None:
 @pytest.mark.parametrize(
     ("calibrator", "message"),
     [
-        ('{"kind": "isotonic"}', "kind 'isotonic' of version 'cal-8' is not supported"),
+        ('{"kind": "magic"}', "kind 'magic' of version 'cal-8' is not supported"),
+        ('{"kind": "isotonic"}', "calibrator 'cal-8' has no 'params' object"),
+        ('{"kind": "platt", "input": "logits", "params": {}}', "kind 'platt' cannot take input"),
         ('{"temperature": 1.5}', "kind None of version 'cal-8' is not supported"),
         ("{", "calibrator of version 'cal-8' is not JSON"),
         ("[1, 2]", "must be a JSON object with a 'kind', got list"),
@@ -168,9 +171,10 @@ def test_factory_rejects_what_it_cannot_build(calibrator: str, message: str) -> 
 
 
 def test_factory_error_lists_the_supported_kinds() -> None:
-    with pytest.raises(CalibratorError, match=r"expected one of \['identity'\]"):
-        from_registry("cal-8", '{"kind": "platt"}')
-    assert set(BUILDERS) == {"identity"}
+    kinds = ["beta", "histogram", "identity", "isotonic", "platt", "temperature", "vector_scaling"]
+    with pytest.raises(CalibratorError, match=re.escape(f"expected one of {kinds}")):
+        from_registry("cal-8", '{"kind": "dirichlet"}')
+    assert sorted(BUILDERS) == kinds
 
 
 # --- registry rules -----------------------------------------------------------------------
@@ -208,10 +212,10 @@ def test_rules_follow_registry_updates_and_tombstones() -> None:
 def test_an_unbuildable_calibrator_falls_back_to_identity_and_says_so(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    registry = {"t/m/v": entry(calibrator='{"kind": "isotonic"}', calibrator_version="iso-1")}
+    registry = {"t/m/v": entry(calibrator='{"kind": "magic"}', calibrator_version="m-1")}
     rule = RegistryState(registry.get, 0.7).rule("t/m/v")
     assert rule.calibration is IDENTITY and rule.threshold == 0.6
-    assert "kind 'isotonic' of version 'iso-1' is not supported" in caplog.text
+    assert "kind 'magic' of version 'm-1' is not supported" in caplog.text
 
 
 def test_default_threshold_outside_unit_interval_is_refused() -> None:
@@ -303,3 +307,13 @@ async def test_a_batch_with_ragged_arrays_is_a_dead_letter() -> None:
     assert isinstance(dead, Decoded)
     assert dead.record["error_code"] == "batch_shape"
     assert "confidences" in dead.record["message"]
+
+
+def test_a_fitted_artifact_in_the_registry_is_what_the_policy_applies() -> None:
+    artifact = '{"format":1,"input":"confidence","kind":"platt","params":{"a":1.0,"b":-1.0}}'
+    registry = {"t/m/v": entry(calibrator=artifact, calibrator_version="platt-0123")}
+    rule = RegistryState(registry.get, 0.7).rule("t/m/v")
+    assert rule.calibration.version == "platt-0123"
+    out = rule.calibration.apply(np.array([0.5, 0.9]), None, None, [])
+    # σ(logit(c) − 1): 0.5 → σ(−1), 0.9 → σ(ln 9 − 1) = 9/(9 + e)
+    np.testing.assert_allclose(out, [1 / (1 + np.e), 9 / (9 + np.e)])

@@ -6,6 +6,7 @@ import { startFeed } from "./feed.js";
 import * as advice from "./advice.js";
 import * as panels from "./panels.js";
 import * as queue from "./queue.js";
+import * as recalibration from "./recalibration.js";
 
 const READ = ["viewer", "reviewer", "admin"];
 const REVIEW = ["reviewer", "admin"];
@@ -100,6 +101,8 @@ async function refreshSelected() {
   });
   state.drift = drift;
   renderAlerts();
+  const recal = await recalibration.loadRecalibration(m.id).catch(() => ({ runs: [], detail: null }));
+  if (m.id === state.selected) recalibration.renderRecalibration(recal);
 }
 
 /** Make the advised threshold the version's abstain threshold (admins only). */

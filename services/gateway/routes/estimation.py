@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 
 from services.gateway.auth import READ, Principal, require
 from services.gateway.routes.calibration import Window
+from services.gateway.state import state_of
 from shared.contracts.batches import model_key
 from shared.estimation.cbpe import Estimate, Realised
 from shared.estimation.report import report
@@ -107,7 +108,7 @@ def _realised(r: Realised | None) -> RealisedOut | None:
 
 
 async def _owned(request: Request, who: Principal, model_id: int) -> tuple[str, float]:
-    ref = await request.app.state.models.by_id(who.tenant, model_id)
+    ref = await state_of(request).models.by_id(who.tenant, model_id)
     if ref is None:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND, detail=f"model_id: model version {model_id} not found"
@@ -116,7 +117,7 @@ async def _owned(request: Request, who: Principal, model_id: int) -> tuple[str, 
 
 
 def _reader(request: Request) -> WindowReader:
-    return WindowReader(request.app.state.redis, request.app.state.settings.redis_prefix)
+    return WindowReader(state_of(request).redis, state_of(request).settings.redis_prefix)
 
 
 ModelId = Annotated[int, Path(description="model version id")]
@@ -133,7 +134,7 @@ async def performance_estimate(
 ) -> PerformanceEstimateOut:
     """Estimated accuracy from calibrated confidence, before labels, beside the realised."""
     key, _ = await _owned(request, who, model_id)
-    z = request.app.state.settings.estimate_band_z
+    z = state_of(request).settings.estimate_band_z
     rep = report(await _reader(request).totals(key, window), window, z)
     return PerformanceEstimateOut(
         model_version_id=model_id,

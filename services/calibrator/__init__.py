@@ -1,0 +1,1 @@
+"""The calibrator: fits, validates and stages calibration maps from production labels."""

@@ -1,0 +1,3 @@
+from services.calibrator.app import main
+
+main()

@@ -1,0 +1,59 @@
+"""Wiring of the calibrator: the alert consumer queues runs, the runner computes them."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import faust
+from prometheus_client import CollectorRegistry
+
+from services.calibrator.metrics import CalibratorMetrics
+from services.calibrator.runner import Runner
+from services.calibrator.settings import CalibratorSettings
+from services.calibrator.store import CalibratorStore
+from services.calibrator.triggers import AlertTriggers
+from shared.contracts.codec import AvroCodec
+from shared.contracts.topics import Topics
+from shared.runtime.kafka import make_producer
+from shared.runtime.observability import configure_logging, serve_metrics
+from shared.runtime.pipeline import Pipeline, PipelineConfig
+from shared.runtime.worker import create_app, run, run_beside
+
+
+def build_app(settings: CalibratorSettings) -> faust.App:
+    registry = CollectorRegistry()
+    metrics = CalibratorMetrics(registry)
+    topics = Topics.for_namespace(settings.topic_namespace)
+    codec = AvroCodec()
+
+    async def loop(stopping: asyncio.Event) -> None:
+        pool = await asyncpg.create_pool(settings.postgres_url, min_size=1, max_size=3)
+        assert pool is not None
+        store = CalibratorStore(pool)
+        runner = Runner(settings, store, make_producer(settings), codec, topics.alerts, metrics)
+        triggers = AlertTriggers(codec, store, metrics)
+        pipeline = Pipeline(
+            settings,
+            PipelineConfig(
+                group_id=f"{settings.topic_namespace}-calibrator",
+                topics=[topics.alerts],
+                transactional=False,
+                max_messages=settings.calibrator_max_messages,
+            ),
+            triggers,
+            triggers,
+        )
+        try:
+            await run_beside(pipeline.run, runner.run, stopping)
+        finally:
+            await pool.close()
+
+    serve_metrics(settings.metrics_port, registry)
+    return create_app("calibrator", settings, loop)
+
+
+def main() -> None:
+    settings = CalibratorSettings()
+    configure_logging(settings.log_level)
+    run(build_app(settings), settings)
