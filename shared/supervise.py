@@ -18,7 +18,15 @@ from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-SERVICES: tuple[str, ...] = ("ingest", "policy", "recorder", "aggregator", "drift", "gateway")
+SERVICES: tuple[str, ...] = (
+    "ingest",
+    "policy",
+    "recorder",
+    "aggregator",
+    "drift",
+    "router",
+    "gateway",
+)
 """Every worker, in start order; only those whose package exists are started."""
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -19,6 +19,8 @@ import uvicorn
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from services.gateway import calibration
 from services.gateway.auth import ANY, KeyStore, Principal, require
@@ -37,6 +39,7 @@ from services.gateway.routes import (
     predictions,
     registry,
     reviews,
+    routing,
 )
 from services.gateway.settings import GatewaySettings
 from shared.codec import AvroCodec
@@ -46,7 +49,7 @@ from shared.topics import Topics
 
 logger = logging.getLogger(__name__)
 
-ROUTERS = (predictions, reviews, registry, calibration, drift, keys, health, live)
+ROUTERS = (predictions, reviews, registry, calibration, drift, routing, keys, health, live)
 RESTART_SECONDS = 2.0
 PUBLISH_TIMEOUT_MS = 15_000
 """How long a request waits for Kafka before it fails with 503."""
@@ -78,6 +81,14 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             settings.postgres_url, min_size=2, max_size=settings.gateway_db_pool_size
         )
         state.redis = aioredis.Redis.from_url(settings.redis_dsn)
+        # Decide answers a fallback rather than wait: a short timeout and no retries.
+        state.route_redis = aioredis.Redis.from_url(
+            settings.redis_dsn,
+            socket_timeout=settings.route_redis_timeout_seconds,
+            socket_connect_timeout=settings.route_redis_timeout_seconds,
+            retry_on_timeout=False,
+            retry=Retry(NoBackoff(), 0),
+        )
         state.publisher = Publisher(
             make_producer(settings, **{"message.timeout.ms": PUBLISH_TIMEOUT_MS})
         )
@@ -115,6 +126,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             state.publisher.close()
             relay_producer.flush(10)
             await state.redis.aclose()
+            await state.route_redis.aclose()
             await pool.close()
 
     app = FastAPI(

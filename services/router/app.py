@@ -1,0 +1,62 @@
+"""Wiring of the router worker."""
+
+from __future__ import annotations
+
+import asyncio
+
+import faust
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
+
+from services.router.metrics import RouterMetrics
+from services.router.processing import RouterProcessor
+from services.router.settings import RouterSettings
+from services.router.store import RouterStore
+from shared.codec import AvroCodec
+from shared.observability import configure_logging, serve_metrics
+from shared.pipeline import Pipeline, PipelineConfig
+from shared.topics import Topics
+from shared.worker import create_app, run
+
+
+def build_app(settings: RouterSettings) -> faust.App:
+    registry = CollectorRegistry()
+    metrics = RouterMetrics(registry)
+    topics = Topics.for_namespace(settings.topic_namespace)
+    codec = AvroCodec()
+
+    async def loop(stopping: asyncio.Event) -> None:
+        client = aioredis.Redis.from_url(settings.redis_dsn)
+        processor = RouterProcessor(
+            topics,
+            codec,
+            RouterStore(client, settings.redis_prefix),
+            settings.route_half_life_seconds,
+            settings.label_horizon_seconds,
+            settings.route_pending_seconds,
+            metrics,
+        )
+        pipeline = Pipeline(
+            settings,
+            PipelineConfig(
+                group_id=f"{settings.topic_namespace}-router",
+                topics=[topics.routing, topics.predictions, topics.labels, topics.deadletter],
+                transactional=False,
+                max_messages=settings.router_max_messages,
+            ),
+            processor,
+            metrics,
+        )
+        try:
+            await pipeline.run(stopping)
+        finally:
+            await client.aclose()
+
+    serve_metrics(settings.metrics_port, registry)
+    return create_app("router", settings, loop)
+
+
+def main() -> None:
+    settings = RouterSettings()
+    configure_logging(settings.log_level)
+    run(build_app(settings), settings)
