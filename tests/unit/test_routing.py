@@ -199,9 +199,7 @@ def test_regret_against_uniform_and_epsilon_greedy(capsys: pytest.CaptureFixture
     lines, results = [], []
     for name, rates in scenarios.items():
         means = {
-            policy: float(
-                np.mean([simulate(rates, policy, seed=s).regret[-1] for s in range(5)])  # type: ignore[arg-type]
-            )
+            policy: float(np.mean([simulate(rates, policy, seed=s).regret[-1] for s in range(5)]))
             for policy in ("thompson", "epsilon", "uniform")
         }
         lines.append(
