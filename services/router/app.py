@@ -34,6 +34,7 @@ def build_app(settings: RouterSettings) -> faust.App:
             settings.route_half_life_seconds,
             settings.label_horizon_seconds,
             settings.route_pending_seconds,
+            settings.route_label_wait_seconds,
             metrics,
         )
         pipeline = Pipeline(

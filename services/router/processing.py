@@ -14,8 +14,10 @@ Sources, all applied through one offset fence (a replayed batch changes nothing)
 
 A decision gets one outcome: the first counted wins, later ones (a label after an API
 outcome, a second API call) are skipped. An outcome that comes before its decision record
-waits (``route:pend``) until the record arrives. Outcomes are weighted by the decision's
-event time, so a late outcome lands where its decision was made.
+waits (``route:pend``) until the record arrives, and a label that comes before its
+routed prediction waits (``route:lab``, ``route_label_wait_seconds``) for the prediction —
+only labels of models that carry routed predictions (or of unknown model) wait. Outcomes
+are weighted by the decision's event time, so a late outcome lands where its decision was made.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from confluent_kafka import Message
 
 from services.router.metrics import RouterMetrics
 from services.router.store import Counted, EffectBuilder, RouterStore
+from shared.batches import model_key
 from shared.codec import AvroCodec, Decoded
 from shared.dead_letters import dead_letter
 from shared.offset_fence import fresh
@@ -56,6 +59,10 @@ def _routed_rows(record: dict[str, Any]) -> list[tuple[int, str]]:
     return [(i, m[ROUTE_DECISION_KEY]) for i, m in enumerate(meta) if m.get(ROUTE_DECISION_KEY)]
 
 
+def _model(record: dict[str, Any]) -> str:
+    return model_key(record["tenant"], record["model_name"], record["model_version"] or "")
+
+
 class RouterProcessor:
     def __init__(
         self,
@@ -65,6 +72,7 @@ class RouterProcessor:
         half_life_s: float,
         decision_ttl: int,
         pending_ttl: int,
+        label_wait: int = 600,
         metrics: RouterMetrics | None = None,
     ) -> None:
         self._topics = topics
@@ -73,6 +81,9 @@ class RouterProcessor:
         self._half_life_ms = half_life_s * 1000.0
         self._decision_ttl = decision_ttl
         self._pending_ttl = pending_ttl
+        self._label_wait = label_wait
+        self._new_models: set[str] = set()
+        self._costs: dict[str, tuple[float | None, float | None]] = {}
         self._metrics = metrics
         self.outcomes_counted = 0
 
@@ -83,10 +94,11 @@ class RouterProcessor:
         now_ms = int(time.time() * 1000)
         dead: list[Output] = []
         decisions: dict[str, DecisionRecord] = {}
-        self._costs: dict[str, tuple[float | None, float | None]] = {}
+        self._costs = {}
         outcomes: list[_Outcome] = []
         links: dict[tuple[str, str], str] = {}
-        labels: list[tuple[str, str, str]] = []
+        labels: list[tuple[str, str, str, str | None]] = []
+        self._new_models = set()
         for m in messages:
             topic = m.topic()
             if topic == t.routing:
@@ -113,7 +125,10 @@ class RouterProcessor:
                 pred = self._codec.decode(m.value(), {"PredictionBatch"})
                 if isinstance(pred, Decoded):
                     rec = pred.record
-                    for i, decision_id in _routed_rows(rec):
+                    routed = _routed_rows(rec)
+                    if routed:
+                        self._new_models.add(_model(rec))
+                    for i, decision_id in routed:
                         links[(rec["tenant"], rec["event_ids"][i])] = (
                             f"{decision_id}{SEP}{rec['predicted_labels'][i]}"
                         )
@@ -121,8 +136,9 @@ class RouterProcessor:
                 lab = self._codec.decode(m.value(), {"LabelBatch"})
                 if isinstance(lab, Decoded):
                     rec = lab.record
+                    model = _model(rec) if rec.get("model_name") else None
                     labels.extend(
-                        (rec["tenant"], e, g)
+                        (rec["tenant"], e, g, model)
                         for e, g in zip(rec["event_ids"], rec["ground_truths"], strict=True)
                     )
             elif topic == t.deadletter:
@@ -185,26 +201,36 @@ class RouterProcessor:
         decisions: dict[str, DecisionRecord],
         outcomes: list[_Outcome],
         links: dict[tuple[str, str], str],
-        labels: list[tuple[str, str, str]],
+        labels: list[tuple[str, str, str, str | None]],
     ) -> None:
-        store = self._store
-        label_events = [(tenant, e) for tenant, e, _ in labels if (tenant, e) not in links]
-        # First round trip: the links of the labels (those not made in this very batch).
-        if label_events:
-            _, _, stored_links, _ = await store.lookup([], label_events, [])
-            links = {**stored_links, **links}
-        for tenant, event_id, truth in labels:
-            link = links.get((tenant, event_id))
+        store, keys = self._store, self._store.keys
+        # First round trip: the stored links of this batch's labels, the labels that came
+        # before this batch's routed predictions, and the models that carry routed ones.
+        label_events = [(tenant, e) for tenant, e, _, _ in labels if (tenant, e) not in links]
+        stored_links, waiting_labels, routed_models = await store.joins(label_events, list(links))
+        all_links = {**stored_links, **links}
+        b = EffectBuilder(keys, self._half_life_ms, self._decision_ttl)
+        spent: set[tuple[str, str]] = set()
+        for ev, truth in waiting_labels.items():
+            labels.append((ev[0], ev[1], truth, None))
+            b.effect.delete.append(keys.waiting_label(*ev))
+        for tenant, event_id, truth, model in labels:
+            link = all_links.get((tenant, event_id))
             if link is None:
+                if model is None or model in routed_models or model in self._new_models:
+                    b.effect.set.append(
+                        (keys.waiting_label(tenant, event_id), truth, self._label_wait)
+                    )
                 continue
             decision_id, predicted = link.split(SEP, 1)
+            spent.add((tenant, event_id))
             outcomes.append(
                 _Outcome(decision_id, tenant, 1.0 if truth == predicted else 0.0, "label")
             )
+        b.effect.sadd.extend((keys.routed_models, m) for m in self._new_models)
         ids = sorted({o.decision_id for o in outcomes} | set(decisions))
         records, counted, _, pending = await store.lookup(ids, [], list(decisions))
         records.update(decisions)
-        b = EffectBuilder(store.keys, self._half_life_ms, self._decision_ttl)
         for decision_id, record in decisions.items():
             b.decision(decision_id, record, *self._costs.get(decision_id, (None, None)))
         # Outcomes that were waiting for one of this batch's decisions come first.
@@ -213,15 +239,14 @@ class RouterProcessor:
             for d, raw in pending.items()
         ]
         for d in pending:
-            b.effect.delete.append(store.keys.pending(d))
+            b.effect.delete.append(keys.pending(d))
         for o in [*waiting, *outcomes]:
             self._count(b, o, records, counted)
-        for (tenant, event_id), link in links.items():
-            b.effect.set.append((store.keys.event(tenant, event_id), link, self._decision_ttl))
+        for ev, link in links.items():
+            if ev not in spent:
+                b.effect.set.append((keys.event(*ev), link, self._decision_ttl))
         # A label's link is spent once its outcome is counted.
-        b.effect.delete.extend(
-            store.keys.event(tenant, e) for tenant, e, _ in labels if (tenant, e) in links
-        )
+        b.effect.delete.extend(keys.event(*ev) for ev in spent if ev in stored_links)
         await store.fence.apply(messages, b.build())
 
     def _count(

@@ -17,3 +17,8 @@ class RouterSettings(Settings):
         ge=60,
         description="how long an outcome that came before its decision record waits for it",
     )
+    route_label_wait_seconds: int = Field(
+        default=600,
+        ge=1,
+        description="how long a label that came before its routed prediction waits for it",
+    )

@@ -115,6 +115,27 @@ class RouterStore:
         self.keys = RouteKeys(prefix)
         self.fence = OffsetFence(client, self.keys.offsets)
 
+    async def joins(
+        self, label_events: list[tuple[str, str]], new_links: list[tuple[str, str]]
+    ) -> tuple[dict[tuple[str, str], str], dict[tuple[str, str], str], set[str]]:
+        """In one round trip: the stored links of ``label_events``, the waiting labels of
+        ``new_links`` (routed predictions of this batch) and the routed models."""
+        k = self.keys
+        pipe = self.client.pipeline(transaction=False)
+        for tenant, event_id in label_events:
+            pipe.get(k.event(tenant, event_id))
+        for tenant, event_id in new_links:
+            pipe.get(k.waiting_label(tenant, event_id))
+        pipe.smembers(k.routed_models)
+        rows = await pipe.execute()
+        n = len(label_events)
+        links = {ev: rows[i].decode() for i, ev in enumerate(label_events) if rows[i] is not None}
+        waiting = {
+            ev: rows[n + i].decode() for i, ev in enumerate(new_links) if rows[n + i] is not None
+        }
+        models = {m.decode() for m in rows[-1]}
+        return links, waiting, models
+
     async def lookup(
         self, decision_ids: list[str], events: list[tuple[str, str]], pending_for: list[str]
     ) -> tuple[dict[str, DecisionRecord], set[str], dict[tuple[str, str], str], dict[str, str]]:

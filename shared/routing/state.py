@@ -15,6 +15,9 @@ Keys (``P`` = Redis prefix; tenant, goal and path are percent-encoded, so ``:`` 
 - ``P route:out:{decision id}`` — present once the decision's outcome is counted.
 - ``P route:ev:{t}:{event id}`` — decision id and predicted label of a routed prediction,
   until its label comes.
+- ``P route:lab:{t}:{event id}`` — a label that came before its routed prediction (kept a
+  short while, only for models that carry routed predictions or labels of unknown model).
+- ``P route:models`` set — model version keys that have carried a routed prediction.
 - ``P route:pend:{decision id}`` — an outcome that came before its decision record.
 - ``P route:offsets`` — the offset fence of the router's consumer.
 """
@@ -74,6 +77,13 @@ class RouteKeys:
 
     def event(self, tenant: str, event_id: str) -> str:
         return f"{self.prefix}route:ev:{_q(tenant)}:{event_id}"
+
+    def waiting_label(self, tenant: str, event_id: str) -> str:
+        return f"{self.prefix}route:lab:{_q(tenant)}:{event_id}"
+
+    @property
+    def routed_models(self) -> str:
+        return f"{self.prefix}route:models"
 
     def pending(self, decision_id: str) -> str:
         return f"{self.prefix}route:pend:{decision_id}"
