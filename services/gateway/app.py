@@ -94,13 +94,14 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             settings.postgres_url, min_size=2, max_size=settings.gateway_db_pool_size
         )
         state.redis = aioredis.Redis.from_url(settings.redis_dsn)
-        # Decide answers a fallback rather than wait: a short timeout and no retries.
+        # Decide answers a fallback rather than wait: a short timeout and one immediate
+        # retry (a pooled connection that a Redis restart closed fails once).
         state.route_redis = aioredis.Redis.from_url(
             settings.redis_dsn,
             socket_timeout=settings.route_redis_timeout_seconds,
             socket_connect_timeout=settings.route_redis_timeout_seconds,
             retry_on_timeout=False,
-            retry=Retry(NoBackoff(), 0),
+            retry=Retry(NoBackoff(), 1),
         )
         state.publisher = Publisher(
             make_producer(settings, **{"message.timeout.ms": PUBLISH_TIMEOUT_MS})

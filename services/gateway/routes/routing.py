@@ -266,7 +266,7 @@ async def outcome(
 
 @router.get("/goals", response_model=list[str])
 async def goals(request: Request, who: Annotated[Principal, Depends(require(READ))]) -> list[str]:
-    members = await request.app.state.redis.smembers(_keys(request).goals(who.tenant))
+    members = await request.app.state.route_redis.smembers(_keys(request).goals(who.tenant))
     return sorted(m.decode() for m in members)
 
 
@@ -276,7 +276,7 @@ async def policy(
     who: Annotated[Principal, Depends(require(READ))],
     goal: Annotated[str, Query(min_length=1, max_length=200)],
 ) -> PolicyOut:
-    client, keys, params = request.app.state.redis, _keys(request), _params(request)
+    client, keys, params = request.app.state.route_redis, _keys(request), _params(request)
     now_ms = int(time.time() * 1000)
     paths = await read_paths(client, keys, who.tenant, goal)
     counts = await read_counts(client, keys, who.tenant, goal, paths)
