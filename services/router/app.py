@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import uuid
 
 import faust
 import redis.asyncio as aioredis
@@ -15,8 +17,29 @@ from services.router.store import RouterStore
 from shared.codec import AvroCodec
 from shared.observability import configure_logging, serve_metrics
 from shared.pipeline import Pipeline, PipelineConfig
+from shared.routing.state import RouteKeys
 from shared.topics import Topics
 from shared.worker import create_app, run
+
+logger = logging.getLogger(__name__)
+
+
+async def state_generation(client: aioredis.Redis, keys: RouteKeys) -> str:
+    """The generation of the router's Redis state, which names its consumer group.
+
+    Redis that lost the router's state (a wipe, a restore without it) has no generation:
+    a new one starts a new consumer group, which reads the topics from their beginning
+    (``auto.offset.reset=earliest``), so the counts are rebuilt from the log.
+    """
+    candidate = uuid.uuid4().hex[:12]
+    await client.set(keys.generation, candidate, nx=True)
+    current = await client.get(keys.generation)
+    generation = current.decode() if isinstance(current, bytes) else current or candidate
+    if generation == candidate:
+        logger.info(
+            "no router state in Redis: generation %s rebuilds it from the topics", generation
+        )
+    return generation
 
 
 def build_app(settings: RouterSettings) -> faust.App:
@@ -27,6 +50,7 @@ def build_app(settings: RouterSettings) -> faust.App:
 
     async def loop(stopping: asyncio.Event) -> None:
         client = aioredis.Redis.from_url(settings.redis_dsn)
+        generation = await state_generation(client, RouteKeys(settings.redis_prefix))
         processor = RouterProcessor(
             topics,
             codec,
@@ -40,7 +64,7 @@ def build_app(settings: RouterSettings) -> faust.App:
         pipeline = Pipeline(
             settings,
             PipelineConfig(
-                group_id=f"{settings.topic_namespace}-router",
+                group_id=f"{settings.topic_namespace}-router-{generation}",
                 topics=[topics.routing, topics.predictions, topics.labels, topics.deadletter],
                 transactional=False,
                 max_messages=settings.router_max_messages,

@@ -20,6 +20,8 @@ Keys (``P`` = Redis prefix; tenant, goal and path are percent-encoded, so ``:`` 
 - ``P route:models`` set — model version keys that have carried a routed prediction.
 - ``P route:pend:{decision id}`` — an outcome that came before its decision record.
 - ``P route:offsets`` — the offset fence of the router's consumer.
+- ``P route:generation`` — names the router's consumer group; a Redis without it (state
+  lost) gets a new one, whose group reads the topics from the beginning: a rebuild.
 """
 
 from __future__ import annotations
@@ -87,6 +89,10 @@ class RouteKeys:
 
     def pending(self, decision_id: str) -> str:
         return f"{self.prefix}route:pend:{decision_id}"
+
+    @property
+    def generation(self) -> str:
+        return f"{self.prefix}route:generation"
 
     @property
     def offsets(self) -> str:
