@@ -10,7 +10,10 @@ from shared.settings import Settings
 class RouterSettings(Settings):
     metrics_port: int = Field(default=9107, ge=0, description="router /metrics port")
     router_max_messages: int = Field(
-        default=200, ge=1, description="messages the router fetches per batch"
+        default=2_000,
+        ge=1,
+        description="messages the router fetches per batch (a routing record is one event; "
+        "a label or prediction message up to a batch of them)",
     )
     route_pending_seconds: int = Field(
         default=24 * 3600,
