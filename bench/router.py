@@ -1,7 +1,9 @@
 """Routing benchmark: decide latency through the gateway, router outcomes/s, Redis memory.
 
-``python -m bench.router`` uses the local stack on a fresh namespace, Redis prefix and
-scratch database (all removed afterwards):
+``python -m bench.router`` uses the local stack's Kafka and PostgreSQL on a fresh namespace
+and scratch database (removed afterwards), and a Redis of its own on a free port (in a
+temporary folder, stopped afterwards), so other users of the stack's Redis neither slow it
+down nor are slowed by it:
 
 1. decide: one gateway process; this process sends ``POST /api/route/decide`` (3 candidate
    paths with history) at a paced ``rate`` for ``seconds`` and measures each answer.
@@ -14,8 +16,13 @@ scratch database (all removed afterwards):
 from __future__ import annotations
 
 import asyncio
+import shutil
+import socket
+import subprocess
+import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -135,10 +142,40 @@ def main(
     rate: float = 2_000, seconds: float = 10, outcomes: int = 60_000, port: int = 8097
 ) -> None:
     """Print decide p50/p99 at ``rate``/s, router outcomes/s and Redis bytes per path."""
-    base_settings = bench_settings()
+    home = Path(tempfile.mkdtemp(prefix="caliber-bench-redis-"))
+    redis_port = _free_port()
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--dir", str(home),
+         "--save", "", "--appendonly", "yes", "--appendfsync", "everysec"],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        base = bench_settings().model_copy(
+            update={"redis_url": f"redis://127.0.0.1:{redis_port}/0"}
+        )
+        _run(base, rate, seconds, outcomes, port)
+    finally:
+        server.terminate()
+        server.wait(30)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _run(base_settings: Settings, rate: float, seconds: float, outcomes: int, port: int) -> None:
     with scratch_database(base_settings, prefix="caliber_benchrouter") as settings:
         keys = RouteKeys(settings.redis_prefix)
         r = redis.Redis.from_url(settings.redis_dsn)
+        for _ in range(100):
+            try:
+                r.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.1)
         logs = Settings().logs_dir
         # Outcomes/s: the topic is filled first, then one worker drains it.
         _produce(settings, "bench", outcomes, 0, 1)
