@@ -39,7 +39,7 @@ class RouterMetrics(PipelineMetrics):
         )
         self.skipped = Counter(
             "caliber_route_outcomes_skipped_total",
-            "Outcomes not counted, by reason (duplicate | pending)",
+            "Outcomes not counted, by reason (duplicate | pending | tenant)",
             ["reason"],
             registry=registry,
         )

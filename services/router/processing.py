@@ -264,7 +264,12 @@ class RouterProcessor:
             if metrics:
                 metrics.skipped.labels("pending").inc()
             return
-        if o.decision_id in counted or (o.tenant is not None and o.tenant != record.tenant):
+        if o.tenant is not None and o.tenant != record.tenant:
+            # Another tenant's decision id: never counted (the API already answers 404).
+            if metrics:
+                metrics.skipped.labels("tenant").inc()
+            return
+        if o.decision_id in counted:
             if metrics:
                 metrics.skipped.labels("duplicate").inc()
             return
