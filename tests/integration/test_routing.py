@@ -288,3 +288,23 @@ def _total(env: Env) -> int:
         return total
     except Exception:
         return 0
+
+
+def test_a_dead_lettered_routed_prediction_fails_its_path(env: Env) -> None:
+    topics = Topics.for_namespace(env.settings.topic_namespace)
+    with env.client("acme") as c:
+        d = _decide(c, goal="dead", candidates=[{"path": "only"}]).json()
+    event = next(event_records(generate(VERSIONS["clf/v1"], 1, 99, 0).predictions))
+    event.update(
+        confidence=1.7,  # out of range: ingest dead-letters it
+        event_time_ms=int(time.time() * 1000),
+        metadata={ROUTE_DECISION_KEY: d["decision_id"]},
+    )
+    producer = make_producer(env.settings)
+    producer.produce(topics.inference_raw, CODEC.encode("InferenceEvent", event), b"acme/clf/v1")
+    producer.flush(30)
+    post = RouteKeys(env.settings.redis_prefix).post("acme", "dead", "only")
+    r = env.redis.client()
+    _wait(lambda: r.hget(post, "n") == b"1", 90, "the dead letter's failure")
+    s, f = (float(x or 0) for x in r.hmget(post, "s", "f"))
+    assert s == 0.0 and f == pytest.approx(1.0, abs=1e-6)
