@@ -138,9 +138,7 @@ async def _decide(base: str, key: str, rate: float, seconds: float) -> tuple[lis
 
 
 @app.command()
-def main(
-    rate: float = 2_000, seconds: float = 10, outcomes: int = 60_000, port: int = 8097
-) -> None:
+def main(rate: float = 2_000, seconds: float = 10, outcomes: int = 40_000, port: int = 0) -> None:
     """Print decide p50/p99 at ``rate``/s, router outcomes/s and Redis bytes per path."""
     home = Path(tempfile.mkdtemp(prefix="caliber-bench-redis-"))
     redis_port = _free_port()
@@ -211,6 +209,7 @@ def _run(base_settings: Settings, rate: float, seconds: float, outcomes: int, po
             router.wait(30)
         # Decide latency through the gateway, on the 'bench' goal's history.
         pool_key = asyncio.run(_key(settings))
+        port = port or _free_port()
         gateway = start_service(
             "gateway",
             settings,
