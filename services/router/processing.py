@@ -229,7 +229,7 @@ class RouterProcessor:
             )
         b.effect.sadd.extend((keys.routed_models, m) for m in self._new_models)
         ids = sorted({o.decision_id for o in outcomes} | set(decisions))
-        records, counted, _, pending = await store.lookup(ids, [], list(decisions))
+        records, counted, pending = await store.lookup(ids, list(decisions))
         records.update(decisions)
         for decision_id, record in decisions.items():
             b.decision(decision_id, record, *self._costs.get(decision_id, (None, None)))

@@ -118,56 +118,34 @@ class RouterStore:
     async def joins(
         self, label_events: list[tuple[str, str]], new_links: list[tuple[str, str]]
     ) -> tuple[dict[tuple[str, str], str], dict[tuple[str, str], str], set[str]]:
-        """In one round trip: the stored links of ``label_events``, the waiting labels of
-        ``new_links`` (routed predictions of this batch) and the routed models."""
+        """The stored links of ``label_events``, the waiting labels of ``new_links`` (routed
+        predictions of this batch) and the routed models: three reads, one round trip."""
         k = self.keys
         pipe = self.client.pipeline(transaction=False)
-        for tenant, event_id in label_events:
-            pipe.get(k.event(tenant, event_id))
-        for tenant, event_id in new_links:
-            pipe.get(k.waiting_label(tenant, event_id))
+        pipe.mget([k.event(*ev) for ev in label_events] or ["-"])
+        pipe.mget([k.waiting_label(*ev) for ev in new_links] or ["-"])
         pipe.smembers(k.routed_models)
-        rows = await pipe.execute()
-        n = len(label_events)
-        links = {ev: rows[i].decode() for i, ev in enumerate(label_events) if rows[i] is not None}
-        waiting = {
-            ev: rows[n + i].decode() for i, ev in enumerate(new_links) if rows[n + i] is not None
-        }
-        models = {m.decode() for m in rows[-1]}
-        return links, waiting, models
+        stored, waiting_raw, members = await pipe.execute()
+        links = {ev: v.decode() for ev, v in zip(label_events, stored, strict=False) if v}
+        waiting = {ev: v.decode() for ev, v in zip(new_links, waiting_raw, strict=False) if v}
+        return links, waiting, {m.decode() for m in members}
 
     async def lookup(
-        self, decision_ids: list[str], events: list[tuple[str, str]], pending_for: list[str]
-    ) -> tuple[dict[str, DecisionRecord], set[str], dict[tuple[str, str], str], dict[str, str]]:
-        """In one round trip: the decision records and counted-outcome markers of
-        ``decision_ids``, the route links of ``events`` (tenant, event id) and the pending
-        outcomes of ``pending_for`` (decision ids)."""
+        self, decision_ids: list[str], pending_for: list[str]
+    ) -> tuple[dict[str, DecisionRecord], set[str], dict[str, str]]:
+        """The decision records and counted-outcome markers of ``decision_ids`` and the
+        pending outcomes of ``pending_for``: three MGETs, one round trip."""
         k = self.keys
         pipe = self.client.pipeline(transaction=False)
-        for d in decision_ids:
-            pipe.get(k.decision(d))
-            pipe.exists(k.outcome(d))
-        for tenant, event_id in events:
-            pipe.get(k.event(tenant, event_id))
-        for d in pending_for:
-            pipe.get(k.pending(d))
-        rows = await pipe.execute()
-        records: dict[str, DecisionRecord] = {}
-        counted: set[str] = set()
-        for i, d in enumerate(decision_ids):
-            raw, done = rows[2 * i], rows[2 * i + 1]
-            if raw is not None:
-                records[d] = DecisionRecord.decode(raw)
-            if done:
-                counted.add(d)
-        base = 2 * len(decision_ids)
-        links = {
-            ev: rows[base + i].decode() for i, ev in enumerate(events) if rows[base + i] is not None
+        pipe.mget([k.decision(d) for d in decision_ids] or ["-"])
+        pipe.mget([k.outcome(d) for d in decision_ids] or ["-"])
+        pipe.mget([k.pending(d) for d in pending_for] or ["-"])
+        recs, outs, pend = await pipe.execute()
+        records = {
+            d: DecisionRecord.decode(raw)
+            for d, raw in zip(decision_ids, recs, strict=False)
+            if raw is not None
         }
-        base += len(events)
-        pend = {
-            d: rows[base + i].decode()
-            for i, d in enumerate(pending_for)
-            if rows[base + i] is not None
-        }
-        return records, counted, links, pend
+        counted = {d for d, done in zip(decision_ids, outs, strict=False) if done is not None}
+        pending = {d: v.decode() for d, v in zip(pending_for, pend, strict=False) if v}
+        return records, counted, pending
