@@ -71,6 +71,12 @@ class Settings(BaseSettings):
         ge=60,
         description="how long a label may trail its prediction; dedupe and join state TTL",
     )
+    route_half_life_seconds: float = Field(
+        default=6 * 3600.0,
+        gt=0,
+        description="routing: an outcome's weight halves every this many seconds of event time "
+        "(the router worker writes with it, the gateway decides with it)",
+    )
     metrics_port: int = Field(
         default=0, ge=0, description="Prometheus /metrics port of a worker (0 = none)"
     )

@@ -19,7 +19,7 @@ from shared.settings import Settings
 logger = logging.getLogger(__name__)
 
 SERVICES: tuple[str, ...] = (
-    "ingest", "policy", "recorder", "aggregator", "drift", "calibrator", "gateway",
+    "ingest", "policy", "recorder", "aggregator", "drift", "calibrator", "router", "gateway",
 )  # fmt: skip
 """Every worker, in start order; only those whose package exists are started."""
 

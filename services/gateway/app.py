@@ -9,15 +9,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
-from typing import Annotated
+from typing import Annotated, Any
 
 import asyncpg
 import redis.asyncio as aioredis
 import uvicorn
 from fastapi import Depends, FastAPI, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -38,6 +41,7 @@ from services.gateway.routes import (
     recalibration,
     registry,
     reviews,
+    routing,
 )
 from services.gateway.settings import GatewaySettings
 from services.gateway.state import open_state
@@ -52,6 +56,7 @@ ROUTERS = (
     registry,
     estimation,
     recalibration,
+    routing,
     calibration,
     drift,
     keys,
@@ -78,6 +83,16 @@ async def _keep_running(name: str, run: Callable[[], Awaitable[None]], stop: asy
             logger.exception("%s failed; restarting in %.0f s", name, RESTART_SECONDS)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), RESTART_SECONDS)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
@@ -117,6 +132,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             state.publisher.close()
             relay_producer.flush(10)
             await state.redis.aclose()
+            await state.route_redis.aclose()
             await pool.close()
 
     app = FastAPI(
@@ -130,6 +146,16 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     for module in ROUTERS:
         app.include_router(module.router)
     console.mount(app)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler echoes each offending input, and a NaN or an infinity in a
+        # JSON body (Python's parser takes them) cannot be rendered back: a 500 instead of
+        # the 422 naming the field. Non-finite inputs are echoed as strings.
+        return JSONResponse(
+            {"detail": _finite(jsonable_encoder(exc.errors()))},
+            status_code=422,
+        )
 
     @app.exception_handler(asyncpg.PostgresConnectionError)
     @app.exception_handler(asyncpg.InterfaceError)

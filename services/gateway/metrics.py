@@ -30,6 +30,11 @@ class GatewayMetrics:
             "Inference events accepted over REST and published to inference.raw",
             registry=registry,
         )
+        self.route_records_failed = Counter(
+            "caliber_gateway_route_records_failed_total",
+            "Route decision records Kafka did not take (their outcomes cannot be counted)",
+            registry=registry,
+        )
         self.ws_clients = Gauge(
             "caliber_gateway_ws_clients", "Connected /ws/live clients", registry=registry
         )

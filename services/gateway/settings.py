@@ -44,3 +44,24 @@ class GatewaySettings(GatewayAddress):
         description="half-width of the performance estimate's band in sd (99 %; as the "
         "aggregator's CALIBER_ESTIMATE_BAND_Z)",
     )
+    route_floor: float = Field(
+        default=1 / 6.3,
+        ge=0,
+        le=1,
+        description="routing: share of traffic each path with too few outcomes keeps at least",
+    )
+    route_min_outcomes: int = Field(
+        default=50, ge=0, description="routing: outcomes a path needs before the floor lifts"
+    )
+    route_credible: float = Field(
+        default=0.95,
+        gt=0.5,
+        lt=1,
+        description="routing: P(a better than b) at which a is credibly better; cost and "
+        "latency only decide between paths no other path credibly beats",
+    )
+    route_redis_timeout_seconds: float = Field(
+        default=0.25,
+        gt=0,
+        description="routing: longest decide waits for Redis before it answers a fallback",
+    )

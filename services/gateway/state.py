@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import asyncpg
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from starlette.requests import HTTPConnection
 
 from services.gateway.auth import KeyStore
@@ -35,6 +37,10 @@ class GatewayState:
     codec: AvroCodec
     pool: asyncpg.Pool
     redis: aioredis.Redis
+    route_redis: aioredis.Redis
+    """Redis for routing decisions: a short timeout, so decide answers a fallback rather
+    than wait (and one immediate retry: a pooled connection a Redis restart closed fails
+    once)."""
     publisher: Publisher
     view: RegistryIndex
     models: ModelCache
@@ -59,6 +65,13 @@ async def open_state(settings: GatewaySettings, metrics: GatewayMetrics) -> Gate
         codec=codec,
         pool=pool,
         redis=aioredis.Redis.from_url(settings.redis_dsn),
+        route_redis=aioredis.Redis.from_url(
+            settings.redis_dsn,
+            socket_timeout=settings.route_redis_timeout_seconds,
+            socket_connect_timeout=settings.route_redis_timeout_seconds,
+            retry_on_timeout=False,
+            retry=Retry(NoBackoff(), 1),
+        ),
         publisher=Publisher(make_producer(settings, **{"message.timeout.ms": PUBLISH_TIMEOUT_MS})),
         view=view,
         models=ModelCache(pool, view),

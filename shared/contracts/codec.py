@@ -42,6 +42,7 @@ SCHEMA_ORDER = (
     "MetricSnapshot",
     "DeadLetter",
     "ModelVersion",
+    "RouteEvent",
 )
 
 Record = dict[str, Any]

@@ -11,7 +11,8 @@ class Topics:
     """Every Caliber topic, named ``<namespace>.<suffix>``.
 
     ``model_updates`` is log-compacted (latest registry state per model version key);
-    every other topic is a plain retained log.
+    every other topic is a plain retained log. ``routing`` carries route decisions and
+    outcomes (the log the router's counts are rebuilt from).
     """
 
     inference_raw: str
@@ -23,6 +24,7 @@ class Topics:
     metrics: str
     deadletter: str
     model_updates: str
+    routing: str
 
     @classmethod
     def for_namespace(cls, namespace: str = "caliber") -> Topics:
@@ -41,6 +43,7 @@ class Topics:
             metrics=f"{namespace}.metrics",
             deadletter=f"{namespace}.deadletter",
             model_updates=f"{namespace}.model-updates",
+            routing=f"{namespace}.routing",
         )
 
     def all(self) -> list[str]:

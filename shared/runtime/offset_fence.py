@@ -52,6 +52,23 @@ for _, b in ipairs(ops.hdel_below) do
     if tonumber(f) < b[2] then redis.call('HDEL', b[1], f) end
   end
 end
+for _, d in ipairs(ops.decay) do
+  local cur = redis.call('HMGET', d[1], 's', 'f', 't')
+  local s = tonumber(cur[1]) or 0
+  local f = tonumber(cur[2]) or 0
+  local t = tonumber(cur[3]) or d[3]
+  if d[3] >= t then
+    local g = 2 ^ (-(d[3] - t) / d[2])
+    s = s * g + d[4]
+    f = f * g + d[5]
+    t = d[3]
+  else
+    local g = 2 ^ (-(t - d[3]) / d[2])
+    s = s + d[4] * g
+    f = f + d[5] * g
+  end
+  redis.call('HSET', d[1], 's', string.format('%.17g', s), 'f', string.format('%.17g', f), 't', t)
+end
 for tp, last in pairs(ops.last) do redis.call('HSET', KEYS[1], tp, last) end
 return 1
 """
@@ -87,6 +104,11 @@ class Effect:
     """(key, ttl): applied after the writes above, so it covers keys they created."""
     hdel_below: list[tuple[str, int]] = field(default_factory=list)
     """(hash key, n): the hash's fields (numbers) below n are deleted, after every write."""
+    decay: list[tuple[str, float, int, float, float]] = field(default_factory=list)
+    """(hash key, half-life ms, time ms, s add, f add): discounted sums ``s`` and ``f``
+    stored at reference time ``t``; both halve every half-life. An addition at a time past
+    ``t`` decays the stored sums to it first; an earlier one is decayed to ``t`` itself, so
+    the result does not depend on the order of additions."""
 
 
 class OffsetFence:
@@ -124,6 +146,7 @@ class OffsetFence:
             "hmax": effect.hmax,
             "expire": effect.expire,
             "hdel_below": effect.hdel_below,
+            "decay": effect.decay,
         }
         # cjson decodes an empty JSON array as an empty table, which ipairs/pairs accept.
         result = await self._apply(keys=[self._key], args=[json.dumps(ops)])

@@ -7,6 +7,7 @@ import * as advice from "./advice.js";
 import * as panels from "./panels.js";
 import * as queue from "./queue.js";
 import * as recalibration from "./recalibration.js";
+import { loadRouting, renderRouting } from "./routing.js";
 
 const READ = ["viewer", "reviewer", "admin"];
 const REVIEW = ["reviewer", "admin"];
@@ -143,9 +144,21 @@ async function refreshQueue() {
   renderQueueAndCounts();
 }
 
+let routingGoal = null;
+
+async function refreshRouting() {
+  const routing = await loadRouting(routingGoal);
+  routingGoal = routing.goal;
+  renderRouting(routing, (goal) => {
+    routingGoal = goal;
+    guard("the routing policy", refreshRouting);
+  });
+}
+
 async function refreshAll() {
   await guard("the model versions", loadModels);
   await Promise.all([
+    guard("the routing policy", refreshRouting),
     guard("the metrics", refreshOverview),
     guard("the selected version", refreshSelected),
     guard("the review queue", refreshQueue),

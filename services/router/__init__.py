@@ -1,0 +1,1 @@
+"""Router worker: the one writer of routing counts, fed exactly once from its topics."""
