@@ -146,7 +146,7 @@ def _keys(request: Request) -> RouteKeys:
 
 def _publish(request: Request, key: str, record: dict[str, object]) -> None:
     """Produce a decision record without waiting for its ack."""
-    state = request.app.state
+    state = state_of(request)
     value = state.codec.encode("RouteEvent", record)
 
     def delivered(err: KafkaError | None, _msg: Message) -> None:
@@ -233,7 +233,7 @@ async def outcome(
         uuid.UUID(body.decision_id)
     except ValueError:
         raise _unknown(body.decision_id) from None
-    state = request.app.state
+    state = state_of(request)
     keys = _keys(request)
     checked = True
     try:
