@@ -1,0 +1,1 @@
+"""Message contracts: codec, batches, errors, topics, dead letters, validation, limits."""
