@@ -97,12 +97,27 @@ class PredictionOut(BaseModel):
     ground_truth: str | None
     correct: bool | None
     label_source: str | None
-    status: str
+    status: str = Field(
+        description="auto, review (withheld, waiting for a human) or resolved (a withheld "
+        "prediction whose ground truth arrived); an auto prediction stays auto when labelled"
+    )
     probabilities: dict[str, float] | None
     features: dict[str, Any] | None
     event_time: datetime
     created_at: datetime
-    resolved_at: datetime | None
+    resolved_at: datetime | None = Field(description="when the review of a withheld one closed")
+    decision: Decision | None = Field(
+        default=None, description="what the policy decided; never changed by a label"
+    )
+    review_state: Literal["none", "open", "resolved"] = Field(
+        default="none", description="none (auto-accepted), open (withheld) or resolved"
+    )
+    resolved_by: Literal["feed", "review", "event"] | None = Field(
+        default=None, description="the source of the label that closed the review"
+    )
+    reviewer_key_id: int | None = Field(
+        default=None, description="the API key that resolved it through POST /api/review"
+    )
 
 
 class ResolutionIn(BaseModel):

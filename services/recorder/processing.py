@@ -4,7 +4,9 @@ The pipeline commits the Kafka offsets only after this step returns, so a crash 
 batch (which :mod:`services.recorder.store` makes harmless) and never skips one. A message
 that cannot be decoded or written (a malformed batch, a value PostgreSQL refuses) becomes a
 dead letter; when a whole-batch write is refused, the batch is written again message by
-message, each under a savepoint of the same transaction, to find the culprit.
+message, each under a savepoint of the same transaction, and a refused columnar message
+again event by event, so only the refused event is dead-lettered (with its event id) and
+its batch-mates are stored.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ class Parsed:
     alerts: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     faults: list[tuple[int, str, str]] = field(default_factory=list)
     """(message index, error code, message) of what could not be decoded."""
+    event_faults: list[tuple[int, str, str, str]] = field(default_factory=list)
+    """(message index, event id, error code, message) of single events PostgreSQL refused."""
 
 
 def _decision_fault(rec: dict[str, Any]) -> str | None:
@@ -132,8 +136,14 @@ class RecorderProcessor:
         dead = [
             self._dead_letter(messages[i], code, text, now_ms) for i, code, text in parsed.faults
         ]
+        dead += [
+            self._dead_letter(messages[i], code, text, now_ms, eid)
+            for i, eid, code, text in parsed.event_faults
+        ]
         if self._metrics is not None:
-            self._metrics.count(written, [code for _, code, _ in parsed.faults])
+            codes = [code for _, code, _ in parsed.faults]
+            codes += [code for _, _, code, _ in parsed.event_faults]
+            self._metrics.count(written, codes)
         return dead
 
     async def _write_all(self, conn: asyncpg.Connection, parsed: Parsed) -> Written:
@@ -159,10 +169,44 @@ class RecorderProcessor:
                     async with conn.transaction():
                         total.add(await write(conn, **kwargs))
                 except DATA_ERRORS as exc:
-                    parsed.faults.append((i, str(ErrorCode.REJECTED_BY_DATABASE), str(exc)))
+                    total.add(await self._write_rows(conn, parsed, i, kwargs, exc))
         return total
 
-    def _dead_letter(self, m: Message, code: str, message: str, now_ms: int) -> Output:
+    async def _write_rows(
+        self,
+        conn: asyncpg.Connection,
+        parsed: Parsed,
+        index: int,
+        kwargs: dict[str, Any],
+        refused: Exception,
+    ) -> Written:
+        """A refused message, event by event: each event under its own savepoint, so one
+        event's fault costs only that event."""
+        if "alerts" in kwargs:
+            parsed.faults.append((index, str(ErrorCode.REJECTED_BY_DATABASE), str(refused)))
+            return Written()
+        batch: DecisionColumns | LabelColumns = next(iter(kwargs.values()))[0]
+        ids = batch.predictions.event_ids if isinstance(batch, DecisionColumns) else batch.event_ids
+        if len(batch) == 1:
+            parsed.event_faults.append(
+                (index, ids[0], str(ErrorCode.REJECTED_BY_DATABASE), str(refused))
+            )
+            return Written()
+        total = Written()
+        for row in range(len(batch)):
+            try:
+                async with conn.transaction():
+                    one: dict[str, Any] = {k: [batch.take([row])] for k in kwargs}
+                    total.add(await write(conn, **one))
+            except DATA_ERRORS as exc:
+                parsed.event_faults.append(
+                    (index, ids[row], str(ErrorCode.REJECTED_BY_DATABASE), str(exc))
+                )
+        return total
+
+    def _dead_letter(
+        self, m: Message, code: str, message: str, now_ms: int, event_id: str | None = None
+    ) -> Output:
         return dead_letter(
-            self._topics.deadletter, self._codec, m, code, message, "recorder", now_ms
+            self._topics.deadletter, self._codec, m, code, message, "recorder", now_ms, event_id
         )

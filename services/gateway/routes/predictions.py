@@ -164,7 +164,7 @@ PREDICTION_COLUMNS = (
     "event_id::text AS event_id, model_version_id, model_name, model_version, predicted_label, "
     "confidence, calibrated_confidence, threshold, uncertainty, ground_truth, correct, "
     "label_source, status, probabilities::text AS probabilities, features::text AS features, "
-    "event_time, created_at, resolved_at"
+    "event_time, created_at, resolved_at, decision, review_state, resolved_by, reviewer_key_id"
 )
 
 
@@ -189,6 +189,10 @@ def prediction_out(r: Any) -> PredictionOut:
         event_time=r["event_time"],
         created_at=r["created_at"],
         resolved_at=r["resolved_at"],
+        decision=r["decision"],
+        review_state=r["review_state"],
+        resolved_by=r["resolved_by"],
+        reviewer_key_id=r["reviewer_key_id"],
     )
 
 
