@@ -46,7 +46,8 @@ async def _resolve(
     for e in events:
         if identity_fault(e, limits) is not None:
             out.append(None)  # never sent to PostgreSQL; prepare() names the fault
-        elif e.model_version_id is not None:
+            continue
+        if e.model_version_id is not None:
             ident: tuple[Any, ...] = ("id", e.model_version_id)
         elif e.model_name and e.model_version:
             ident = ("name", e.model_name, e.model_version)
