@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 
 import faust
 from prometheus_client import CollectorRegistry
@@ -17,7 +18,7 @@ from shared.observability import configure_logging, serve_metrics
 from shared.pipeline import Pipeline, PipelineConfig
 from shared.registry_view import RegistryView
 from shared.topics import Topics
-from shared.validation import DEFAULT_LIMITS, Limits
+from shared.validation import Limits
 from shared.worker import create_app, run
 
 
@@ -40,8 +41,10 @@ def build_app(settings: PolicySettings) -> faust.App:
                 codec,
                 RegistryState(view.get, settings.default_threshold),
                 metrics,
-                Limits(
-                    max_batch_events=max(DEFAULT_LIMITS.max_batch_events, settings.batch_max_events)
+                # The limits ingest enforced, so nothing it accepted is refused here.
+                dataclasses.replace(
+                    Limits.from_settings(settings),
+                    max_batch_events=max(settings.limit_batch_events, settings.batch_max_events),
                 ),
             )
             pipeline = Pipeline(

@@ -28,7 +28,7 @@ from shared.dead_letters import dead_letter
 from shared.errors import ErrorCode
 from shared.pipeline import Output
 from shared.topics import Topics
-from shared.validation import check_batch_record
+from shared.validation import DEFAULT_LIMITS, Limits, check_batch_record
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +60,8 @@ class Parsed:
     """(message index, event id, error code, message) of single events PostgreSQL refused."""
 
 
-def _decision_fault(rec: dict[str, Any]) -> str | None:
-    fault = check_batch_record(rec["predictions"])
+def _decision_fault(rec: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> str | None:
+    fault = check_batch_record(rec["predictions"], limits)
     if fault is not None:
         return fault.message
     n = len(rec["predictions"]["event_ids"])
@@ -86,7 +86,9 @@ class RecorderProcessor:
         codec: AvroCodec,
         pool: asyncpg.Pool,
         metrics: RecorderMetrics | None = None,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
+        self._limits = limits
         self._topics = topics
         self._codec = codec
         self._pool = pool
@@ -106,7 +108,7 @@ class RecorderProcessor:
                 continue
             rec = decoded.record
             if decoded.name == "DecisionBatch":
-                problem = _decision_fault(rec)
+                problem = _decision_fault(rec, self._limits)
                 if problem is None:
                     out.decisions.append((i, DecisionColumns.from_record(rec)))
             elif decoded.name == "LabelBatch":
