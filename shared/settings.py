@@ -77,6 +77,45 @@ class Settings(BaseSettings):
         description="routing: an outcome's weight halves every this many seconds of event time "
         "(the router worker writes with it, the gateway decides with it)",
     )
+    limit_batch_events: int = Field(
+        default=10_000, ge=1, description="most events in one batch message on Kafka"
+    )
+    limit_request_events: int = Field(
+        default=10_000, ge=1, description="most events in one REST request"
+    )
+    limit_classes: int = Field(
+        default=1_000, ge=1, description="most entries of a probability or logit vector"
+    )
+    limit_features: int = Field(default=256, ge=1, description="most features of one event")
+    limit_string_chars: int = Field(
+        default=256,
+        ge=1,
+        description="most characters of an id, name, version, label, ground truth, feature "
+        "name, category value or metadata key",
+    )
+    limit_metadata_entries: int = Field(
+        default=32, ge=0, description="most metadata entries of one event"
+    )
+    limit_metadata_value_chars: int = Field(
+        default=1_024, ge=1, description="most characters of one metadata value"
+    )
+    limit_event_age_seconds: int = Field(
+        default=730 * 86_400, ge=60, description="oldest accepted event or label time (age)"
+    )
+    limit_clock_skew_seconds: int = Field(
+        default=300, ge=0, description="latest accepted event or label time (ahead of now)"
+    )
+    quarantine_after_crashes: int = Field(
+        default=3,
+        ge=1,
+        description="a message on which a worker crashed this many times in a row at the same "
+        "offset is dead-lettered with code worker_crash",
+    )
+    fault_inject: str = Field(
+        default="",
+        description="TESTS ONLY: '<service>:<marker>' makes that worker crash on every message "
+        "whose bytes contain the marker (empty: off)",
+    )
     metrics_port: int = Field(
         default=0, ge=0, description="Prometheus /metrics port of a worker (0 = none)"
     )

@@ -18,8 +18,12 @@ from services.gateway.model_cache import ModelRef
 from services.gateway.schemas import PredictionIn
 from shared.contracts.batches import PredictionColumns, Record, model_key
 from shared.contracts.codec import AvroCodec
-from shared.contracts.errors import ErrorCode
+from shared.contracts.errors import ErrorCode, Fault
+from shared.contracts.limits import DEFAULT_LIMITS, Limits, int64_fault, string_fault
 from shared.contracts.validation import Rows, group_events, validate_columns
+
+REST_FIELD_NAMES = {"event_time_ms": "event_time"}
+"""Record fields whose REST name differs."""
 
 
 @dataclass(slots=True)
@@ -48,6 +52,7 @@ class Prepared:
 def fault_detail(index: int | None, field: str | None, message: str, code: str) -> dict[str, Any]:
     """One entry of a 422 ``detail``, shaped like FastAPI's own (``loc``, ``msg``, ``type``)."""
     loc: list[Any] = ["body"] + (["events", index] if index is not None else [])
+    field = REST_FIELD_NAMES.get(field or "", field)
     loc += (field or "event").split(".", 1)
     return {"loc": loc, "msg": message, "type": code}
 
@@ -77,7 +82,21 @@ def to_record(e: PredictionIn, tenant: str, model: ModelRef, now_ms: int) -> Rec
     }
 
 
-def unknown_model_detail(e: PredictionIn, index: int | None) -> dict[str, Any]:
+def identity_fault(e: PredictionIn, limits: Limits = DEFAULT_LIMITS) -> Fault | None:
+    """Why the event's model cannot even be looked up (a string PostgreSQL cannot take, an
+    id beyond int64); None when it can."""
+    fault = int64_fault("model_version_id", e.model_version_id)
+    for name in ("model_name", "model_version"):
+        fault = fault or string_fault(name, getattr(e, name), limits.max_string, required=False)
+    return fault
+
+
+def unknown_model_detail(
+    e: PredictionIn, index: int | None, limits: Limits = DEFAULT_LIMITS
+) -> dict[str, Any]:
+    fault = identity_fault(e, limits)
+    if fault is not None:
+        return fault_detail(index, fault.field, fault.message, fault.code)
     if e.model_version_id is not None:
         return fault_detail(
             index,
@@ -108,25 +127,37 @@ def prepare(
     models: Sequence[ModelRef | None],
     now_ms: int,
     batch: bool,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> Prepared | list[dict[str, Any]]:
     """The events as records, columns and decisions, or the 422 details of every fault.
 
-    ``models[i]`` is the resolved model version of ``events[i]`` (None: unknown).
+    ``models[i]`` is the resolved model version of ``events[i]`` (None: unknown). The
+    checks are ingest's (:mod:`shared.contracts.validation` with the same limits), so what REST
+    accepts, the Kafka path would accept too.
     """
     where = (lambda i: i) if batch else (lambda i: None)
     details: list[tuple[int, dict[str, Any]]] = []
+    if len(events) > limits.max_request_events:
+        return [
+            fault_detail(
+                None,
+                "events",
+                f"{len(events)} events in one request; at most {limits.max_request_events}",
+                ErrorCode.TOO_LARGE,
+            )
+        ]
     records: list[Record] = []
     refs: list[int] = []
     for i, (e, m) in enumerate(zip(events, models, strict=True)):
         if m is None:
-            details.append((i, unknown_model_detail(e, where(i))))
+            details.append((i, unknown_model_detail(e, where(i), limits)))
         else:
             records.append(to_record(e, tenant, m, now_ms))
             refs.append(i)
-    groups, faults = group_events(zip(refs, records, strict=True))
+    groups, faults = group_events(zip(refs, records, strict=True), limits, now_ms)
     details += [(ref, fault_detail(where(ref), f.field, f.message, f.code)) for ref, f in faults]
     for g in groups:
-        _, col_faults = validate_columns(g.columns)
+        _, col_faults = validate_columns(g.columns, limits)
         details += [
             (g.refs[row], fault_detail(where(g.refs[row]), f.field, f.message, f.code))
             for row, f in col_faults

@@ -11,7 +11,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictFloat, StrictInt, StrictStr
 
 from shared.contracts.validation import DEFAULT_LIMITS
 
@@ -29,18 +29,26 @@ class PredictionIn(BaseModel):
     event_id: uuid.UUID | None = Field(
         default=None, description="idempotency key; generated when absent"
     )
-    model_version_id: int | None = Field(default=None, description="registry id of the model")
-    model_name: str | None = Field(default=None, description="instead of model_version_id")
-    model_version: str | None = Field(default=None, description="instead of model_version_id")
-    event_time: datetime | None = Field(default=None, description="default: when received")
-    predicted_label: str
-    confidence: float = Field(description="top-label probability, in [0, 1]")
-    probabilities: dict[str, float] | None = None
-    logits: dict[str, float] | None = None
-    features: dict[str, float | str] | None = None
-    ground_truth: str | None = None
-    uncertainty: float | None = None
-    metadata: dict[str, str] | None = None
+    model_version_id: StrictInt | None = Field(
+        default=None, description="registry id of the model (a 64-bit integer)"
+    )
+    model_name: StrictStr | None = Field(default=None, description="instead of model_version_id")
+    model_version: StrictStr | None = Field(default=None, description="instead of model_version_id")
+    event_time: datetime | None = Field(
+        default=None,
+        description="default: when received; within [now - CALIBER_LIMIT_EVENT_AGE_SECONDS, "
+        "now + CALIBER_LIMIT_CLOCK_SKEW_SECONDS]",
+    )
+    predicted_label: StrictStr
+    confidence: StrictFloat = Field(description="top-label probability, in [0, 1]")
+    probabilities: dict[str, StrictFloat] | None = None
+    logits: dict[str, StrictFloat] | None = None
+    features: dict[str, StrictFloat | StrictStr] | None = Field(
+        default=None, description="name → number or category (a boolean is neither)"
+    )
+    ground_truth: StrictStr | None = None
+    uncertainty: StrictFloat | None = None
+    metadata: dict[str, StrictStr] | None = None
 
 
 class PredictionBatchIn(BaseModel):
@@ -91,12 +99,27 @@ class PredictionOut(BaseModel):
     ground_truth: str | None
     correct: bool | None
     label_source: str | None
-    status: str
+    status: str = Field(
+        description="auto, review (withheld, waiting for a human) or resolved (a withheld "
+        "prediction whose ground truth arrived); an auto prediction stays auto when labelled"
+    )
     probabilities: dict[str, float] | None
     features: dict[str, Any] | None
     event_time: datetime
     created_at: datetime
-    resolved_at: datetime | None
+    resolved_at: datetime | None = Field(description="when the review of a withheld one closed")
+    decision: Decision | None = Field(
+        default=None, description="what the policy decided; never changed by a label"
+    )
+    review_state: Literal["none", "open", "resolved"] = Field(
+        default="none", description="none (auto-accepted), open (withheld) or resolved"
+    )
+    resolved_by: Literal["feed", "review", "event"] | None = Field(
+        default=None, description="the source of the label that closed the review"
+    )
+    reviewer_key_id: int | None = Field(
+        default=None, description="the API key that resolved it through POST /api/review"
+    )
 
 
 class ResolutionIn(BaseModel):
@@ -122,7 +145,7 @@ class ModelVersionIn(BaseModel):
     version: str = Field(min_length=1, max_length=DEFAULT_LIMITS.max_string, pattern=NAME_PATTERN)
     stage: Stage = "staging"
     parent_id: int | None = None
-    abstain_threshold: float = Field(default=0.7, ge=0, le=1)
+    abstain_threshold: StrictFloat = Field(default=0.7, ge=0, le=1)
 
 
 class ModelVersionOut(BaseModel):
@@ -142,7 +165,7 @@ class StageChange(BaseModel):
 
 
 class ModelPatch(BaseModel):
-    abstain_threshold: float = Field(ge=0, le=1)
+    abstain_threshold: StrictFloat = Field(ge=0, le=1)
 
 
 class Lineage(BaseModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import faust
 import redis.asyncio as aioredis
@@ -32,7 +33,9 @@ def build_app(settings: IngestSettings) -> faust.App:
             topics,
             AvroCodec(),
             Deduper(client, settings.redis_prefix, settings.label_horizon_seconds),
-            Limits(max_batch_events=settings.ingest_max_batch_events),
+            dataclasses.replace(
+                Limits.from_settings(settings), max_batch_events=settings.ingest_max_batch_events
+            ),
             settings.batch_max_events,
             metrics,
         )

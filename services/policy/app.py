@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 
 import faust
 from prometheus_client import CollectorRegistry
@@ -14,7 +15,7 @@ from services.policy.registry_state import RegistryState, wait_for_registry
 from services.policy.settings import PolicySettings
 from shared.contracts.codec import AvroCodec
 from shared.contracts.topics import Topics
-from shared.contracts.validation import DEFAULT_LIMITS, Limits
+from shared.contracts.validation import Limits
 from shared.registry.view import RegistryView
 from shared.runtime.observability import configure_logging, serve_metrics
 from shared.runtime.pipeline import Pipeline, PipelineConfig
@@ -40,8 +41,10 @@ def build_app(settings: PolicySettings) -> faust.App:
                 codec,
                 RegistryState(view.get, settings.default_threshold),
                 metrics,
-                Limits(
-                    max_batch_events=max(DEFAULT_LIMITS.max_batch_events, settings.batch_max_events)
+                # The limits ingest enforced, so nothing it accepted is refused here.
+                dataclasses.replace(
+                    Limits.from_settings(settings),
+                    max_batch_events=max(settings.limit_batch_events, settings.batch_max_events),
                 ),
             )
             pipeline = Pipeline(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import asyncpg
 import faust
@@ -12,6 +13,7 @@ from services.recorder.metrics import RecorderMetrics
 from services.recorder.processing import RecorderProcessor
 from services.recorder.settings import RecorderSettings
 from shared.contracts.codec import AvroCodec
+from shared.contracts.limits import Limits
 from shared.contracts.topics import Topics
 from shared.runtime.observability import configure_logging, serve_metrics
 from shared.runtime.pipeline import Pipeline, PipelineConfig
@@ -35,7 +37,14 @@ def build_app(settings: RecorderSettings) -> faust.App:
                 max_messages=settings.recorder_max_messages,
                 poll_timeout=0.02,
             ),
-            RecorderProcessor(topics, AvroCodec(), pool, metrics),
+            RecorderProcessor(
+                topics,
+                AvroCodec(),
+                pool,
+                metrics,
+                # The limits ingest enforced, so nothing it accepted is refused here.
+                dataclasses.replace(Limits.from_settings(settings), max_batch_events=2**31),
+            ),
             metrics,
         )
         try:

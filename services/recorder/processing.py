@@ -4,7 +4,9 @@ The pipeline commits the Kafka offsets only after this step returns, so a crash 
 batch (which :mod:`services.recorder.store` makes harmless) and never skips one. A message
 that cannot be decoded or written (a malformed batch, a value PostgreSQL refuses) becomes a
 dead letter; when a whole-batch write is refused, the batch is written again message by
-message, each under a savepoint of the same transaction, to find the culprit.
+message, each under a savepoint of the same transaction, and a refused columnar message
+again event by event, so only the refused event is dead-lettered (with its event id) and
+its batch-mates are stored.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from shared.contracts.codec import AvroCodec, Decoded
 from shared.contracts.dead_letters import dead_letter
 from shared.contracts.errors import ErrorCode
 from shared.contracts.topics import Topics
-from shared.contracts.validation import check_batch_record
+from shared.contracts.validation import DEFAULT_LIMITS, Limits, check_batch_record
 from shared.runtime import clock
 from shared.runtime.pipeline import Output
 
@@ -54,10 +56,12 @@ class Parsed:
     alerts: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     faults: list[tuple[int, str, str]] = field(default_factory=list)
     """(message index, error code, message) of what could not be decoded."""
+    event_faults: list[tuple[int, str, str, str]] = field(default_factory=list)
+    """(message index, event id, error code, message) of single events PostgreSQL refused."""
 
 
-def _decision_fault(rec: dict[str, Any]) -> str | None:
-    fault = check_batch_record(rec["predictions"])
+def _decision_fault(rec: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> str | None:
+    fault = check_batch_record(rec["predictions"], limits)
     if fault is not None:
         return fault.message
     n = len(rec["predictions"]["event_ids"])
@@ -82,7 +86,9 @@ class RecorderProcessor:
         codec: AvroCodec,
         pool: asyncpg.Pool,
         metrics: RecorderMetrics | None = None,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
+        self._limits = limits
         self._topics = topics
         self._codec = codec
         self._pool = pool
@@ -102,7 +108,7 @@ class RecorderProcessor:
                 continue
             rec = decoded.record
             if decoded.name == "DecisionBatch":
-                problem = _decision_fault(rec)
+                problem = _decision_fault(rec, self._limits)
                 if problem is None:
                     out.decisions.append((i, DecisionColumns.from_record(rec)))
             elif decoded.name == "LabelBatch":
@@ -132,8 +138,14 @@ class RecorderProcessor:
         dead = [
             self._dead_letter(messages[i], code, text, now_ms) for i, code, text in parsed.faults
         ]
+        dead += [
+            self._dead_letter(messages[i], code, text, now_ms, eid)
+            for i, eid, code, text in parsed.event_faults
+        ]
         if self._metrics is not None:
-            self._metrics.count(written, [code for _, code, _ in parsed.faults])
+            codes = [code for _, code, _ in parsed.faults]
+            codes += [code for _, _, code, _ in parsed.event_faults]
+            self._metrics.count(written, codes)
         return dead
 
     async def _write_all(self, conn: asyncpg.Connection, parsed: Parsed) -> Written:
@@ -159,10 +171,44 @@ class RecorderProcessor:
                     async with conn.transaction():
                         total.add(await write(conn, **kwargs))
                 except DATA_ERRORS as exc:
-                    parsed.faults.append((i, str(ErrorCode.REJECTED_BY_DATABASE), str(exc)))
+                    total.add(await self._write_rows(conn, parsed, i, kwargs, exc))
         return total
 
-    def _dead_letter(self, m: Message, code: str, message: str, now_ms: int) -> Output:
+    async def _write_rows(
+        self,
+        conn: asyncpg.Connection,
+        parsed: Parsed,
+        index: int,
+        kwargs: dict[str, Any],
+        refused: Exception,
+    ) -> Written:
+        """A refused message, event by event: each event under its own savepoint, so one
+        event's fault costs only that event."""
+        if "alerts" in kwargs:
+            parsed.faults.append((index, str(ErrorCode.REJECTED_BY_DATABASE), str(refused)))
+            return Written()
+        batch: DecisionColumns | LabelColumns = next(iter(kwargs.values()))[0]
+        ids = batch.predictions.event_ids if isinstance(batch, DecisionColumns) else batch.event_ids
+        if len(batch) == 1:
+            parsed.event_faults.append(
+                (index, ids[0], str(ErrorCode.REJECTED_BY_DATABASE), str(refused))
+            )
+            return Written()
+        total = Written()
+        for row in range(len(batch)):
+            try:
+                async with conn.transaction():
+                    one: dict[str, Any] = {k: [batch.take([row])] for k in kwargs}
+                    total.add(await write(conn, **one))
+            except DATA_ERRORS as exc:
+                parsed.event_faults.append(
+                    (index, ids[row], str(ErrorCode.REJECTED_BY_DATABASE), str(exc))
+                )
+        return total
+
+    def _dead_letter(
+        self, m: Message, code: str, message: str, now_ms: int, event_id: str | None = None
+    ) -> Output:
         return dead_letter(
-            self._topics.deadletter, self._codec, m, code, message, "recorder", now_ms
+            self._topics.deadletter, self._codec, m, code, message, "recorder", now_ms, event_id
         )

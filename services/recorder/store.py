@@ -4,9 +4,13 @@ Each statement takes whole columns (``unnest`` of arrays), so a consumed batch c
 statement per kind of record whatever its size. Every value written comes from the
 messages, timestamps included (never ``now()``), so a replay changes no byte:
 predictions and alerts are inserted ``ON CONFLICT DO NOTHING``; a label only fills a
-prediction that has none (the first label of an event wins) and moves its status to
-``resolved``, never back; a label whose prediction has not arrived waits in
-``pending_labels`` and is applied, and removed, when the decision lands.
+prediction that has none (the first label of an event wins); the policy's ``decision``
+(auto | review) is written once and never changes, and a label closes the review of a
+withheld prediction (``review_state`` open → resolved, ``status`` review → resolved, by the
+label's source, with the reviewer's key when a review resolution exists), never back, while
+an auto prediction keeps ``status`` auto and ``review_state`` none; a label whose
+prediction has not arrived waits in ``pending_labels`` and is applied, and removed, when
+the decision lands.
 """
 
 from __future__ import annotations
@@ -48,11 +52,13 @@ INSERT_PREDICTIONS = f"""
 INSERT INTO predictions (
     event_id, tenant_id, model_name, model_version, model_version_id, event_time,
     predicted_label, confidence, calibrated_confidence, threshold, calibrator_version,
-    status, probabilities, features, uncertainty, metadata, decided_at, created_at)
+    status, probabilities, features, uncertainty, metadata, decided_at, created_at,
+    decision, review_state)
 SELECT d.event_id, d.tenant_id, d.model_name, d.model_version, d.model_version_id,
        {_MS.format("d.event_ms")}, d.predicted_label, d.confidence, d.calibrated,
        d.threshold, d.calibrator_version, d.status, d.probabilities, d.features,
-       d.uncertainty, d.metadata, {_MS.format("d.decided_ms")}, {_MS.format("d.decided_ms")}
+       d.uncertainty, d.metadata, {_MS.format("d.decided_ms")}, {_MS.format("d.decided_ms")},
+       d.status, CASE WHEN d.status = 'review' THEN 'open' ELSE 'none' END
 FROM unnest(
     $1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[],
     $7::text[], $8::float8[], $9::float8[], $10::float8[], $11::text[],
@@ -65,14 +71,20 @@ ORDER BY d.ord
 ON CONFLICT (tenant_id, event_id) DO NOTHING
 """
 
-# A label fills a prediction of the same tenant that has none and resolves it.
+# A label fills a prediction of the same tenant that has none; it closes the review of a
+# withheld prediction, and leaves an auto prediction's status and review state alone.
 _LABEL_SET = """
 SET ground_truth = l.ground_truth,
     correct = (l.ground_truth = p.predicted_label),
     label_source = l.source,
     labeled_at = l.label_time,
-    status = 'resolved',
-    resolved_at = COALESCE(p.resolved_at, l.label_time)
+    status = CASE WHEN p.decision = 'review' THEN 'resolved' ELSE p.status END,
+    review_state = CASE WHEN p.decision = 'review' THEN 'resolved' ELSE p.review_state END,
+    resolved_by = CASE WHEN p.decision = 'review' THEN l.source END,
+    reviewer_key_id = CASE WHEN p.decision = 'review' AND l.source = 'review' THEN
+        (SELECT r.api_key_id FROM review_resolutions r
+         WHERE r.tenant_id = p.tenant_id AND r.event_id = p.event_id) END,
+    resolved_at = CASE WHEN p.decision = 'review' THEN COALESCE(p.resolved_at, l.label_time) END
 """
 
 APPLY_PENDING = f"""

@@ -163,6 +163,15 @@ class DecisionColumns:
     def key(self) -> str:
         return self.predictions.key
 
+    def take(self, rows: npt.ArrayLike) -> DecisionColumns:
+        idx = np.asarray(rows, dtype=np.int64)
+        return replace(
+            self,
+            predictions=self.predictions.take(idx),
+            calibrated_confidences=self.calibrated_confidences[idx],
+            review=self.review[idx],
+        )
+
     def to_record(self) -> Record:
         return {
             "predictions": self.predictions.to_record(),
@@ -209,6 +218,20 @@ class LabelColumns:
         if self.model_name is None or self.model_version is None:
             return None
         return model_key(self.tenant, self.model_name, self.model_version)
+
+    def take(self, rows: npt.ArrayLike) -> LabelColumns:
+        idx = np.asarray(rows, dtype=np.int64)
+        ids = idx.tolist()
+        return replace(
+            self,
+            event_ids=[self.event_ids[i] for i in ids],
+            ground_truths=[self.ground_truths[i] for i in ids],
+            sources=[self.sources[i] for i in ids],
+            label_time_ms=self.label_time_ms[idx],
+            prediction_time_ms=None
+            if self.prediction_time_ms is None
+            else self.prediction_time_ms[idx],
+        )
 
     def to_record(self) -> Record:
         return {

@@ -18,24 +18,17 @@ import numpy as np
 
 from shared.contracts.batches import LabelColumns, PredictionColumns, Record
 from shared.contracts.errors import ErrorCode, Fault
+from shared.contracts.limits import (
+    DEFAULT_LIMITS,
+    Limits,
+    int64_fault,
+    now_ms,
+    number_fault,
+    string_fault,
+    time_fault,
+)
 
-MIN_TIME_MS = 946_684_800_000  # 2000-01-01
-MAX_TIME_MS = 32_503_680_000_000  # 3000-01-01
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """Size bounds of one event or batch; beyond them the input is rejected, not truncated."""
-
-    max_batch_events: int = 10_000
-    max_classes: int = 1_000
-    max_features: int = 256
-    max_string: int = 256
-    max_metadata: int = 32
-    probability_tolerance: float = 1e-3
-
-
-DEFAULT_LIMITS = Limits()
+__all__ = ["DEFAULT_LIMITS", "Limits", "Rows"]
 
 
 @dataclass(slots=True)
@@ -46,27 +39,24 @@ class Rows:
     refs: list[int]
 
 
+_IDENTITY = ("tenant", "model_name", "model_version")
+LABEL_SOURCES = frozenset({"feed", "review", "event"})
+
+
 def _name_fault(field: str, value: object, limits: Limits, event_id: str | None) -> Fault | None:
-    if type(value) is str and 0 < len(value) <= limits.max_string and "/" not in value:
-        return None  # the common case, without building anything
-    if not isinstance(value, str) or not value:
-        code = ErrorCode.MISSING_MODEL if field.startswith("model") else ErrorCode.MISSING_FIELD
-        return Fault(code, f"{field} is required: got {value!r}", field, event_id)
-    if len(value) > limits.max_string:
-        return Fault(
-            ErrorCode.TOO_LARGE,
-            f"{field} is {len(value)} characters long; at most {limits.max_string} allowed",
-            field,
-            event_id,
-        )
-    if field in ("tenant", "model_name", "model_version") and "/" in value:
-        return Fault(
-            ErrorCode.MISSING_MODEL if field != "tenant" else ErrorCode.MISSING_FIELD,
-            f"{field} {value!r} must not contain '/'",
-            field,
-            event_id,
-        )
-    return None
+    fault = string_fault(field, value, limits.max_string, event_id)
+    if fault is None:
+        if field in _IDENTITY and "/" in value:  # type: ignore[operator]
+            return Fault(
+                ErrorCode.MISSING_MODEL if field != "tenant" else ErrorCode.MISSING_FIELD,
+                f"{field} {value!r} must not contain '/'",
+                field,
+                event_id,
+            )
+        return None
+    if fault.code is ErrorCode.MISSING_FIELD and field.startswith("model"):
+        return Fault(ErrorCode.MISSING_MODEL, fault.message, field, event_id)
+    return fault
 
 
 _CANONICAL_UUID = re.compile(
@@ -77,29 +67,113 @@ _CANONICAL_UUID = re.compile(
 def check_event_id(value: object) -> Fault | None:
     if type(value) is str and _CANONICAL_UUID.fullmatch(value):
         return None
-    try:
-        uuid.UUID(str(value))
-    except ValueError:
-        return Fault(
-            ErrorCode.INVALID_EVENT_ID,
-            f"event_id {value!r} is not a UUID (expected e.g. 6f1c…-…, 36 characters)",
-            "event_id",
-        )
-    return None
+    shown = repr(value)[:80] if isinstance(value, str) else type(value).__name__
+    if type(value) is str and len(value) <= 64:
+        try:
+            uuid.UUID(value)
+            return None
+        except ValueError:
+            pass
+    return Fault(
+        ErrorCode.INVALID_EVENT_ID,
+        f"event_id {shown} is not a UUID (expected e.g. 6f1c…-…, 36 characters)",
+        "event_id",
+    )
 
 
-def check_time(field: str, value: int, event_id: str | None) -> Fault | None:
-    if not MIN_TIME_MS <= value <= MAX_TIME_MS:
+def check_time(
+    field: str,
+    value: object,
+    event_id: str | None,
+    limits: Limits = DEFAULT_LIMITS,
+    now: int | None = None,
+) -> Fault | None:
+    return time_fault(field, value, limits, now_ms() if now is None else now, event_id)
+
+
+def _mapping_fault(
+    field: str,
+    values: object,
+    limits: Limits,
+    eid: str,
+    *,
+    max_entries: int,
+    max_value_chars: int | None,
+) -> Fault | None:
+    """A name → value map: entry count, every key a string within bounds, and each value a
+    string (``max_value_chars`` given) or a number (None: numbers, or categories for
+    features)."""
+    if values is None:
+        return None
+    if not isinstance(values, dict):
+        return Fault(ErrorCode.WRONG_TYPE, f"{field} must be an object", field, eid)
+    if len(values) > max_entries:
         return Fault(
-            ErrorCode.INVALID_TIME,
-            f"{field} {value} is not epoch milliseconds between 2000 and 3000",
+            ErrorCode.TOO_LARGE,
+            f"{field} has {len(values)} entries; at most {max_entries} allowed",
             field,
-            event_id,
+            eid,
+        )
+    for k, v in values.items():
+        fault = string_fault(f"{field} key", k, limits.max_string, eid)
+        if fault:
+            return Fault(fault.code, fault.message, field, eid)
+        where = f"{field}.{k}"
+        if max_value_chars is not None:
+            fault = string_fault(where, v, max_value_chars, eid, required=False)
+            if fault and fault.code is not ErrorCode.MISSING_FIELD:
+                return fault
+        elif field == "features" and isinstance(v, str):
+            fault = string_fault(where, v, limits.max_string, eid)
+            if fault:
+                return Fault(
+                    ErrorCode.FEATURES_INVALID
+                    if fault.code is ErrorCode.MISSING_FIELD
+                    else fault.code,
+                    fault.message,
+                    where,
+                    eid,
+                )
+        else:
+            fault = number_fault(where, v, eid)
+            if fault:
+                return fault
+    return None
+
+
+def _probabilities_fault(rec: Record, limits: Limits, eid: str) -> Fault | None:
+    """A probability vector within the class limit, naming the predicted label, finite."""
+    probs = rec.get("probabilities")
+    if probs is None:
+        return None
+    if not 0 < len(probs) <= limits.max_classes:
+        return Fault(
+            ErrorCode.TOO_LARGE if probs else ErrorCode.PROBABILITIES_INVALID,
+            f"probabilities has {len(probs)} classes; expected 1 to {limits.max_classes}",
+            "probabilities",
+            eid,
+        )
+    if rec["predicted_label"] not in probs:
+        return Fault(
+            ErrorCode.PROBABILITIES_INCONSISTENT,
+            f"predicted_label {rec['predicted_label']!r} has no entry in probabilities",
+            "predicted_label",
+            eid,
+        )
+    bad = [k for k, p in probs.items() if not math.isfinite(p)]
+    if bad:
+        return Fault(
+            ErrorCode.PROBABILITIES_INVALID,
+            f"probabilities[{bad[0]!r}] is {probs[bad[0]]}; every probability must be finite",
+            f"probabilities.{bad[0]}",
+            eid,
         )
     return None
 
 
-def check_event(rec: Record, limits: Limits = DEFAULT_LIMITS) -> Fault | None:
+def check_event(
+    rec: Record, limits: Limits = DEFAULT_LIMITS, now: int | None = None
+) -> Fault | None:
     """Structural checks of one InferenceEvent record (numbers are checked on columns)."""
     event_id = rec.get("event_id")
     fault = check_event_id(event_id)
@@ -110,53 +184,55 @@ def check_event(rec: Record, limits: Limits = DEFAULT_LIMITS) -> Fault | None:
         fault = _name_fault(name, rec.get(name), limits, eid)
         if fault:
             return fault
-    fault = check_time("event_time_ms", rec["event_time_ms"], eid)
+    fault = int64_fault("model_version_id", rec.get("model_version_id"), eid)
+    fault = fault or check_time("event_time_ms", rec.get("event_time_ms"), eid, limits, now)
+    fault = fault or number_fault("confidence", rec.get("confidence"), eid)
+    fault = fault or number_fault("uncertainty", rec.get("uncertainty"), eid, required=False)
+    fault = fault or string_fault(
+        "ground_truth", rec.get("ground_truth"), limits.max_string, eid, required=False
+    )
     if fault:
         return fault
-    probs = rec.get("probabilities")
-    if probs is not None:
-        if not 0 < len(probs) <= limits.max_classes:
-            return Fault(
-                ErrorCode.TOO_LARGE if probs else ErrorCode.PROBABILITIES_INVALID,
-                f"probabilities has {len(probs)} classes; expected 1 to {limits.max_classes}",
-                "probabilities",
-                eid,
-            )
-        if rec["predicted_label"] not in probs:
-            return Fault(
-                ErrorCode.PROBABILITIES_INCONSISTENT,
-                f"predicted_label {rec['predicted_label']!r} has no entry in probabilities",
-                "predicted_label",
-                eid,
-            )
-        bad = [k for k, p in probs.items() if not math.isfinite(p)]
-        if bad:
-            return Fault(
-                ErrorCode.PROBABILITIES_INVALID,
-                f"probabilities[{bad[0]!r}] is {probs[bad[0]]}; every probability must be finite",
-                f"probabilities.{bad[0]}",
-                eid,
-            )
-    features = rec.get("features") or {}
-    if len(features) > limits.max_features:
+    unc = rec.get("uncertainty")
+    if unc is not None and not math.isfinite(unc):
         return Fault(
-            ErrorCode.TOO_LARGE,
-            f"features has {len(features)} entries; at most {limits.max_features} allowed",
-            "features",
+            ErrorCode.NUMBER_OUT_OF_RANGE,
+            f"uncertainty is {unc}; expected a finite number (omit it if unknown)",
+            "uncertainty",
             eid,
         )
-    if len(rec.get("metadata") or {}) > limits.max_metadata:
-        return Fault(
-            ErrorCode.TOO_LARGE,
-            f"metadata has more than {limits.max_metadata} entries",
-            "metadata",
-            eid,
+    for name in ("probabilities", "logits"):
+        fault = _mapping_fault(
+            name, rec.get(name), limits, eid, max_entries=limits.max_classes, max_value_chars=None
         )
-    return None
+        if fault:
+            return fault
+    logits = rec.get("logits")
+    if logits and not all(math.isfinite(v) for v in logits.values()):
+        return Fault(ErrorCode.NUMBER_OUT_OF_RANGE, "every logit must be finite", "logits", eid)
+    fault = _probabilities_fault(rec, limits, eid)
+    if fault:
+        return fault
+    fault = _mapping_fault(
+        "features",
+        rec.get("features"),
+        limits,
+        eid,
+        max_entries=limits.max_features,
+        max_value_chars=None,
+    )
+    return fault or _mapping_fault(
+        "metadata",
+        rec.get("metadata"),
+        limits,
+        eid,
+        max_entries=limits.max_metadata,
+        max_value_chars=limits.max_metadata_value,
+    )
 
 
 def group_events(
-    events: Iterable[tuple[int, Record]], limits: Limits = DEFAULT_LIMITS
+    events: Iterable[tuple[int, Record]], limits: Limits = DEFAULT_LIMITS, now: int | None = None
 ) -> tuple[list[Rows], list[tuple[int, Fault]]]:
     """Group single InferenceEvent records by model version into columns.
 
@@ -166,8 +242,9 @@ def group_events(
     """
     groups: dict[tuple[str, str, str], list[tuple[int, Record]]] = {}
     faults: list[tuple[int, Fault]] = []
+    now = now_ms() if now is None else now
     for ref, rec in events:
-        fault = check_event(rec, limits)
+        fault = check_event(rec, limits, now)
         if fault:
             faults.append((ref, fault))
             continue
@@ -317,6 +394,25 @@ def validate_columns(
                 eids[i],
             ),
         )
+    if cols.uncertainties is not None:
+        unc = cols.uncertainties
+        flag(
+            np.isinf(unc),
+            lambda i: Fault(
+                ErrorCode.NUMBER_OUT_OF_RANGE,
+                f"uncertainty is {unc[i]}; expected a finite number (omit it if unknown)",
+                "uncertainty",
+                eids[i],
+            ),
+        )
+    if cols.logits is not None:
+        lg = cols.logits
+        flag(
+            np.any(np.isinf(lg), axis=1),
+            lambda i: Fault(
+                ErrorCode.NUMBER_OUT_OF_RANGE, "every logit must be finite", "logits", eids[i]
+            ),
+        )
     mask = np.ones(n, dtype=np.bool_)
     if faults:
         mask[list(faults)] = False
@@ -386,7 +482,11 @@ def check_batch_record(rec: Record, limits: Limits = DEFAULT_LIMITS) -> Fault | 
             return fault
     n = len(rec["event_ids"])
     width = len(rec.get("class_labels") or ())
-    return _batch_size_fault(n, width, limits) or _batch_shape_fault(rec, n, width)
+    return (
+        _batch_size_fault(n, width, limits)
+        or _batch_names_fault(rec, limits)
+        or _batch_shape_fault(rec, n, width)
+    )
 
 
 def _batch_size_fault(n: int, width: int, limits: Limits) -> Fault | None:
@@ -400,6 +500,29 @@ def _batch_size_fault(n: int, width: int, limits: Limits) -> Fault | None:
         return Fault(
             ErrorCode.TOO_LARGE, f"{width} classes; at most {limits.max_classes}", "class_labels"
         )
+    return None
+
+
+def _batch_names_fault(rec: Record, limits: Limits) -> Fault | None:
+    """Class labels, feature names and the registry id of a batch: within their limits."""
+    for label in rec.get("class_labels") or ():
+        fault = string_fault("class_labels", label, limits.max_string)
+        if fault:
+            return fault
+    names = [*(rec.get("numeric_features") or {}), *(rec.get("categorical_features") or {})]
+    if len(names) > limits.max_features:
+        return Fault(
+            ErrorCode.TOO_LARGE,
+            f"{len(names)} features; at most {limits.max_features} allowed",
+            "features",
+        )
+    for fname in names:
+        fault = string_fault("features key", fname, limits.max_string)
+        if fault:
+            return Fault(fault.code, fault.message, "features")
+    fault = int64_fault("model_version_id", rec.get("model_version_id"))
+    if fault:
+        return fault
     return None
 
 
@@ -436,21 +559,47 @@ def _shape_fault(field: str, got: int, want: int) -> Fault:
 
 
 def check_batch_rows(
-    cols: PredictionColumns, limits: Limits = DEFAULT_LIMITS
+    cols: PredictionColumns, limits: Limits = DEFAULT_LIMITS, now: int | None = None
 ) -> list[tuple[int, Fault]]:
-    """Per-event structural checks of a decoded batch (ids, labels, times)."""
+    """Per-event structural checks of a decoded batch: ids, labels, times, ground truths,
+    category values and metadata, each row on its own (one bad row costs only that row)."""
+    now = now_ms() if now is None else now
     faults: list[tuple[int, Fault]] = []
+    truths = cols.ground_truths
+    metadata = cols.metadata
+    cats = list(cols.categorical_features.items())
     for i, (eid, label, t) in enumerate(
         zip(cols.event_ids, cols.predicted_labels, cols.event_time_ms.tolist(), strict=True)
     ):
         fault = check_event_id(eid) or _name_fault("predicted_label", label, limits, eid)
-        fault = fault or check_time("event_time_ms", t, eid)
+        fault = fault or check_time("event_time_ms", t, eid, limits, now)
+        if fault is None and truths is not None:
+            fault = string_fault("ground_truth", truths[i], limits.max_string, eid, required=False)
+            if fault is not None and fault.code is ErrorCode.MISSING_FIELD:
+                fault = None  # an empty ground truth means none
+        for fname, values in cats:
+            if fault is not None:
+                break
+            v = values[i]
+            if v:  # "" means the event had no value
+                fault = string_fault(f"features.{fname}", v, limits.max_string, eid)
+        if fault is None and metadata is not None:
+            fault = _mapping_fault(
+                "metadata",
+                metadata[i],
+                limits,
+                eid,
+                max_entries=limits.max_metadata,
+                max_value_chars=limits.max_metadata_value,
+            )
         if fault:
             faults.append((i, Fault(fault.code, fault.message, fault.field, eid)))
     return faults
 
 
-def check_label(rec: Record, limits: Limits = DEFAULT_LIMITS) -> Fault | None:
+def check_label(
+    rec: Record, limits: Limits = DEFAULT_LIMITS, now: int | None = None
+) -> Fault | None:
     """Checks of one Label record."""
     fault = check_event_id(rec.get("event_id"))
     if fault:
@@ -462,17 +611,25 @@ def check_label(rec: Record, limits: Limits = DEFAULT_LIMITS) -> Fault | None:
     for name in ("model_name", "model_version"):
         if fault is None and rec.get(name) is not None:
             fault = _name_fault(name, rec.get(name), limits, eid)
-    return fault or check_time("label_time_ms", rec["label_time_ms"], eid)
+    if fault is None and rec.get("source") not in LABEL_SOURCES:
+        fault = Fault(
+            ErrorCode.MISSING_FIELD,
+            f"source must be one of {sorted(LABEL_SOURCES)}",
+            "source",
+            eid,
+        )
+    return fault or check_time("label_time_ms", rec.get("label_time_ms"), eid, limits, now)
 
 
 def group_labels(
-    labels: Iterable[tuple[int, Record]], limits: Limits = DEFAULT_LIMITS
+    labels: Iterable[tuple[int, Record]], limits: Limits = DEFAULT_LIMITS, now: int | None = None
 ) -> tuple[list[tuple[LabelColumns, list[int]]], list[tuple[int, Fault]]]:
     """Group single Label records by (tenant, model version or unknown) into columns."""
     groups: dict[tuple[str, str | None, str | None], list[tuple[int, Record]]] = {}
     faults: list[tuple[int, Fault]] = []
+    now = now_ms() if now is None else now
     for ref, rec in labels:
-        fault = check_label(rec, limits)
+        fault = check_label(rec, limits, now)
         if fault:
             faults.append((ref, fault))
             continue

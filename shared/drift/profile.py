@@ -121,8 +121,7 @@ class CategoricalProfile:
     """The most frequent reference categories (at most the builder's cap), by share."""
     shares: tuple[float, ...]
     """Share of each category, then of ``__other__`` (0 when nothing was cut)."""
-    _sorted: npt.NDArray[np.str_] = field(init=False, repr=False, compare=False)
-    _order: IntArray = field(init=False, repr=False, compare=False)
+    _index: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.shares) != len(self.categories) + 1:
@@ -135,40 +134,31 @@ class CategoricalProfile:
                 f"feature {self.name!r}: categories {self.categories} must be distinct and "
                 f"must not include {OTHER!r}"
             )
-        names = np.asarray(self.categories, dtype=np.str_)
-        order = np.argsort(names, kind="stable")
-        object.__setattr__(self, "_sorted", names[order])
-        object.__setattr__(self, "_order", order.astype(np.int64))
+        # A dict, not a sorted numpy string array: a fixed-width unicode array is as wide as
+        # its longest value times the count, so one long category would cost gigabytes.
+        object.__setattr__(self, "_index", {c: i for i, c in enumerate(self.categories)})
 
     @property
     def n_cells(self) -> int:
         return len(self.shares)
 
     def count(self, values: npt.ArrayLike) -> IntArray:
-        labels, counts = _tally(values)
-        present = labels != MISSING_CATEGORY
-        labels, counts = labels[present], counts[present]
+        tally = _tally(values)
         other = len(self.categories)
-        if self._sorted.size:
-            pos = np.minimum(np.searchsorted(self._sorted, labels), self._sorted.size - 1)
-            cell = np.where(self._sorted[pos] == labels, self._order[pos], other)
-        else:
-            cell = np.full(labels.size, other, dtype=np.int64)
         out = np.zeros(self.n_cells, dtype=np.int64)
-        np.add.at(out, cell, counts)
+        index = self._index
+        for label, n in tally.items():
+            if label != MISSING_CATEGORY:
+                out[index.get(label, other)] += n
         return out
 
 
-def _tally(values: npt.ArrayLike) -> tuple[npt.NDArray[np.str_], IntArray]:
-    """Distinct values and their counts. A Python list (what a decoded batch holds) is
-    tallied by ``Counter`` in C, about half the cost of first building a numpy string array
-    for ``np.unique``; an array goes straight to ``np.unique``."""
-    if isinstance(values, list | tuple):
-        tally = Counter(values)
-        labels = np.array([str(v) for v in tally], dtype=np.str_)
-        return labels, np.fromiter(tally.values(), np.int64, len(tally))
-    labels, counts = np.unique(np.asarray(values, dtype=np.str_), return_counts=True)
-    return labels, counts.astype(np.int64)
+def _tally(values: npt.ArrayLike) -> Counter[str]:
+    """Distinct values and their counts, as Python strings (memory follows the values
+    themselves, never the longest one times their number)."""
+    if isinstance(values, np.ndarray):
+        values = values.tolist()
+    return Counter(str(v) for v in values)  # type: ignore[union-attr]
 
 
 FeatureProfile = NumericProfile | CategoricalProfile

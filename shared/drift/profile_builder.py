@@ -24,7 +24,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -114,21 +116,22 @@ def categorical_profile(
 ) -> CategoricalProfile:
     """Shares of the ``max_categories`` most frequent categories (ties by name) and of
     ``__other__`` for the rest; the empty string means missing and is left out."""
-    labels, counts = np.unique(np.asarray(values, dtype=np.str_), return_counts=True)
-    present = labels != MISSING_CATEGORY
-    labels, counts = labels[present], counts[present]
-    n = int(counts.sum())
+    # Counted as Python strings, never as a fixed-width numpy unicode array (whose size is
+    # the longest value times the number of values).
+    seq = values.tolist() if isinstance(values, np.ndarray) else list(values)  # type: ignore[arg-type]
+    tally = Counter(str(v) for v in seq)
+    tally.pop(MISSING_CATEGORY, None)
+    n = sum(tally.values())
     if not n:
         raise ValueError(f"feature {name!r} has no reference values (all missing)")
-    named = labels != OTHER
-    order = np.lexsort((labels[named], -counts[named]))
-    keep = order[:max_categories]
-    kept = counts[named][keep]
-    shares = [*(kept / n).tolist(), float(n - kept.sum()) / n]
+    named = sorted(((-c, label) for label, c in tally.items() if label != OTHER))
+    keep = named[:max_categories]
+    kept = sum(-c for c, _ in keep)
+    shares = [*(-c / n for c, _ in keep), float(n - kept) / n]
     return CategoricalProfile(
         name=name,
         n_samples=n,
-        categories=tuple(labels[named][keep].tolist()),
+        categories=tuple(label for _, label in keep),
         shares=tuple(shares),
     )
 
@@ -142,10 +145,14 @@ def feature_profile(
     max_categories: int = DEFAULT_MAX_CATEGORIES,
 ) -> FeatureProfile:
     """Numeric profile for an array of numbers (bool, int, float), categorical otherwise."""
-    arr = np.asarray(values)
-    if arr.dtype.kind in "biuf":
-        return numeric_profile(name, arr, bins=bins, fine_bins=fine_bins)
-    return categorical_profile(name, arr, max_categories=max_categories)
+    if isinstance(values, np.ndarray) and values.dtype.kind in "biuf":
+        return numeric_profile(name, values, bins=bins, fine_bins=fine_bins)
+    seq: list[Any] = values.tolist() if isinstance(values, np.ndarray) else list(values)  # type: ignore[arg-type]
+    if all(isinstance(v, int | float) and not isinstance(v, str) for v in seq):
+        return numeric_profile(
+            name, np.asarray(seq, dtype=np.float64), bins=bins, fine_bins=fine_bins
+        )
+    return categorical_profile(name, seq, max_categories=max_categories)
 
 
 def build_profile(

@@ -17,12 +17,16 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import redis.asyncio as aioredis
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.aio import AIOConsumer
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from shared.contracts.codec import AvroCodec
+from shared.contracts.topics import Topics
 from shared.runtime.kafka import consumer_config, producer_config, transactional_producer_config
+from shared.runtime.quarantine import CrashRecord, encode_quarantine, fault_injected
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -47,6 +51,8 @@ class PipelineHooks(Protocol):
 
     def lag(self, partition_lag: dict[tuple[str, int], int]) -> None: ...
 
+    # Optional: ``quarantined(topic)``, called once per message set aside.
+
 
 @dataclass(slots=True)
 class PipelineConfig:
@@ -62,6 +68,24 @@ class PipelineConfig:
     """Start an iteration as soon as one message is there, with whatever else has arrived
     (latency-bound workers). Otherwise each fetch waits up to ``poll_timeout`` for
     ``max_messages`` (throughput-bound workers: fuller batches)."""
+    quarantine: bool = True
+    """Count crashes per offset in Redis and set a poison message aside after
+    ``Settings.quarantine_after_crashes`` of them (see :mod:`shared.runtime.quarantine`)."""
+    service: str = ""
+    """Name in dead letters and fault injection; default: the group id's last part."""
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """What one iteration processes, after the crash record has had its say."""
+
+    messages: list[Message]
+    offsets: dict[tuple[str, int], tuple[int, int]]
+    """partition → (first, last) offset processed."""
+    careful: bool
+    """A crashed span, one message at a time."""
+    quarantine: Message | None = None
+    crashes: int = 0
 
 
 class Pipeline:
@@ -88,6 +112,10 @@ class Pipeline:
         self._consumer: AIOConsumer | None = None
         self._producer: Producer | None = None
         self._failed: list[KafkaError] = []
+        self._service = config.service or config.group_id.rsplit("-", 1)[-1]
+        self._redis: aioredis.Redis | None = None
+        self._crashes: CrashRecord | None = None
+        self._codec: AvroCodec | None = None
         self.ready = asyncio.Event()
         """Set once the consumer has its first assignment."""
 
@@ -107,6 +135,15 @@ class Pipeline:
         else:
             self._producer = Producer(producer_config(self._settings))
         self._consumer = AIOConsumer(consumer_config(self._settings, cfg.group_id), max_workers=2)
+        if cfg.quarantine:
+            self._redis = aioredis.Redis.from_url(self._settings.redis_dsn)
+            self._crashes = CrashRecord(
+                self._redis,
+                self._settings.redis_prefix,
+                cfg.group_id,
+                self._settings.quarantine_after_crashes,
+            )
+            self._codec = AvroCodec()
 
         async def on_assign(consumer: object, partitions: list[TopicPartition]) -> None:
             logger.info("assigned %s", [(p.topic, p.partition) for p in partitions])
@@ -145,20 +182,73 @@ class Pipeline:
             return [first]
         return [first, *await self._consumer.consume(num_messages=cfg.max_messages - 1, timeout=0)]
 
+    async def _guard(self, messages: list[Message]) -> _Attempt:
+        """The messages this attempt processes, marked in the crash record: all of them, or,
+        after a crash, the first message of a crashed partition alone (the others are
+        fetched again), or that message's quarantine once it crashed often enough."""
+        everything = _Attempt(messages, _spans(messages), careful=False)
+        if self._crashes is None:
+            return everything
+        starts = {tp: first for tp, (first, _) in everything.offsets.items()}
+        suspects = await self._crashes.suspects(starts)
+        if not suspects:
+            await self._crashes.mark(everything.offsets, suspects)
+            return everything
+        tp, suspect = next(iter(suspects.items()))
+        one = next(m for m in messages if (str(m.topic()), int(m.partition() or 0)) == tp)
+        await self._rewind(messages, one)
+        off = int(one.offset() or 0)
+        attempt = _Attempt([one], {tp: (off, off)}, careful=True)
+        if suspect.crashes >= self._crashes.limit:
+            attempt.quarantine, attempt.crashes = one, suspect.crashes
+            return attempt
+        await self._crashes.mark(attempt.offsets, {tp: suspect})
+        return attempt
+
+    async def _rewind(self, messages: list[Message], keep: Message) -> None:
+        """Seek every partition of ``messages`` back to its first message not in ``keep``."""
+        assert self._consumer is not None
+        for (topic, partition), (first, _) in _spans(messages).items():
+            same = (topic, partition) == (str(keep.topic()), int(keep.partition() or 0))
+            await self._consumer.seek(
+                TopicPartition(topic, partition, int(keep.offset() or 0) + 1 if same else first)
+            )
+
+    async def _settled(self, attempt: _Attempt) -> None:
+        if self._crashes is None:
+            return
+        if attempt.careful:
+            await self._crashes.finished(attempt.offsets)
+        else:
+            await self._crashes.forget(attempt.offsets)
+
+    async def _run_attempt(self, attempt: _Attempt) -> list[Output]:
+        if attempt.quarantine is not None:
+            assert self._codec is not None
+            m = attempt.quarantine
+            topics = Topics.for_namespace(self._settings.topic_namespace)
+            value = encode_quarantine(self._codec, m, self._service, attempt.crashes)
+            return [Output(topics.deadletter, None, value)]
+        fault_injected(self._settings.fault_inject, self._service, attempt.messages)
+        return await self._process(attempt.messages)
+
     async def _iteration(self, messages: list[Message]) -> None:
         assert self._consumer is not None and self._producer is not None
         loop = asyncio.get_running_loop()
         producer = self._producer
         txn = self._config.transactional
-        for attempt in itertools.count(1):
+        attempt: _Attempt | None = None
+        for n in itertools.count(1):
             try:
+                if attempt is None:
+                    attempt = await self._guard(messages)
                 self._failed.clear()
                 if txn:
                     producer.begin_transaction()
-                outputs = await self._process(messages)
+                outputs = await self._run_attempt(attempt)
                 for out in outputs:
                     self._produce(out)
-                offsets = _next_offsets(messages)
+                offsets = _next_offsets(attempt.messages)
                 if txn:
                     metadata = await self._consumer.consumer_group_metadata()
                     await loop.run_in_executor(
@@ -168,26 +258,26 @@ class Pipeline:
                 else:
                     await self._flush_all()
                     await self._consumer.commit(offsets=offsets, asynchronous=False)
-                return
+                break
             except KafkaException as exc:
                 err: KafkaError = exc.args[0]
                 if err.fatal() or not (err.txn_requires_abort() or err.retriable()):
                     raise
-                logger.warning("iteration attempt %d failed (%s); retrying", attempt, err)
+                logger.warning("iteration attempt %d failed (%s); retrying", n, err)
                 await self._abort()
-                await asyncio.sleep(min(0.1 * attempt, 2.0))
+                await asyncio.sleep(min(0.1 * n, 2.0))
             except (ConnectionError, TimeoutError, OSError, *REDIS_UNAVAILABLE) as exc:
                 # A dependency (Redis, PostgreSQL) is down: nothing is committed, so the same
                 # messages are processed again once it is back (redis-py's connection errors
                 # are not the built-in ones, hence their own entry).
                 logger.warning(
                     "dependency unavailable on attempt %d (%s: %s); retrying the batch",
-                    attempt,
+                    n,
                     type(exc).__name__,
                     exc,
                 )
                 await self._abort()
-                await asyncio.sleep(min(0.2 * attempt, 5.0))
+                await asyncio.sleep(min(0.2 * n, 5.0))
             except Exception:
                 logger.exception(
                     "processing %d messages from %s failed",
@@ -196,6 +286,20 @@ class Pipeline:
                 )
                 await self._abort()
                 raise
+        assert attempt is not None
+        count = getattr(self._hooks, "quarantined", None)
+        if attempt.quarantine is not None and count is not None:
+            count(str(attempt.quarantine.topic()))
+        await self._settle_quietly(attempt)
+
+    async def _settle_quietly(self, attempt: _Attempt) -> None:
+        """Clear the attempt's crash mark; if Redis is away the mark stays, which at worst
+        makes the next attempt at that offset a careful one (never a wrong quarantine: the
+        committed offset has moved on, so the record no longer matches)."""
+        try:
+            await self._settled(attempt)
+        except REDIS_UNAVAILABLE as exc:
+            logger.warning("could not clear the crash record (%s); it will be stale", exc)
 
     async def _abort(self) -> None:
         assert self._producer is not None
@@ -252,6 +356,8 @@ class Pipeline:
                 logger.warning("consumer close failed", exc_info=True)
         if self._producer is not None:
             self._producer.flush(10)
+        if self._redis is not None:
+            await self._redis.aclose()
 
 
 def _is_data(message: Message) -> bool:
@@ -265,6 +371,17 @@ def _is_data(message: Message) -> bool:
         raise KafkaException(err)
     logger.warning("consumer error on %s[%s]: %s", message.topic(), message.partition(), err)
     return False
+
+
+def _spans(messages: Sequence[Message]) -> dict[tuple[str, int], tuple[int, int]]:
+    """partition → (first, last) offset of ``messages``."""
+    out: dict[tuple[str, int], tuple[int, int]] = {}
+    for m in messages:
+        key = (str(m.topic()), int(m.partition() or 0))
+        off = int(m.offset() or 0)
+        first, last = out.get(key, (off, off))
+        out[key] = (min(first, off), max(last, off))
+    return out
 
 
 def _next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 BATCH_BUCKETS = (
     0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.035, 0.05, 0.075, 0.1, 0.15,
@@ -11,7 +11,8 @@ BATCH_BUCKETS = (
 
 
 class PipelineMetrics:
-    """``caliber_<service>_batch_seconds`` and ``caliber_<service>_consumer_lag_messages``.
+    """``caliber_<service>_batch_seconds``, ``caliber_<service>_consumer_lag_messages`` and
+    ``caliber_<service>_quarantined_messages_total``.
 
     Implements :class:`shared.runtime.pipeline.PipelineHooks`.
     """
@@ -35,6 +36,16 @@ class PipelineMetrics:
             ["topic", "partition"],
             registry=registry,
         )
+
+        self.quarantined_messages = Counter(
+            f"caliber_{service}_quarantined_messages",
+            "Messages set aside (dead letter worker_crash) after repeated crashes on them",
+            ["topic"],
+            registry=registry,
+        )
+
+    def quarantined(self, topic: str) -> None:
+        self.quarantined_messages.labels(topic).inc()
 
     def batch_done(self, n_messages: int, seconds: float) -> None:
         self.batch_seconds.observe(seconds)

@@ -193,7 +193,8 @@ def test_labels_resolve_predictions_in_any_order(running: Settings) -> None:
         2,
     )
     got = {r[0]: r[1:] for r in rows}
-    assert got[early["event_id"]] == ("resolved", "yes", True, "feed")
+    # `early` was auto-accepted: its label does not make it "resolved" (it was never reviewed).
+    assert got[early["event_id"]] == ("auto", "yes", True, "feed")
     assert got[late["event_id"]] == ("resolved", "maybe", False, "feed")
     assert (
         _rows(running, f"SELECT 1 FROM pending_labels WHERE event_id = '{early['event_id']}'") == []
@@ -209,9 +210,9 @@ def test_ground_truth_on_the_event_resolves_its_prediction(running: Settings) ->
         running,
         "SELECT event_id::text, status, ground_truth, correct, label_source FROM predictions "
         f"WHERE event_id IN ('{right['event_id']}', '{wrong['event_id']}') "
-        "AND status = 'resolved'",
+        "AND ground_truth IS NOT NULL",
         2,
     )
     got = {r[0]: r[1:] for r in rows}
     assert got[right["event_id"]] == ("resolved", "yes", True, "event")
-    assert got[wrong["event_id"]] == ("resolved", "no", False, "event")
+    assert got[wrong["event_id"]] == ("auto", "no", False, "event")  # auto-accepted: stays auto

@@ -187,7 +187,9 @@ def test_labels_from_the_event_and_from_a_review_resolve_their_predictions(
         "WHERE event_id = ANY(%s::uuid[]) ORDER BY event_time",
         [on_event, reviewed],
     )
-    assert got == [("resolved", "yes", True, "event"), ("resolved", "no", False, "review")]
+    # The auto-accepted one stays auto (its label does not make it "reviewed"); the
+    # withheld one is resolved by its review.
+    assert got == [("auto", "yes", True, "event"), ("resolved", "no", False, "review")]
 
 
 def test_two_tenants_may_use_the_same_event_ids(recorder: Recorder) -> None:
@@ -230,7 +232,7 @@ def test_two_tenants_may_use_the_same_event_ids(recorder: Recorder) -> None:
         "SELECT tenant_id, status, ground_truth FROM predictions WHERE event_id = %s "
         "ORDER BY tenant_id",
         only_acme,
-    ) == [("acme", "review", None), ("globex", "resolved", "yes")]
+    ) == [("acme", "review", None), ("globex", "auto", "yes")]  # auto: labelled, not reviewed
     assert (
         rows(recorder.settings, "SELECT 1 FROM pending_labels WHERE event_id = %s", only_acme) == []
     )
@@ -287,6 +289,31 @@ def test_a_record_postgresql_refuses_is_a_dead_letter_and_the_rest_is_written(
     reader.close()
     assert dead["error_code"] == "rejected_by_database" and dead["service"] == "recorder"
     assert dead["source_topic"] == recorder.topics.decisions and "uuid" in dead["message"]
+
+
+def test_one_refused_event_costs_only_that_event_not_its_batch(recorder: Recorder) -> None:
+    """A decision batch of four whose third event holds a NUL (PostgreSQL text cannot): the
+    three others are stored, the third is dead-lettered alone, with its event id."""
+    d = recorder.decision([0.9, 0.8, 0.7, 0.3], threshold=0.6)
+    d[2]["predictions"]["predicted_labels"][2] = "y\x00es"
+    ids = ids_of(d)
+    reader = TopicReader(recorder.settings, [recorder.topics.deadletter], CODEC)
+    recorder.send([d])
+    got = rows(
+        recorder.settings,
+        "SELECT event_id::text FROM predictions WHERE event_id = ANY(%s::uuid[])",
+        ids,
+    )
+    assert sorted(r[0] for r in got) == sorted([ids[0], ids[1], ids[3]])
+
+    def ours() -> list[dict[str, Any]]:
+        found = [x.record for x in reader.records[recorder.topics.deadletter]]
+        return [x for x in found if x["source_topic"] == recorder.topics.decisions]
+
+    reader.wait_for(lambda: any(x["event_id"] in ids for x in ours()), 15, "dead letter")
+    dead = [(x["event_id"], x["error_code"]) for x in ours() if x["event_id"] in ids]
+    reader.close()
+    assert dead == [(ids[2], "rejected_by_database")]
 
 
 def test_replaying_every_decision_label_and_alert_changes_no_row(recorder: Recorder) -> None:

@@ -12,7 +12,13 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse
 
 from services.gateway.auth import PRODUCE, READ, Principal, require
-from services.gateway.intake import Prepared, batch_messages, event_message, prepare
+from services.gateway.intake import (
+    Prepared,
+    batch_messages,
+    event_message,
+    identity_fault,
+    prepare,
+)
 from services.gateway.model_cache import ModelCache, ModelRef
 from services.gateway.schemas import (
     BatchAccepted,
@@ -22,6 +28,7 @@ from services.gateway.schemas import (
     PredictionOut,
 )
 from services.gateway.state import state_of
+from shared.contracts.limits import Limits
 from shared.runtime import clock
 
 router = APIRouter(prefix="/api", tags=["predictions"])
@@ -32,12 +39,15 @@ _503 = {"description": "Kafka did not acknowledge the events; nothing was accept
 
 
 async def _resolve(
-    cache: ModelCache, tenant: str, events: Sequence[PredictionIn]
+    cache: ModelCache, tenant: str, events: Sequence[PredictionIn], limits: Limits
 ) -> list[ModelRef | None]:
     """Each event's model version (None: unknown to this tenant), one lookup per model."""
     seen: dict[tuple[Any, ...], ModelRef | None] = {}
     out: list[ModelRef | None] = []
     for e in events:
+        if identity_fault(e, limits) is not None:
+            out.append(None)  # never sent to PostgreSQL; prepare() names the fault
+            continue
         if e.model_version_id is not None:
             ident: tuple[Any, ...] = ("id", e.model_version_id)
         elif e.model_name and e.model_version:
@@ -60,8 +70,9 @@ async def _accept(
 ) -> Prepared:
     state = state_of(request)
     now_ms = clock.now_ms()
-    models = await _resolve(state.models, who.tenant, events)
-    prepared = prepare(events, who.tenant, models, now_ms, batch)
+    limits = Limits.from_settings(state.settings)
+    models = await _resolve(state.models, who.tenant, events, limits)
+    prepared = prepare(events, who.tenant, models, now_ms, batch, limits)
     if not isinstance(prepared, Prepared):
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail=prepared)
     if batch:
@@ -126,7 +137,11 @@ async def post_batch(
 ) -> JSONResponse:
     """Many events in one request, published as columnar batches: all of them or none.
 
-    A 422 lists every faulty event, its ``loc`` holding the event's index.
+    Semantics: the request is one verdict. If any event breaks a limit or a rule, the whole
+    request is refused with 422 *before anything is published*, so none of its events is
+    accepted (the good ones are not lost: resend them without the faulty ones); a 202 means
+    every event was accepted and will be recorded. A 422 lists every faulty event, its
+    ``loc`` holding the event's index and its ``type`` the stable error code.
     """
     prepared = await _accept(request, who, body.events, batch=True)
     predictions = [
@@ -151,7 +166,7 @@ PREDICTION_COLUMNS = (
     "event_id::text AS event_id, model_version_id, model_name, model_version, predicted_label, "
     "confidence, calibrated_confidence, threshold, uncertainty, ground_truth, correct, "
     "label_source, status, probabilities::text AS probabilities, features::text AS features, "
-    "event_time, created_at, resolved_at"
+    "event_time, created_at, resolved_at, decision, review_state, resolved_by, reviewer_key_id"
 )
 
 
@@ -176,6 +191,10 @@ def prediction_out(r: Any) -> PredictionOut:
         event_time=r["event_time"],
         created_at=r["created_at"],
         resolved_at=r["resolved_at"],
+        decision=r["decision"],
+        review_state=r["review_state"],
+        resolved_by=r["resolved_by"],
+        reviewer_key_id=r["reviewer_key_id"],
     )
 
 

@@ -94,14 +94,14 @@ async def resolve(
     async with state.pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
             "SELECT event_id::text AS event_id, model_version_id, model_name, model_version, "
-            "predicted_label, confidence, status FROM predictions "
+            "predicted_label, confidence, status, review_state, ground_truth FROM predictions "
             "WHERE event_id = $1 AND tenant_id = $2",
             eid,
             who.tenant,
         )
         if row is None:
             raise _not_found(event_id)
-        if row["status"] == "resolved":
+        if row["review_state"] == "resolved" or row["ground_truth"] is not None:
             raise _already(row["event_id"])
         resolved_at = await conn.fetchval(
             "INSERT INTO review_resolutions (event_id, tenant_id, ground_truth, api_key_id) "
