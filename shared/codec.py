@@ -42,6 +42,7 @@ SCHEMA_ORDER = (
     "MetricSnapshot",
     "DeadLetter",
     "ModelVersion",
+    "StackIdentity",
 )
 
 Record = dict[str, Any]

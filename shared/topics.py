@@ -9,8 +9,9 @@ from dataclasses import dataclass, fields
 class Topics:
     """Every Caliber topic, named ``<namespace>.<suffix>``.
 
-    ``model_updates`` is log-compacted (latest registry state per model version key);
-    every other topic is a plain retained log.
+    ``model_updates`` is log-compacted (latest registry state per model version key), and so
+    is ``stack`` (the stack identity); every other topic is a plain retained log, kept for
+    ``Settings.topic_retention_seconds``.
     """
 
     inference_raw: str
@@ -22,6 +23,8 @@ class Topics:
     metrics: str
     deadletter: str
     model_updates: str
+    stack: str
+    """The stack identity (:mod:`shared.runtime.identity`): compacted, one partition."""
 
     @classmethod
     def for_namespace(cls, namespace: str = "caliber") -> Topics:
@@ -40,6 +43,7 @@ class Topics:
             metrics=f"{namespace}.metrics",
             deadletter=f"{namespace}.deadletter",
             model_updates=f"{namespace}.model-updates",
+            stack=f"{namespace}.stack",
         )
 
     def all(self) -> list[str]:
@@ -47,4 +51,4 @@ class Topics:
 
     @property
     def compacted(self) -> frozenset[str]:
-        return frozenset({self.model_updates})
+        return frozenset({self.model_updates, self.stack})

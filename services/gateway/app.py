@@ -40,6 +40,7 @@ from services.gateway.routes import (
 )
 from services.gateway.settings import GatewaySettings
 from shared.codec import AvroCodec
+from shared.runtime.identity import refuse_mixed_stores
 from shared.kafka import make_producer
 from shared.observability import configure_logging
 from shared.topics import Topics
@@ -169,6 +170,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 def main() -> None:
     settings = GatewaySettings()
     configure_logging(settings.log_level)
+    refuse_mixed_stores(settings, "gateway")
     uvicorn.run(
         create_app(settings),
         host=settings.gateway_host,

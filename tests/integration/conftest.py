@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.benchmarking import delete_redis_prefix, scratch_database
+from shared.benchmarking import delete_redis_prefix, join_identity, scratch_database
 from shared.benchmarking import start_service as run_service
 from shared.settings import Settings
 from shared.stack import delete_topics, ensure_topics, stack_up
@@ -32,7 +32,8 @@ def stack_settings() -> Settings:
 @pytest.fixture(scope="module")
 def isolated_settings(stack_settings: Settings) -> Iterator[Settings]:
     """The stack's settings with a private topic namespace (``t<hex>``, topics created),
-    Redis prefix and freshly migrated database; all three are removed afterwards."""
+    Redis prefix and freshly migrated database, with a stack identity of their own; all three
+    are removed afterwards."""
     namespace = f"t{uuid.uuid4().hex[:10]}"
     with scratch_database(stack_settings, prefix=f"caliber_{namespace}") as with_db:
         settings = with_db.model_copy(
@@ -40,6 +41,7 @@ def isolated_settings(stack_settings: Settings) -> Iterator[Settings]:
         )
         try:
             ensure_topics(settings)
+            join_identity(settings)
             yield settings
         finally:
             delete_topics(settings, namespace)

@@ -1,0 +1,1 @@
+"""Worker shell: pipeline, worker, kafka config, offset fence, observability, stack identity."""
