@@ -40,9 +40,9 @@ from services.gateway.routes import (
 )
 from services.gateway.settings import GatewaySettings
 from shared.codec import AvroCodec
-from shared.runtime.identity import refuse_mixed_stores
 from shared.kafka import make_producer
 from shared.observability import configure_logging
+from shared.runtime.identity import refuse_mixed_stores
 from shared.topics import Topics
 
 logger = logging.getLogger(__name__)

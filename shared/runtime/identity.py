@@ -159,8 +159,8 @@ def read_postgres(settings: Settings) -> Identity | None:
 def write_postgres(settings: Settings, identity: Identity) -> None:
     with psycopg.connect(settings.postgres_url, connect_timeout=10) as conn:
         conn.execute(
-            "INSERT INTO stack_identity (only, stack_id, generation) VALUES (true, %s, %s) "
-            "ON CONFLICT (only) DO UPDATE SET stack_id = EXCLUDED.stack_id, "
+            "INSERT INTO stack_identity (singleton, stack_id, generation) VALUES (true, %s, %s) "
+            "ON CONFLICT (singleton) DO UPDATE SET stack_id = EXCLUDED.stack_id, "
             "generation = EXCLUDED.generation, updated_at = now()",
             (identity.stack_id, identity.generation),
         )

@@ -14,12 +14,12 @@ depends_on = None
 
 
 def upgrade() -> None:
-    # One row at most (``only`` is always true); a freshly migrated database has none, which
+    # One row at most (``singleton`` is always true); a freshly migrated database has none, which
     # is how a database that is newer than the stack's log shows itself.
     op.execute(
         """
         CREATE TABLE stack_identity (
-            only        boolean PRIMARY KEY DEFAULT true CHECK (only),
+            singleton   boolean PRIMARY KEY DEFAULT true CHECK (singleton),
             stack_id    text NOT NULL,
             generation  bigint NOT NULL CHECK (generation > 0),
             updated_at  timestamptz NOT NULL DEFAULT now()
