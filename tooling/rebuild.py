@@ -91,12 +91,13 @@ def _truncated(reader: LogReader) -> list[str]:
 
 
 class _Ticker:
-    def __init__(self, report: Report | None) -> None:
+    def __init__(self, report: Report | None, every: float) -> None:
         self._report = report
+        self._every = every
         self._last = 0.0
 
     def __call__(self, progress: Progress, events: int, force: bool = False) -> None:
-        if self._report and (force or time.monotonic() - self._last >= 1.0):
+        if self._report and (force or time.monotonic() - self._last >= self._every):
             self._last = time.monotonic()
             self._report(progress, events)
 
@@ -177,7 +178,12 @@ async def _registry(conn: asyncpg.Connection, codec: AvroCodec, settings: Settin
     return len(rows)
 
 
-async def rebuild_postgres(settings: Settings, report: Report | None = None) -> Rebuilt:
+async def rebuild_postgres(
+    settings: Settings,
+    report: Report | None = None,
+    report_every: float = 1.0,
+    batch_records: int = 500,
+) -> Rebuilt:
     migrate(settings.postgres_url)
     codec = AvroCodec()
     topics = Topics.for_namespace(settings.topic_namespace)
@@ -189,8 +195,10 @@ async def rebuild_postgres(settings: Settings, report: Report | None = None) -> 
         async with pool.acquire() as conn:
             await _registry(conn, codec, settings)
         recorder = RecorderProcessor(topics, codec, pool)
-        reader = LogReader(settings, [topics.decisions, topics.labels, topics.alerts])
-        tick = _Ticker(report)
+        reader = LogReader(
+            settings, [topics.decisions, topics.labels, topics.alerts], batch_records
+        )
+        tick = _Ticker(report, report_every)
         for batch in reader.batches():
             reviews: tuple[list[str], list[str], list[str], list[int]] = ([], [], [], [])
             for m in batch:
@@ -249,7 +257,12 @@ def _alert_state_keys(settings: Settings, rec: dict[str, Any]) -> tuple[str, dic
     return key, state
 
 
-async def rebuild_redis(settings: DriftSettings, report: Report | None = None) -> Rebuilt:
+async def rebuild_redis(
+    settings: DriftSettings,
+    report: Report | None = None,
+    report_every: float = 1.0,
+    batch_records: int = 500,
+) -> Rebuilt:
     codec = AvroCodec()
     topics = Topics.for_namespace(settings.topic_namespace)
     out = Rebuilt("redis")
@@ -278,9 +291,11 @@ async def rebuild_redis(settings: DriftSettings, report: Report | None = None) -
             DriftMetrics(CollectorRegistry()),
         )
         reader = LogReader(
-            settings, [topics.predictions, topics.decisions, topics.labels, topics.alerts]
+            settings,
+            [topics.predictions, topics.decisions, topics.labels, topics.alerts],
+            batch_records,
         )
-        tick = _Ticker(report)
+        tick = _Ticker(report, report_every)
         alert_states: dict[str, dict[str, Any]] = {}
         claims = {"seen": 0, "label": 0}
         for batch in reader.batches():

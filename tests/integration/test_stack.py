@@ -84,12 +84,16 @@ def test_topics_have_the_partitions_and_model_updates_is_compacted(
     admin = make_admin(isolated_settings)
     meta = admin.list_topics(timeout=10).topics
     for name in topics.all():
-        assert len(meta[name].partitions) == isolated_settings.topic_partitions, name
+        partitions = 1 if name == topics.stack else isolated_settings.topic_partitions
+        assert len(meta[name].partitions) == partitions, name
     resources = [ConfigResource(ResourceType.TOPIC, name) for name in topics.all()]
     configs = {r.name: f.result() for r, f in admin.describe_configs(resources).items()}
     for name in topics.all():
-        expected = "compact" if name == topics.model_updates else "delete"
+        expected = "compact" if name in topics.compacted else "delete"
         assert configs[name]["cleanup.policy"].value == expected, name
+        if expected == "delete":
+            retention = isolated_settings.topic_retention_seconds * 1000
+            assert configs[name]["retention.ms"].value == str(retention), name
 
 
 def test_migrations_are_at_head_with_every_table(isolated_settings: Settings) -> None:
