@@ -30,7 +30,14 @@ from dataclasses import dataclass
 
 import psycopg
 import redis
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 
 from shared.codec import AvroCodec, Decoded
 from shared.drift_window import DriftKeys
@@ -45,6 +52,11 @@ KEY = b"identity"
 REBUILD_POSTGRES = "caliber rebuild postgres"
 REBUILD_REDIS = "caliber rebuild redis"
 RESET = "caliber stack reset"
+_NO_LEADER_YET = {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+}
 AGGREGATOR_OFFSETS = "agg:offsets"
 """The aggregator's fence hash under the Redis prefix (``services.aggregator.store``)."""
 
@@ -86,8 +98,7 @@ def read_kafka(settings: Settings, timeout: float = 10.0) -> Identity | None:
         meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
         if meta is None or meta.error is not None or not meta.partitions:
             return None
-        tp = TopicPartition(topic, 0)
-        low, high = consumer.get_watermark_offsets(tp, timeout=timeout)
+        low, high = _watermarks(consumer, TopicPartition(topic, 0), timeout)
         if high <= low:
             return None
         consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
@@ -109,6 +120,20 @@ def read_kafka(settings: Settings, timeout: float = 10.0) -> Identity | None:
         return found
     finally:
         consumer.close()
+
+
+def _watermarks(consumer: Consumer, tp: TopicPartition, timeout: float) -> tuple[int, int]:
+    """The partition's offsets, waiting out a topic created a moment ago (no leader yet)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(tp, timeout=timeout)
+            return int(low), int(high)
+        except KafkaException as exc:
+            waiting = exc.args[0].retriable() or exc.args[0].code() in _NO_LEADER_YET
+            if not waiting or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def write_kafka(settings: Settings, identity: Identity) -> None:
@@ -244,9 +269,15 @@ def compare(found: StoreIdentities) -> list[str]:
     lines = []
     for name, (ident, repair) in stores.items():
         if ident is None:
+            extra = (
+                " (API keys and uploaded drift references are not on the log: restore them "
+                "from a PostgreSQL backup, or create new keys)"
+                if name == "PostgreSQL"
+                else ""
+            )
             lines.append(
                 f"{name} holds no stack identity while Kafka holds {log}: {name} is new or was "
-                f"lost (its data is not the log's); rebuild it with `{repair}`"
+                f"lost (its data is not the log's); rebuild it with `{repair}`{extra}"
             )
         elif ident.stack_id != log.stack_id:
             lines.append(

@@ -364,7 +364,7 @@ def _redis_rebuilt_exactly(stack: Stack) -> None:
         after = _settled(stack, base, headers, len(stack.sent))
         assert after == stack.baseline
         # A re-sent event is still a duplicate; a new one is counted.
-        fresh = _events("m", "v1", 1, False, 99)
+        fresh = _events("m", "v1", 1, False, len(stack.sent))
         _send(base, headers, [stack.sent[0], *fresh])
         stack.sent += fresh
         again = _settled(stack, base, headers, len(stack.sent))
