@@ -24,6 +24,7 @@ from confluent_kafka import (
 )
 
 from shared.kafka import consumer_config
+from shared.runtime.identity import retrying
 from shared.settings import Settings
 
 
@@ -64,8 +65,9 @@ class LogReader:
             if meta is None or meta.error is not None:
                 raise KafkaException(f"topic {name} does not exist: nothing to rebuild from")
             for p in meta.partitions:
-                low, high = self._consumer.get_watermark_offsets(
-                    TopicPartition(name, p), timeout=10
+                tp = TopicPartition(name, p)
+                low, high = retrying(
+                    lambda tp=tp: self._consumer.get_watermark_offsets(tp, timeout=10)
                 )
                 self._low[(name, p)], self._high[(name, p)] = low, high
         self.progress = Progress(sum(h - self._low[k] for k, h in self._high.items()))

@@ -31,7 +31,7 @@ from typing import Any
 import asyncpg
 import redis
 import redis.asyncio as aioredis
-from confluent_kafka import Message
+from confluent_kafka import KafkaException, Message
 from prometheus_client import CollectorRegistry
 
 from services.aggregator.metrics import AggregatorMetrics
@@ -48,6 +48,7 @@ from shared.benchmarking import delete_redis_prefix
 from shared.codec import AvroCodec, Decoded
 from shared.db import migrate
 from shared.drift_window import DriftKeys
+from shared.kafka import make_admin
 from shared.runtime import identity
 from shared.settings import Settings
 from shared.topics import Topics
@@ -71,6 +72,25 @@ class Rebuilt:
     @property
     def rate(self) -> float:
         return self.events / self.seconds if self.seconds > 0 else 0.0
+
+
+WRITERS = {"postgres": ("recorder",), "redis": ("ingest", "aggregator", "drift")}
+"""The workers that write each store (their consumer groups are ``<ns>-<worker>``)."""
+
+
+def running_writers(settings: Settings, store: str) -> list[str]:
+    """The workers of ``store`` whose consumer group has members: a rebuild beside a running
+    writer would race it, so the CLI refuses to start."""
+    admin = make_admin(settings)
+    groups = [f"{settings.topic_namespace}-{w}" for w in WRITERS[store]]
+    busy = []
+    for group, future in admin.describe_consumer_groups(groups, request_timeout=10).items():
+        try:
+            if future.result().members:
+                busy.append(group)
+        except KafkaException:
+            continue  # no such group: nothing runs
+    return busy
 
 
 def _events(codec: AvroCodec, m: Message) -> tuple[str, dict[str, Any]] | None:

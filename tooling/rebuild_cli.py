@@ -25,6 +25,21 @@ def _progress(store: str) -> object:
     return report
 
 
+def _refuse_beside_writers(settings: object, store: str) -> None:
+    from shared.settings import Settings
+    from tooling.rebuild import running_writers
+
+    assert isinstance(settings, Settings)
+    busy = running_writers(settings, store)
+    if busy:
+        typer.echo(
+            f"error: {', '.join(busy)} still run and write {store}; stop them first "
+            "(caliber services stop)",
+            err=True,
+        )
+        raise typer.Exit(1)
+
+
 def _finish(result: object) -> None:
     from tooling.rebuild import Rebuilt
 
@@ -52,6 +67,7 @@ def postgres() -> None:
 
     settings = RecorderSettings()
     configure_logging("WARNING")
+    _refuse_beside_writers(settings, "postgres")
     typer.echo(
         "note: API keys, tenants' names and uploaded drift references are not on the log; "
         "they come back only from a PostgreSQL backup (create new keys: caliber keys create)"
@@ -68,4 +84,5 @@ def redis() -> None:
 
     settings = DriftSettings()
     configure_logging("WARNING")
+    _refuse_beside_writers(settings, "redis")
     _finish(asyncio.run(rebuild_redis(settings, _progress("redis"))))  # type: ignore[arg-type]

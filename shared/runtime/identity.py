@@ -26,7 +26,9 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import psycopg
 import redis
@@ -52,11 +54,15 @@ KEY = b"identity"
 REBUILD_POSTGRES = "caliber rebuild postgres"
 REBUILD_REDIS = "caliber rebuild redis"
 RESET = "caliber stack reset"
-_NO_LEADER_YET = {
+_NOT_YET = {
     KafkaError.NOT_LEADER_FOR_PARTITION,
     KafkaError.LEADER_NOT_AVAILABLE,
     KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
 }
+T = TypeVar("T")
 AGGREGATOR_OFFSETS = "agg:offsets"
 """The aggregator's fence hash under the Redis prefix (``services.aggregator.store``)."""
 
@@ -98,7 +104,8 @@ def read_kafka(settings: Settings, timeout: float = 10.0) -> Identity | None:
         meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
         if meta is None or meta.error is not None or not meta.partitions:
             return None
-        low, high = _watermarks(consumer, TopicPartition(topic, 0), timeout)
+        tp = TopicPartition(topic, 0)
+        low, high = retrying(lambda: consumer.get_watermark_offsets(tp, timeout=timeout))
         if high <= low:
             return None
         consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
@@ -122,18 +129,19 @@ def read_kafka(settings: Settings, timeout: float = 10.0) -> Identity | None:
         consumer.close()
 
 
-def _watermarks(consumer: Consumer, tp: TopicPartition, timeout: float) -> tuple[int, int]:
-    """The partition's offsets, waiting out a topic created a moment ago (no leader yet)."""
+def retrying(call: Callable[[], T], timeout: float = 30.0) -> T:
+    """``call()``, waiting out a Kafka that is still electing leaders or loading its group
+    coordinator (a topic or a broker started a moment ago)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            low, high = consumer.get_watermark_offsets(tp, timeout=timeout)
-            return int(low), int(high)
+            return call()
         except KafkaException as exc:
-            waiting = exc.args[0].retriable() or exc.args[0].code() in _NO_LEADER_YET
+            err = exc.args[0]
+            waiting = isinstance(err, KafkaError) and (err.retriable() or err.code() in _NOT_YET)
             if not waiting or time.monotonic() > deadline:
                 raise
-            time.sleep(0.2)
+            time.sleep(0.3)
 
 
 def write_kafka(settings: Settings, identity: Identity) -> None:
@@ -228,11 +236,8 @@ def _committed(settings: Settings, group: str, names: list[str]) -> dict[str, in
             wanted.extend(TopicPartition(name, p) for p in meta.partitions)
         if not wanted:
             return {}
-        return {
-            f"{tp.topic}:{tp.partition}": tp.offset
-            for tp in consumer.committed(wanted, timeout=10)
-            if tp.offset >= 0
-        }
+        committed = retrying(lambda: consumer.committed(wanted, timeout=10))
+        return {f"{tp.topic}:{tp.partition}": tp.offset for tp in committed if tp.offset >= 0}
     finally:
         consumer.close()
 
