@@ -51,11 +51,12 @@ def produce_predictions(settings: Settings, gen: Generated, batch: int) -> None:
         raise RuntimeError("Kafka did not acknowledge every benchmark message")
 
 
-def _line(result: Rebuilt, traffic: int) -> str:
+def _line(result: Rebuilt, traffic: int, cpu_s: float) -> str:
     per_s = traffic / result.seconds
     return (
         f"{result.store:<9} {result.seconds:7.1f} s  {per_s:9,.0f} events/s  "
-        f"({result.rate:,.0f} log rows/s)  1 M events: {1e6 / per_s / 60:5.1f} min  "
+        f"({result.rate:,.0f} log rows/s; {cpu_s / traffic * 1000:.3f} CPU s of the rebuild "
+        f"process per 1,000 events)  1 M events: {1e6 / per_s / 60:5.1f} min  "
         f"a week at 1,000/s: {WEEK_EVENTS / per_s / 3600:5.1f} h"
     )
 
@@ -73,12 +74,16 @@ def main(
         produce_predictions(settings, gen, batch)
         produce_decisions_and_labels(settings, gen, batch)
         typer.echo(f"wrote {events:,} events ×3 topics in {time.monotonic() - started:.1f} s")
+        cpu = time.process_time()
         pg = asyncio.run(rebuild_postgres(settings))
+        pg_cpu, cpu = time.process_time() - cpu, time.process_time()
         assert pg.counts["predictions"] == events, pg.counts
         rd = asyncio.run(rebuild_redis(DriftSettings(**settings.model_dump())))
+        rd_cpu = time.process_time() - cpu
         assert rd.counts["prediction ids (dedupe)"] == events, rd.counts
-    typer.echo(_line(pg, events))
-    typer.echo(_line(rd, events))
+    typer.echo(f"load average while measuring: {os.getloadavg()[0]:.1f}")
+    typer.echo(_line(pg, events, pg_cpu))
+    typer.echo(_line(rd, events, rd_cpu))
     typer.echo(f"peak RSS of this process {peak_rss_mb(os.getpid()):.0f} MB")
 
 

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -65,12 +66,13 @@ class LogReader:
             if meta is None or meta.error is not None:
                 raise KafkaException(f"topic {name} does not exist: nothing to rebuild from")
             for p in meta.partitions:
-                tp = TopicPartition(name, p)
-                low, high = retrying(
-                    lambda tp=tp: self._consumer.get_watermark_offsets(tp, timeout=10)
-                )
+                low, high = retrying(partial(self._watermarks, TopicPartition(name, p)))
                 self._low[(name, p)], self._high[(name, p)] = low, high
         self.progress = Progress(sum(h - self._low[k] for k, h in self._high.items()))
+
+    def _watermarks(self, tp: TopicPartition) -> tuple[int, int]:
+        low, high = self._consumer.get_watermark_offsets(tp, timeout=10)
+        return int(low), int(high)
 
     @property
     def earliest(self) -> dict[tuple[str, int], int]:
