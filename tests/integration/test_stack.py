@@ -60,10 +60,12 @@ def test_status_reports_every_server_with_its_port(stack_settings: Settings) -> 
 def test_status_command_prints_the_table(stack_settings: Settings) -> None:
     result = CliRunner().invoke(app, ["stack", "status"])
     assert result.exit_code == 0, result.output
-    header, *lines = result.output.splitlines()
+    header, *lines, identity = result.output.splitlines()
     assert header.split()[:5] == ["COMPONENT", "STATE", "KIND", "PORT", "PID"]
     assert {line.split()[0] for line in lines} == {"kafka", "redis", "postgres"}
     assert all(line.split()[1] == "running" for line in lines)
+    # The stores belong to one stack: its identity, and no mismatch line.
+    assert identity.startswith("identity  stack ") and "generation" in identity
 
 
 def test_ensure_topics_twice_creates_once(stack_settings: Settings) -> None:
