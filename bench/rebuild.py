@@ -26,7 +26,7 @@ import typer
 
 from services.aggregator.bench import produce as produce_decisions_and_labels
 from services.drift.settings import DriftSettings
-from shared.benchmarking import bench_settings, peak_rss_mb, scratch_database
+from shared.benchmarking import bench_settings, join_identity, peak_rss_mb, scratch_database
 from shared.codec import AvroCodec
 from shared.kafka import make_producer
 from shared.settings import Settings
@@ -68,6 +68,7 @@ def main(
 ) -> None:
     base = bench_settings(Settings())
     with scratch_database(base, prefix="caliber_bench_rebuild") as settings:
+        join_identity(settings)  # its own namespace, prefix and database: one identity
         spec = ModelSpec(name="rebuild", version="1", tenant="bench", numeric_features=8)
         started = time.monotonic()
         gen = generate(spec, events, seed=7, start_ms=int(time.time() * 1000) - 3_600_000)
