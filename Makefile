@@ -8,7 +8,7 @@ INSTALLED := build/.installed
 # Not the `caliber` script: it works wherever pip put the script, on the PATH or not.
 CALIBER := $(PYTHON) -m tooling.cli
 
-.PHONY: help install up down status demo test unit lint bench bench-pipeline
+.PHONY: help install up down reset status demo test unit lint bench bench-pipeline
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -24,8 +24,11 @@ $(INSTALLED): pyproject.toml
 up: $(INSTALLED) ## start Kafka, Redis and PostgreSQL on loopback, create topics, migrate
 	@$(CALIBER) stack up
 
-down: ## stop every service and the local stack
+down: ## stop every service and the local stack (all data is kept)
 	@$(CALIBER) stack down
+
+reset: ## DELETE the local stack's data, after a confirmation
+	@$(CALIBER) stack reset
 
 status: ## show the local stack and the services
 	@$(CALIBER) stack status; $(CALIBER) services status

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_KAFKA_PORT = 19092
 DEFAULT_REDIS_PORT = 16379
 DEFAULT_POSTGRES_PORT = 15432
+LONGEST_METRIC_WINDOW_SECONDS = 7 * 24 * 3600
+"""The longest rolling window the API answers (``7d``); ``all`` is kept by day buckets."""
 
 WORKER_METRICS_PORTS = {
     "ingest": 9101,
@@ -116,6 +118,13 @@ class Settings(BaseSettings):
         description="TESTS ONLY: '<service>:<marker>' makes that worker crash on every message "
         "whose bytes contain the marker (empty: off)",
     )
+    topic_retention_seconds: int = Field(
+        default=15 * 24 * 3600,
+        ge=3600,
+        description="how long Kafka keeps every record of a non-compacted topic; at least the "
+        "longest metric window (7 d) plus the label horizon, so Redis and PostgreSQL can be "
+        "rebuilt from the log",
+    )
     metrics_port: int = Field(
         default=0, ge=0, description="Prometheus /metrics port of a worker (0 = none)"
     )
@@ -125,6 +134,18 @@ class Settings(BaseSettings):
         description="replica id of a worker; keep it stable across restarts and distinct "
         "between replicas (it names the Kafka transactional id)",
     )
+
+    @model_validator(mode="after")
+    def _retention_covers_a_rebuild(self) -> Settings:
+        needed = LONGEST_METRIC_WINDOW_SECONDS + self.label_horizon_seconds
+        if self.topic_retention_seconds < needed:
+            raise ValueError(
+                f"CALIBER_TOPIC_RETENTION_SECONDS={self.topic_retention_seconds} is too short: "
+                f"expected at least {needed} (the 7-day metric window plus "
+                f"CALIBER_LABEL_HORIZON_SECONDS={self.label_horizon_seconds}), or a lost store "
+                "could no longer be rebuilt from Kafka"
+            )
+        return self
 
     @property
     def kafka_servers(self) -> str:

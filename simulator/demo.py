@@ -30,7 +30,7 @@ from shared.settings import WORKER_METRICS_PORTS, GatewayAddress, Settings
 from simulator.faults import FAULTS
 from simulator.gateway_client import GatewayClient, wait_ready
 from simulator.producer import event_records
-from simulator.scenario_runner import measure, send, table
+from simulator.scenario_runner import likely_causes, measure, send, table
 from simulator.scenarios import SCENARIOS, Planned, Scenario, VersionPlan, plan, scenario
 from tooling import supervise
 from tooling.benchmarking import scrape
@@ -135,7 +135,11 @@ def run(
     chosen = [scenario(n) for n in scenarios]
     base_url = f"http://{gateway.gateway_host}:{gateway.gateway_port}"
     with step("local stack (Kafka, Redis, PostgreSQL)"):
-        stack_up(settings)
+        up = stack_up(settings)
+    for line in up.identity_problems:
+        typer.echo(f"   mismatch: {line}", err=True)
+    if up.identity_problems:
+        raise typer.Exit(2)
     with step(f"services under supervisord (logs in {settings.logs_dir})"):
         started = supervise.start(settings)
         supervise.wait_running(settings, timeout=90)
@@ -158,6 +162,8 @@ def run(
     typer.echo("== per model version: expected (from the generated events) / measured by Caliber")
     for line in table(outcomes):
         typer.echo("   " + line)
+    for cause in likely_causes(settings, sent, outcomes):
+        typer.echo(f"   likely cause: {cause}")
     dead = {k: v - before.get(k, 0.0) for k, v in _dead_letter_counters(ingest_port).items()}
     typer.echo(
         "== dead letters by code: "

@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
+
 from shared.contracts.codec import AvroCodec
 from shared.contracts.topics import Topics
 from shared.runtime.kafka import make_producer
@@ -162,3 +164,48 @@ def table(outcomes: Sequence[Outcome]) -> list[str]:
             + ("" if o.exact else "   (differs)")
         )
     return lines
+
+
+def likely_causes(
+    settings: Settings,
+    sent: Sequence[tuple[Scenario, Planned, int]],
+    outcomes: Sequence[Outcome],
+    sample: int = 50,
+) -> list[str]:
+    """What the demo can see about why measured figures differ from the expected ones, each
+    with the command that fixes it; empty when every figure matches."""
+    differing = [(p, o) for (_, p, _), o in zip(sent, outcomes, strict=True) if not o.exact]
+    if not differing:
+        return []
+    from shared.runtime import identity
+
+    causes = [f"a store is out of step: {line}" for line in identity.check(settings)]
+    client = redis.Redis.from_url(settings.redis_dsn)
+    try:
+        for p, o in differing:
+            cols = p.generated.predictions
+            ids = cols.event_ids[:sample]
+            keys = [f"{settings.redis_prefix}ingest:seen:{cols.tenant}/{e}" for e in ids]
+            known = sum(1 for v in client.mget(keys) if v is not None) if keys else 0
+            missing = o.expected.events - o.measured.events
+            if keys and known == len(keys):
+                causes.append(
+                    f"{o.key}: ingest already knew this run's event ids and dropped them as "
+                    "duplicates of an earlier run, whose events the other stores do not hold "
+                    "as they should: rebuild the store named above (`caliber rebuild "
+                    "postgres` / `caliber rebuild redis`), or `caliber stack reset` to start over"
+                )
+            elif missing > 0:
+                causes.append(
+                    f"{o.key}: {missing} events not counted yet: still in flight or refused "
+                    "(see `caliber services status` and the services' logs)"
+                )
+            else:
+                causes.append(
+                    f"{o.key}: counted {o.measured.events} events for {o.expected.events} sent: "
+                    "the version also holds events of an earlier run or of another sender "
+                    "(`caliber stack reset` starts over)"
+                )
+    finally:
+        client.close()
+    return causes

@@ -20,6 +20,7 @@ from psycopg import sql
 from pydantic import SecretStr
 
 from shared.db import migrate
+from shared.runtime import identity
 from shared.settings import Settings
 from tooling.stack import delete_topics, ensure_topics
 
@@ -33,8 +34,37 @@ def bench_settings(base: Settings | None = None) -> Settings:
     ns = f"bench{uuid.uuid4().hex[:8]}"
     settings = base.model_copy(update={"topic_namespace": ns, "redis_prefix": f"{ns}:"})
     ensure_topics(settings)
+    join_identity(settings, into=("kafka", "redis"))  # never into the database it shares
     atexit.register(_remove_namespace, settings)
     return settings
+
+
+def join_identity(
+    settings: Settings, into: tuple[str, ...] = ("kafka", "redis", "postgres")
+) -> None:
+    """Give the stores in ``into`` (a fresh namespace, Redis prefix or scratch database) the
+    stack identity of the stores they are combined with, so services started on the
+    combination pass their start-up check; a new identity only when none of the three has
+    one and all three are ``into``. Benchmarks and tests only: a real stack gets its
+    identity once, from ``caliber stack up``, and a store that lacks it is rebuilt."""
+    found = [
+        identity.read_kafka(settings),
+        identity.read_redis(settings),
+        identity.read_postgres(settings),
+    ]
+    known = next((i for i in found if i is not None), None)
+    if known is None:
+        if len(set(into)) < 3:
+            return  # none has one: the services' check passes as it is
+        known = identity.Identity(str(uuid.uuid4()), 1)
+    writers = {
+        "kafka": identity.write_kafka,
+        "redis": identity.write_redis,
+        "postgres": identity.write_postgres,
+    }
+    for ident, (store, write) in zip(found, writers.items(), strict=True):
+        if ident is None and store in into:
+            write(settings, known)
 
 
 def _remove_namespace(settings: Settings) -> None:
@@ -78,6 +108,7 @@ def scratch_database(settings: Settings, prefix: str = "caliber_scratch") -> Ite
     )
     try:
         migrate(scratch.postgres_url)
+        join_identity(scratch, into=("postgres",))
         yield scratch
     finally:
         with psycopg.connect(admin_dsn, autocommit=True) as conn:

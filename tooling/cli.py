@@ -29,6 +29,7 @@ PLUGINS: dict[str, tuple[str, str]] = {
     "simulate": ("simulator.cli", "app"),
     "keys": ("services.gateway.cli", "app"),
     "demo": ("simulator.demo", "app"),
+    "rebuild": ("tooling.rebuild_cli", "app"),
 }
 
 
@@ -136,6 +137,12 @@ def stack_up() -> None:
     if result.topics_created:
         typer.echo(f"topics created: {len(result.topics_created)}")
     typer.echo(f"database at revision {result.database_revision}")
+    if result.identity is not None:
+        typer.echo(f"identity  {result.identity}")
+    for line in result.identity_problems:
+        typer.echo(f"mismatch: {line}", err=True)
+    if result.identity_problems:
+        raise typer.Exit(2)
     typer.echo(f"stack ready in {result.seconds:.1f} s")
 
 
@@ -159,11 +166,47 @@ def stack_status() -> None:
     """Show each server: state, port, pid, log file; exits 1 when one is down."""
     from tooling.stack import stack_status as status
 
+    settings = _settings()
     with _reported_errors():
-        rows = status(_settings())
+        rows = status(settings)
     typer.echo(render_status(rows))
     if not all(s.running for s in rows):
         raise typer.Exit(1)
+    from shared.runtime import identity
+
+    with _reported_errors():
+        found = identity.read_all(settings)
+    problems = identity.compare(found)
+    if found.kafka is not None:
+        typer.echo(f"identity  {found.kafka}")
+    for line in problems:
+        typer.echo(f"mismatch: {line}", err=True)
+    if problems:
+        raise typer.Exit(2)
+
+
+@stack_app.command("reset")
+def stack_reset(
+    yes: bool = typer.Option(False, "--yes", help="do not ask for confirmation (scripts)"),
+) -> None:
+    """Stop everything and DELETE the stack's data (Kafka's log, Redis, PostgreSQL): the
+    next `up` starts an empty stack. `stack down` (and `make down`) keep the data."""
+    from tooling import supervise
+    from tooling.stack import stack_reset as reset
+    from tooling.stack.manager import data_folders
+
+    settings = _settings()
+    folders = data_folders(settings)
+    if not yes:
+        typer.echo("this deletes every event, label, review, alert and registry entry in:")
+        for folder in folders:
+            typer.echo(f"  {folder}")
+        typer.confirm("delete them?", abort=True)
+    if supervise.stop(settings):
+        typer.echo("services  stopped")
+    with _reported_errors():
+        removed = reset(settings)
+    typer.echo(f"removed {len(removed)} data folders; `caliber stack up` starts a new stack")
 
 
 @topics_app.command("create")

@@ -45,6 +45,7 @@ from services.gateway.routes import (
 )
 from services.gateway.settings import GatewaySettings
 from services.gateway.state import open_state
+from shared.runtime.identity import refuse_mixed_stores
 from shared.runtime.kafka import make_producer
 from shared.runtime.observability import configure_logging
 
@@ -198,6 +199,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 def main() -> None:
     settings = GatewaySettings()
     configure_logging(settings.log_level)
+    refuse_mixed_stores(settings, "gateway")
     uvicorn.run(
         create_app(settings),
         host=settings.gateway_host,

@@ -43,6 +43,7 @@ SCHEMA_ORDER = (
     "DeadLetter",
     "ModelVersion",
     "RouteEvent",
+    "StackIdentity",
 )
 
 Record = dict[str, Any]

@@ -10,9 +10,10 @@ from dataclasses import dataclass, fields
 class Topics:
     """Every Caliber topic, named ``<namespace>.<suffix>``.
 
-    ``model_updates`` is log-compacted (latest registry state per model version key);
-    every other topic is a plain retained log. ``routing`` carries route decisions and
-    outcomes (the log the router's counts are rebuilt from).
+    ``model_updates`` is log-compacted (latest registry state per model version key), and so
+    is ``stack`` (the stack identity); every other topic is a plain retained log, kept for
+    ``Settings.topic_retention_seconds``. ``routing`` carries route decisions and outcomes
+    (the log the router's counts are rebuilt from).
     """
 
     inference_raw: str
@@ -25,6 +26,8 @@ class Topics:
     deadletter: str
     model_updates: str
     routing: str
+    stack: str
+    """The stack identity (:mod:`shared.runtime.identity`): compacted, one partition."""
 
     @classmethod
     def for_namespace(cls, namespace: str = "caliber") -> Topics:
@@ -44,6 +47,7 @@ class Topics:
             deadletter=f"{namespace}.deadletter",
             model_updates=f"{namespace}.model-updates",
             routing=f"{namespace}.routing",
+            stack=f"{namespace}.stack",
         )
 
     def all(self) -> list[str]:
@@ -51,4 +55,4 @@ class Topics:
 
     @property
     def compacted(self) -> frozenset[str]:
-        return frozenset({self.model_updates})
+        return frozenset({self.model_updates, self.stack})

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 
 import faust
 
+from shared.runtime.identity import refuse_mixed_stores
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -86,7 +87,9 @@ async def run_beside(
 
 
 def run(app: faust.App, settings: Settings) -> None:
-    """Start the worker and block until it stops (SIGTERM/SIGINT)."""
+    """Check that the stores belong to one stack, then start the worker and block until it
+    stops (SIGTERM/SIGINT)."""
+    refuse_mixed_stores(settings, str(app.conf.id))
     level = "warn" if settings.log_level.upper() == "WARNING" else settings.log_level.lower()
     sys.argv = [sys.argv[0], "worker", "--loglevel", level, "--without-web"]
     app.main()

@@ -16,8 +16,14 @@ from pathlib import Path
 import pytest
 
 from shared.settings import Settings
-from tooling.benchmarking import delete_redis_prefix, scratch_database
-from tooling.benchmarking import start_service as run_service
+from tooling.benchmarking import (
+    delete_redis_prefix,
+    join_identity,
+    scratch_database,
+)
+from tooling.benchmarking import (
+    start_service as run_service,
+)
 from tooling.stack import delete_topics, ensure_topics, stack_up
 
 
@@ -32,7 +38,8 @@ def stack_settings() -> Settings:
 @pytest.fixture(scope="module")
 def isolated_settings(stack_settings: Settings) -> Iterator[Settings]:
     """The stack's settings with a private topic namespace (``t<hex>``, topics created),
-    Redis prefix and freshly migrated database; all three are removed afterwards."""
+    Redis prefix and freshly migrated database, with a stack identity of their own; all three
+    are removed afterwards."""
     namespace = f"t{uuid.uuid4().hex[:10]}"
     with scratch_database(stack_settings, prefix=f"caliber_{namespace}") as with_db:
         settings = with_db.model_copy(
@@ -40,6 +47,7 @@ def isolated_settings(stack_settings: Settings) -> Iterator[Settings]:
         )
         try:
             ensure_topics(settings)
+            join_identity(settings)
             yield settings
         finally:
             delete_topics(settings, namespace)

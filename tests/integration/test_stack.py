@@ -60,10 +60,12 @@ def test_status_reports_every_server_with_its_port(stack_settings: Settings) -> 
 def test_status_command_prints_the_table(stack_settings: Settings) -> None:
     result = CliRunner().invoke(app, ["stack", "status"])
     assert result.exit_code == 0, result.output
-    header, *lines = result.output.splitlines()
+    header, *lines, identity = result.output.splitlines()
     assert header.split()[:5] == ["COMPONENT", "STATE", "KIND", "PORT", "PID"]
     assert {line.split()[0] for line in lines} == {"kafka", "redis", "postgres"}
     assert all(line.split()[1] == "running" for line in lines)
+    # The stores belong to one stack: its identity, and no mismatch line.
+    assert identity.startswith("identity  stack ") and "generation" in identity
 
 
 def test_ensure_topics_twice_creates_once(stack_settings: Settings) -> None:
@@ -84,12 +86,16 @@ def test_topics_have_the_partitions_and_model_updates_is_compacted(
     admin = make_admin(isolated_settings)
     meta = admin.list_topics(timeout=10).topics
     for name in topics.all():
-        assert len(meta[name].partitions) == isolated_settings.topic_partitions, name
+        partitions = 1 if name == topics.stack else isolated_settings.topic_partitions
+        assert len(meta[name].partitions) == partitions, name
     resources = [ConfigResource(ResourceType.TOPIC, name) for name in topics.all()]
     configs = {r.name: f.result() for r, f in admin.describe_configs(resources).items()}
     for name in topics.all():
-        expected = "compact" if name == topics.model_updates else "delete"
+        expected = "compact" if name in topics.compacted else "delete"
         assert configs[name]["cleanup.policy"].value == expected, name
+        if expected == "delete":
+            retention = isolated_settings.topic_retention_seconds * 1000
+            assert configs[name]["retention.ms"].value == str(retention), name
 
 
 def test_migrations_are_at_head_with_every_table(isolated_settings: Settings) -> None:

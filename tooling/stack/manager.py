@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import TypeVar
 
 from shared.db import current_revision, migrate
+from shared.runtime import identity
 from shared.settings import Settings
 from tooling.stack.base import ComponentStatus, Server, StartAction, StopAction
 from tooling.stack.kafka import Kafka
@@ -41,6 +44,10 @@ class UpResult:
     database_revision: str | None = None
     component_seconds: dict[str, float] = field(default_factory=dict)
     """How long each component took to be ready, its follow-up included."""
+    identity: str | None = None
+    """The stack identity the log holds (created with a new stack)."""
+    identity_problems: list[str] = field(default_factory=list)
+    """One line per store out of step with the log (see :mod:`shared.runtime.identity`)."""
 
 
 def components(settings: Settings) -> list[Server]:
@@ -96,12 +103,16 @@ def stack_up(settings: Settings) -> UpResult:
 
     with stack_lock(settings):
         outcome = _in_parallel({s.name: partial(bring_up, s) for s in components(settings)})
+        ident = identity.ensure(settings)
+        problems = identity.check(settings)
     return UpResult(
         actions={name: action for name, (action, _) in outcome.items()},
         topics_created=sorted(created),
         seconds=time.monotonic() - started,
         database_revision=revision[0] if revision else None,
         component_seconds={name: seconds for name, (_, seconds) in outcome.items()},
+        identity=None if ident is None else str(ident),
+        identity_problems=problems,
     )
 
 
@@ -116,3 +127,32 @@ def stack_down(settings: Settings) -> dict[str, StopAction]:
 
 def stack_status(settings: Settings) -> list[ComponentStatus]:
     return [s.status() for s in components(settings)]
+
+
+def data_folders(settings: Settings) -> list[Path]:
+    """Every folder holding data of the managed servers (logs and binaries are kept)."""
+    folders: list[Path] = []
+    for server in components(settings):
+        if not server.managed:
+            continue
+        if isinstance(server, Kafka):
+            folders.append(server.data)
+        elif isinstance(server, Redis):
+            folders.append(server.home)
+        elif isinstance(server, Postgres):
+            folders.append(server.root)
+    folders.append(settings.stack_home / "faust")
+    return folders
+
+
+def stack_reset(settings: Settings) -> list[Path]:
+    """Stop the servers and delete their data: the next ``up`` starts a new, empty stack with
+    a new identity. Returns the folders removed. External servers are left alone."""
+    with stack_lock(settings):
+        _in_parallel({s.name: s.stop for s in components(settings)})
+        removed = []
+        for folder in data_folders(settings):
+            if folder.exists():
+                shutil.rmtree(folder)
+                removed.append(folder)
+    return removed

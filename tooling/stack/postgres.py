@@ -3,9 +3,12 @@
 The server refuses to run as root, so its data folder belongs to ``postgres``. It lives in
 ``<stack_home>/postgres/data`` when that user can reach the folder; a stack home inside
 root's private home (the default, ``/root/.cache/caliber``) is out of its reach, so the data
-then lives in ``/var/tmp/caliber/postgres-<port>``. The server is started directly rather
-than through ``pg_ctl`` so that its output goes to a log the stack opens and hands to it,
-in the logs folder with the others, and so that the stack holds its pid.
+then lives in ``/var/lib/caliber/postgres-<port>``: never under a temporary folder, which a
+machine may clear between runs while the other stores survive. A data folder an earlier
+version left in ``/var/tmp/caliber/postgres-<port>`` is moved there on start. The server
+is started directly rather than through ``pg_ctl`` so that its output goes to a log the
+stack opens and hands to it, in the logs folder with the others, and so that the stack
+holds its pid.
 """
 
 from __future__ import annotations
@@ -42,7 +45,9 @@ PG_USER = "postgres"
 APP_ROLE = "caliber"
 APP_PASSWORD = "caliber"  # loopback-only development server
 APP_DATABASE = "caliber"
-SHARED_ROOT = Path("/var/tmp/caliber")
+SHARED_ROOT = Path("/var/lib/caliber")
+LEGACY_ROOT = Path("/var/tmp/caliber")
+"""Where earlier versions kept the data when the ``postgres`` user cannot reach the home."""
 
 
 def server_binaries() -> list[Path]:
@@ -173,7 +178,19 @@ class Postgres(Server):
             return pid
         return None
 
+    def _adopt_legacy_data(self) -> None:
+        legacy = LEGACY_ROOT / self.root.name
+        if self.root.parent != SHARED_ROOT or self.root.exists():
+            return
+        if not (legacy / "data" / "PG_VERSION").exists():
+            return
+        SHARED_ROOT.mkdir(parents=True, exist_ok=True)
+        shutil.chown(SHARED_ROOT, PG_USER, PG_USER)
+        shutil.move(str(legacy), str(self.root))
+        logger.warning("moved PostgreSQL's data out of a temporary folder: %s", self.root)
+
     def _initdb(self, bindir: Path) -> None:
+        self._adopt_legacy_data()
         if (self.data / "PG_VERSION").exists():
             return
         self.root.mkdir(parents=True, exist_ok=True)

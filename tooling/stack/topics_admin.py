@@ -22,9 +22,9 @@ def ensure_topics(settings: Settings, namespace: str | None = None) -> list[str]
     wanted = [
         NewTopic(
             name,
-            num_partitions=settings.topic_partitions,
+            num_partitions=1 if name == topics.stack else settings.topic_partitions,
             replication_factor=1,
-            config={"cleanup.policy": "compact"} if name in topics.compacted else {},
+            config=topic_config(settings, name in topics.compacted),
         )
         for name in topics.all()
         if name not in existing
@@ -41,6 +41,20 @@ def ensure_topics(settings: Settings, namespace: str | None = None) -> list[str]
                 raise
     logger.info("created topics %s", created)
     return created
+
+
+def topic_config(settings: Settings, compacted: bool) -> dict[str, str]:
+    """The retention contract: a compacted topic keeps the latest record of every key for
+    ever; every other topic keeps every record for ``topic_retention_seconds`` (which the
+    settings hold to at least the longest metric window plus the label horizon), whatever
+    its size, so a lost Redis or PostgreSQL can be rebuilt from it."""
+    if compacted:
+        return {"cleanup.policy": "compact"}
+    return {
+        "cleanup.policy": "delete",
+        "retention.ms": str(settings.topic_retention_seconds * 1000),
+        "retention.bytes": "-1",
+    }
 
 
 def delete_topics(settings: Settings, namespace: str) -> None:
