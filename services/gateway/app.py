@@ -17,17 +17,20 @@ import asyncpg
 import redis.asyncio as aioredis
 import uvicorn
 from fastapi import Depends, FastAPI, Request, Response
-from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from services.gateway import calibration
+from services.gateway import calibration, errors
 from services.gateway.auth import ANY, KeyStore, Principal, require
+from services.gateway.edge import Edge
 from services.gateway.fanout import Hub, follow
+from services.gateway.logs import install_redaction, uvicorn_log_config
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.middleware import BodyLimit, RequestMetrics
+from services.gateway.middleware import RequestMetrics
 from services.gateway.model_cache import ModelCache, RegistryIndex
+from services.gateway.openapi_errors import document_errors
 from services.gateway.outbox import Relay
 from services.gateway.publish import Publisher
+from services.gateway.ratelimit import TokenBuckets
 from services.gateway.routes import (
     console,
     drift,
@@ -122,23 +125,24 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         version="0.2.0",
         description="Calibration, selective prediction and drift of models in production. "
         "Every endpoint but /health and these docs needs an API key: header `X-API-Key` or "
-        "`Authorization: Bearer`.",
+        "`Authorization: Bearer` (the `?api_key=` query form is accepted on /ws/live only). "
+        'Every error answer is JSON of one shape, `{"detail": ...}`, bounded in size.',
         lifespan=lifespan,
     )
     for module in ROUTERS:
         app.include_router(module.router)
     console.mount(app)
+    errors.install(app)
 
     @app.exception_handler(asyncpg.PostgresConnectionError)
     @app.exception_handler(asyncpg.InterfaceError)
     @app.exception_handler(aioredis.ConnectionError)
     @app.exception_handler(OSError)
     @app.exception_handler(TimeoutError)
-    async def unavailable(request: Request, exc: Exception) -> JSONResponse:
+    async def unavailable(request: Request, exc: Exception) -> Response:
         logger.warning("%s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
-        return JSONResponse(
-            {"detail": f"a dependency is unavailable ({type(exc).__name__}); try again shortly"},
-            status_code=503,
+        return errors.ErrorResponse(
+            f"a dependency is unavailable ({type(exc).__name__}); try again shortly", 503
         )
 
     async def metrics_text(request: Request) -> Response:
@@ -161,19 +165,26 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         ) -> Response:
             return await metrics_text(request)
 
-    app.add_middleware(BodyLimit, limit=settings.gateway_max_body_bytes)
-    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: counts 413s too
+    document_errors(app)
+    app.state.event_rate = TokenBuckets(
+        settings.gateway_rate_events_per_second,
+        settings.gateway_rate_events_per_second * settings.gateway_rate_burst_seconds,
+    )
+    app.add_middleware(Edge, settings=settings)
+    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: counts 401/413/429 too
     return app
 
 
 def main() -> None:
     settings = GatewaySettings()
     configure_logging(settings.log_level)
+    install_redaction()
     uvicorn.run(
         create_app(settings),
         host=settings.gateway_host,
         port=settings.gateway_port,
         log_level=settings.log_level.lower(),
+        log_config=uvicorn_log_config(),
         access_log=settings.log_level.upper() == "DEBUG",
         ws_max_size=1 << 20,
     )

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from pydantic import BaseModel
 
 from services.gateway.auth import READ, Principal, require
+from services.gateway.schemas import QueryId
 from shared.batches import model_key
 from shared.window_store import WindowReader
 
@@ -71,7 +72,7 @@ def _reader(request: Request) -> WindowReader:
 async def calibration(
     request: Request,
     who: Annotated[Principal, Depends(require(READ))],
-    model_version_id: int,
+    model_version_id: QueryId,
     window: Annotated[Window, Query()] = "24h",
 ) -> CalibrationOut:
     """ECE, MCE, Brier, NLL, classwise ECE and the reliability bins of labeled predictions."""
@@ -106,7 +107,7 @@ async def calibration(
 async def risk_coverage(
     request: Request,
     who: Annotated[Principal, Depends(require(READ))],
-    model_version_id: int,
+    model_version_id: QueryId,
     window: Annotated[Window, Query()] = "24h",
 ) -> RiskCoverageOut:
     """The risk–coverage curve (one point per distinct confidence), AURC and E-AURC."""
@@ -127,7 +128,7 @@ async def risk_coverage(
 async def timeseries(
     request: Request,
     who: Annotated[Principal, Depends(require(READ))],
-    model_version_id: int,
+    model_version_id: QueryId,
     window: Annotated[Window, Query()] = "1h",
 ) -> dict[str, object]:
     """ECE, Brier, accuracy, coverage and review rate per bucket of the window."""

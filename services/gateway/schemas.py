@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from fastapi import Path, Query
+from pydantic import BaseModel, ConfigDict, Field
 
 from shared.validation import DEFAULT_LIMITS
 
@@ -19,18 +20,36 @@ Stage = Literal["production", "staging", "archived"]
 Decision = Literal["auto", "review"]
 Role = Literal["producer", "reviewer", "viewer", "admin"]
 NAME_PATTERN = r"^[^/]+$"
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
+"""Every integer a request carries: PostgreSQL's bigint, Avro's long."""
+PathId = Annotated[int, Path(ge=INT64_MIN, le=INT64_MAX)]
+QueryId = Annotated[int, Query(ge=INT64_MIN, le=INT64_MAX)]
+OptionalQueryId = Annotated[int | None, Query(ge=INT64_MIN, le=INT64_MAX)]
 
 
-class PredictionIn(BaseModel):
+class StrictIn(BaseModel):
+    """A request body: a boolean is not a number, a string is not a number, and a number
+    is finite (JSON's NaN and Infinity extensions are refused).
+
+    Times and UUIDs, which JSON can only carry as strings, set ``strict=False`` per field.
+    """
+
+    model_config = ConfigDict(strict=True, allow_inf_nan=False)
+
+
+class PredictionIn(StrictIn):
     """One inference event. Name the model by ``model_version_id`` (or name + version)."""
 
     event_id: uuid.UUID | None = Field(
-        default=None, description="idempotency key; generated when absent"
+        default=None, strict=False, description="idempotency key; generated when absent"
     )
-    model_version_id: int | None = Field(default=None, description="registry id of the model")
+    model_version_id: Int64 | None = Field(default=None, description="registry id of the model")
     model_name: str | None = Field(default=None, description="instead of model_version_id")
     model_version: str | None = Field(default=None, description="instead of model_version_id")
-    event_time: datetime | None = Field(default=None, description="default: when received")
+    event_time: datetime | None = Field(
+        default=None, strict=False, description="default: when received"
+    )
     predicted_label: str
     confidence: float = Field(description="top-label probability, in [0, 1]")
     probabilities: dict[str, float] | None = None
@@ -41,8 +60,12 @@ class PredictionIn(BaseModel):
     metadata: dict[str, str] | None = None
 
 
-class PredictionBatchIn(BaseModel):
-    events: list[PredictionIn] = Field(min_length=1, max_length=DEFAULT_LIMITS.max_batch_events)
+class PredictionBatchIn(StrictIn):
+    events: list[PredictionIn] = Field(
+        min_length=1,
+        description="at most CALIBER_GATEWAY_MAX_REQUEST_EVENTS (default "
+        f"{DEFAULT_LIMITS.max_batch_events:,}); one faulty event refuses the whole request",
+    )
 
 
 class DecisionOut(BaseModel):
@@ -97,7 +120,7 @@ class PredictionOut(BaseModel):
     resolved_at: datetime | None
 
 
-class ResolutionIn(BaseModel):
+class ResolutionIn(StrictIn):
     ground_truth: str = Field(min_length=1, max_length=DEFAULT_LIMITS.max_string)
 
 
@@ -115,11 +138,11 @@ class ResolutionOut(BaseModel):
     resolved_at: datetime
 
 
-class ModelVersionIn(BaseModel):
+class ModelVersionIn(StrictIn):
     name: str = Field(min_length=1, max_length=DEFAULT_LIMITS.max_string, pattern=NAME_PATTERN)
     version: str = Field(min_length=1, max_length=DEFAULT_LIMITS.max_string, pattern=NAME_PATTERN)
     stage: Stage = "staging"
-    parent_id: int | None = None
+    parent_id: Int64 | None = None
     abstain_threshold: float = Field(default=0.7, ge=0, le=1)
 
 
@@ -135,11 +158,11 @@ class ModelVersionOut(BaseModel):
     updated_at: datetime
 
 
-class StageChange(BaseModel):
+class StageChange(StrictIn):
     stage: Stage
 
 
-class ModelPatch(BaseModel):
+class ModelPatch(StrictIn):
     abstain_threshold: float = Field(ge=0, le=1)
 
 
@@ -155,7 +178,7 @@ class Me(BaseModel):
     key_id: int
 
 
-class KeyIn(BaseModel):
+class KeyIn(StrictIn):
     roles: list[Role] = Field(min_length=1)
 
 

@@ -20,31 +20,58 @@ from typing import Annotated, Any, Literal
 import asyncpg
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
-from pydantic import BaseModel, Field
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from services.gateway.auth import ADMIN, READ, Principal, require
+from services.gateway.edge import large_body
+from services.gateway.schemas import INT64_MAX, Int64, OptionalQueryId, QueryId, StrictIn
 from shared.batches import model_key
 from shared.drift_profile import CONFIDENCE_KEY, LABEL_KEY
 from shared.drift_profile_builder import build_profile
 from shared.drift_profile_codec import profile_to_dict
 from shared.drift_window import MAX_FEATURES, read_collected, read_reference, read_scores
+from shared.validation import DEFAULT_LIMITS
 
 router = APIRouter(prefix="/api", tags=["drift"])
 MAX_REFERENCE_EVENTS = 100_000
 MIN_REFERENCE_EVENTS = 100
+Text = Annotated[str, Field(min_length=1, max_length=DEFAULT_LIMITS.max_string)]
+"""A label, feature name or category: as long as an event's strings may be."""
+Category = Annotated[str, Field(max_length=DEFAULT_LIMITS.max_string)]
+Features = Annotated[dict[Text, float | Category], Field(max_length=MAX_FEATURES)]
 
 
-class ReferenceEvent(BaseModel):
+class ReferenceEvent(StrictIn):
     confidence: float = Field(ge=0.0, le=1.0, description="top-label probability")
-    predicted_label: str
-    features: dict[str, float | str] | None = None
+    predicted_label: Text
+    features: Features | None = None
 
 
-class ReferenceIn(BaseModel):
-    model_version_id: int
+class ReferenceIn(StrictIn):
+    model_version_id: Int64
     events: list[ReferenceEvent] = Field(
         min_length=MIN_REFERENCE_EVENTS, max_length=MAX_REFERENCE_EVENTS
     )
+
+
+class ReferenceColumnsIn(StrictIn):
+    """A reference as columns: entry i of every list belongs to event i.
+
+    A numeric feature is a list of numbers (``null``: missing), a categorical one a list
+    of strings (``null``: missing). 100,000 events of 20 numeric features take about 40 MB.
+    """
+
+    model_version_id: Int64
+    confidence: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+        min_length=MIN_REFERENCE_EVENTS, max_length=MAX_REFERENCE_EVENTS
+    )
+    predicted_label: list[Text] = Field(
+        min_length=MIN_REFERENCE_EVENTS, max_length=MAX_REFERENCE_EVENTS
+    )
+    features: Annotated[
+        dict[Text, list[float | None] | list[Category | None]], Field(max_length=MAX_FEATURES)
+    ] = Field(default_factory=dict)
 
 
 class ReferenceOut(BaseModel):
@@ -56,9 +83,9 @@ class ReferenceOut(BaseModel):
     source: str = "upload"
 
 
-class ThresholdsIn(BaseModel):
-    model_version_id: int
-    thresholds: dict[str, Annotated[float, Field(gt=0)]] = Field(
+class ThresholdsIn(StrictIn):
+    model_version_id: Int64
+    thresholds: dict[Text, Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(
         description="feature (or __confidence__, __predicted_label__) → threshold of its "
         "alerting method (PSI for numbers, Cohen's w for categories)"
     )
@@ -121,39 +148,47 @@ def _columns(events: list[ReferenceEvent]) -> dict[str, Any]:
     return out
 
 
-@router.post("/drift/reference", response_model=ReferenceOut, status_code=status.HTTP_201_CREATED)
-async def upload_reference(
-    request: Request, who: Annotated[Principal, Depends(require(ADMIN))], body: ReferenceIn
+async def _store(
+    request: Request,
+    who: Principal,
+    model_version_id: int,
+    confidences: Any,
+    labels: list[str],
+    columns: dict[str, Any],
 ) -> ReferenceOut:
-    """Build a reference profile from a batch of events and make it the model version's
-    active one (it replaces any earlier profile once the drift worker's next evaluation
-    picks it up). The version is a digest of the profile's content."""
-    row = await _owned(request, who, body.model_version_id)
+    row = await _owned(request, who, model_version_id)
     key = model_key(row["tenant_id"], row["name"], row["version"])
-    columns = _columns(body.events)
     try:
         # Off the event loop: 100,000 events take a few hundred milliseconds to profile.
-        profile = await asyncio.to_thread(
-            build_profile,
-            key,
-            [e.confidence for e in body.events],
-            [e.predicted_label for e in body.events],
-            columns,
-        )
+        profile = await asyncio.to_thread(build_profile, key, confidences, labels, columns)
     except ValueError as exc:
         raise _unprocessable(["body", "events"], str(exc)) from exc
+    as_dict = profile_to_dict(profile)
+    try:
+        document = json.dumps(as_dict, allow_nan=False)
+    except ValueError:
+        # A statistic overflowed (values near ±1.8e308): say which feature.
+        bad = [
+            name
+            for name, feature in as_dict.get("features", {}).items()
+            if not _finite_json(feature)
+        ]
+        raise _unprocessable(
+            ["body", "features", *(bad[:1] or ["?"])],
+            "values too large to profile (a statistic of them overflows); scale the feature",
+        ) from None
     created = await request.app.state.pool.fetchval(
         "INSERT INTO drift_references (tenant_id, model_version_id, version, n_samples, "
         "profile, api_key_id) VALUES ($1, $2, $3, $4, $5::jsonb, $6) RETURNING created_at",
         who.tenant,
-        body.model_version_id,
+        model_version_id,
         profile.version,
         profile.n_samples,
-        json.dumps(profile_to_dict(profile), allow_nan=False),
+        document,
         who.key_id,
     )
     return ReferenceOut(
-        model_version_id=body.model_version_id,
+        model_version_id=model_version_id,
         reference_version=profile.version,
         n_samples=profile.n_samples,
         features=list(profile.features),
@@ -161,9 +196,94 @@ async def upload_reference(
     )
 
 
+def _finite_json(value: Any) -> bool:
+    try:
+        json.dumps(value, allow_nan=False)
+    except ValueError:
+        return False
+    return True
+
+
+@router.post("/drift/reference", response_model=ReferenceOut, status_code=status.HTTP_201_CREATED)
+async def upload_reference(
+    request: Request, who: Annotated[Principal, Depends(require(ADMIN))], body: ReferenceIn
+) -> ReferenceOut:
+    """Build a reference profile from a batch of events and make it the model version's
+    active one (it replaces any earlier profile once the drift worker's next evaluation
+    picks it up). The version is a digest of the profile's content. Limited by
+    CALIBER_GATEWAY_MAX_BODY_BYTES; a large reference goes to ``/api/drift/reference/columns``."""
+    columns = _columns(body.events)
+    return await _store(
+        request,
+        who,
+        body.model_version_id,
+        [e.confidence for e in body.events],
+        [e.predicted_label for e in body.events],
+        columns,
+    )
+
+
+_COLUMNS_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": ReferenceColumnsIn.model_json_schema()}},
+    }
+}
+
+
+@router.post(
+    "/drift/reference/columns",
+    response_model=ReferenceOut,
+    status_code=status.HTTP_201_CREATED,
+    openapi_extra=_COLUMNS_BODY,
+)
+@large_body
+async def upload_reference_columns(
+    request: Request, who: Annotated[Principal, Depends(require(ADMIN))]
+) -> ReferenceOut:
+    """The same as ``POST /api/drift/reference``, for a reference sent as columns (up to
+    100,000 events, CALIBER_GATEWAY_MAX_REFERENCE_BYTES, default 64 MiB).
+
+    The body is validated straight from its bytes into the columns, and each column
+    becomes an array as soon as it is checked, so a reference costs the gateway about
+    three times its body size at the peak."""
+    try:
+        body = ReferenceColumnsIn.model_validate_json(await request.body())
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_context=False)
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
+    n = len(body.confidence)
+    if len(body.predicted_label) != n:
+        raise _unprocessable(
+            ["body", "predicted_label"], f"{len(body.predicted_label)} labels for {n} confidences"
+        )
+    columns: dict[str, Any] = {}
+    for name in list(body.features):
+        values = body.features.pop(name)
+        if len(values) != n:
+            raise _unprocessable(
+                ["body", "features", name], f"{len(values)} values for {n} confidences"
+            )
+        if name in (CONFIDENCE_KEY, LABEL_KEY):
+            raise _unprocessable(["body", "features", name], "reserved feature name")
+        columns[name] = _column(name, values)
+        del values
+    confidences = np.asarray(body.confidence, dtype=np.float64)
+    labels, model_version_id = body.predicted_label, body.model_version_id
+    del body
+    return await _store(request, who, model_version_id, confidences, labels, columns)
+
+
+def _column(name: str, values: list[Any]) -> Any:
+    """A numeric column as an array (NaN = missing), a categorical one as strings."""
+    if any(isinstance(v, str) for v in values):
+        return ["" if v is None else v for v in values]
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+
 @router.get("/drift/reference", response_model=ReferenceOut)
 async def active_reference(
-    request: Request, who: Annotated[Principal, Depends(require(READ))], model_version_id: int
+    request: Request, who: Annotated[Principal, Depends(require(READ))], model_version_id: QueryId
 ) -> ReferenceOut:
     """The profile the drift worker scores against now (built from the reference window,
     or uploaded); 404 while the model version's reference window is still filling."""
@@ -220,7 +340,7 @@ async def set_thresholds(
 
 @router.get("/drift")
 async def current_drift(
-    request: Request, who: Annotated[Principal, Depends(require(READ))], model_version_id: int
+    request: Request, who: Annotated[Principal, Depends(require(READ))], model_version_id: QueryId
 ) -> dict[str, Any]:
     """Current scores of every profiled feature, the confidence and the predicted-label mix
     over the sliding window: each method's score, the samples it used (trusted once at
@@ -249,10 +369,10 @@ async def current_drift(
 async def drift_alerts(
     request: Request,
     who: Annotated[Principal, Depends(require(READ))],
-    model_version_id: int | None = None,
+    model_version_id: OptionalQueryId = None,
     feature: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
 ) -> list[DriftAlertOut]:
     """Drift alerts and recoveries of the tenant's model versions, newest first."""
     rows = await request.app.state.pool.fetch(

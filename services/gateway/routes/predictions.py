@@ -15,7 +15,10 @@ from fastapi.responses import JSONResponse
 from services.gateway.auth import PRODUCE, READ, Principal, require
 from services.gateway.intake import Prepared, batch_messages, event_message, prepare
 from services.gateway.model_cache import ModelCache, ModelRef
+from services.gateway.ratelimit import retry_after
 from services.gateway.schemas import (
+    INT64_MAX,
+    INT64_MIN,
     BatchAccepted,
     PredictionAccepted,
     PredictionBatchIn,
@@ -25,8 +28,6 @@ from services.gateway.schemas import (
 
 router = APIRouter(prefix="/api", tags=["predictions"])
 
-_422 = {"description": "a field is missing, of the wrong type or out of range; `detail` names it"}
-_413 = {"description": "the body is larger than CALIBER_GATEWAY_MAX_BODY_BYTES"}
 _503 = {"description": "Kafka did not acknowledge the events; nothing was accepted"}
 
 
@@ -58,6 +59,14 @@ async def _accept(
     request: Request, who: Principal, events: Sequence[PredictionIn], batch: bool
 ) -> Prepared:
     state = request.app.state
+    wait = state.event_rate.take(who.key_id, len(events))
+    if wait:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            detail=f"{len(events)} events exceed this API key's event rate "
+            "(CALIBER_GATEWAY_RATE_EVENTS_PER_SECOND); retry after the given seconds",
+            headers={"Retry-After": retry_after(wait)},
+        )
     now_ms = int(time.time() * 1000)
     models = await _resolve(state.models, who.tenant, events)
     prepared = prepare(events, who.tenant, models, now_ms, batch)
@@ -83,7 +92,7 @@ async def _accept(
     "/predictions",
     response_model=PredictionAccepted,
     status_code=status.HTTP_202_ACCEPTED,
-    responses={413: _413, 422: _422, 503: _503},
+    responses={503: _503},
 )
 async def post_prediction(
     body: PredictionIn, request: Request, who: Annotated[Principal, Depends(require(PRODUCE))]
@@ -118,15 +127,30 @@ async def post_prediction(
     "/predictions/batch",
     response_model=BatchAccepted,
     status_code=status.HTTP_202_ACCEPTED,
-    responses={413: _413, 422: _422, 503: _503},
+    responses={503: _503},
 )
 async def post_batch(
     body: PredictionBatchIn, request: Request, who: Annotated[Principal, Depends(require(PRODUCE))]
 ) -> JSONResponse:
     """Many events in one request, published as columnar batches: all of them or none.
 
-    A 422 lists every faulty event, its ``loc`` holding the event's index.
+    One faulty event refuses the whole request with 422 before any event is accepted (none
+    is published); the 422 names the faulty events (the first 50; ``omitted`` counts the
+    rest), each ``loc`` holding the event's index. Resend the request without them.
     """
+    most = request.app.state.settings.gateway_max_request_events
+    if len(body.events) > most:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_ENTITY,
+            detail=[
+                {
+                    "loc": ["body", "events"],
+                    "msg": f"{len(body.events)} events in one request; at most {most} allowed "
+                    "(CALIBER_GATEWAY_MAX_REQUEST_EVENTS)",
+                    "type": "too_large",
+                }
+            ],
+        )
     prepared = await _accept(request, who, body.events, batch=True)
     predictions = [
         {
@@ -182,12 +206,12 @@ def prediction_out(r: Any) -> PredictionOut:
 async def list_predictions(
     request: Request,
     who: Annotated[Principal, Depends(require(READ))],
-    model_version_id: int | None = None,
+    model_version_id: Annotated[int | None, Query(ge=INT64_MIN, le=INT64_MAX)] = None,
     status_: Annotated[
         Literal["pending", "auto", "review", "resolved"] | None, Query(alias="status")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
 ) -> list[PredictionOut]:
     """Recorded predictions of this tenant, newest first; filter by model and status."""
     rows = await request.app.state.pool.fetch(
