@@ -18,6 +18,7 @@ The route then reads the buffered body. Per request the gateway holds the body o
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Iterator, Sequence
@@ -41,6 +42,7 @@ LARGE_BODY = "caliber_large_body"
 _DRAIN_BYTES = 1 << 20
 """How much of an oversized body is read and dropped before 413, so the client, still
 sending, gets to read the answer instead of a reset connection."""
+_DRAIN_SECONDS = 0.5
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 F = TypeVar("F")
 
@@ -250,8 +252,13 @@ def _is_json(scope: Scope) -> bool:
 
 
 async def _drain(receive: Receive, message: Message, budget: int) -> None:
+    """Read and drop what the client is still sending: at most ``budget`` bytes, and only
+    while it keeps sending (a stalled client gets its answer after ``_DRAIN_SECONDS``)."""
     while message.get("more_body", False) and budget > 0:
-        message = await receive()
+        try:
+            message = await asyncio.wait_for(receive(), _DRAIN_SECONDS)
+        except TimeoutError:
+            return
         if message["type"] != "http.request":
             return
         budget -= len(message.get("body", b""))

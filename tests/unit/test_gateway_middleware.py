@@ -8,8 +8,8 @@ import httpx
 from fastapi import FastAPI, Request
 from prometheus_client import CollectorRegistry
 
-from services.gateway.metrics import GatewayMetrics
 from services.gateway.edge import Edge
+from services.gateway.metrics import GatewayMetrics
 from services.gateway.middleware import RequestMetrics
 from services.gateway.settings import GatewaySettings
 
