@@ -133,11 +133,11 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(OverflowError)
     @app.exception_handler(asyncpg.DataError)
     async def out_of_range(request: Request, exc: Exception) -> Response:
-        # A value the request models let through but PostgreSQL cannot hold (a safety
-        # net: the models bound integers to int64 and strings to the limits).
+        # A value the request models let through but PostgreSQL cannot hold, a NUL in a
+        # name say (a safety net: the models bound integers to int64).
         logger.warning("%s %s: %s", request.method, request.url.path, type(exc).__name__)
         return ErrorResponse(
-            [{"loc": ["body"], "msg": f"a value is out of range: {exc}", "type": "out_of_range"}],
+            [{"loc": ["body"], "msg": f"a value cannot be stored: {exc}", "type": "out_of_range"}],
             422,
         )
 
