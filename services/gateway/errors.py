@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
 import asyncpg
@@ -27,6 +28,7 @@ MAX_MESSAGE = 300
 MAX_EXCERPT = 40
 MAX_LOC = 8
 MAX_ERROR_BYTES = 64 * 1024
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class FieldError(BaseModel):
@@ -54,7 +56,7 @@ def clean(text: str, limit: int) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+        text = _SURROGATE.sub("\ufffd", text)
     return text
 
 
