@@ -244,9 +244,9 @@ async def upload_reference_columns(
     """The same as ``POST /api/drift/reference``, for a reference sent as columns (up to
     100,000 events, CALIBER_GATEWAY_MAX_REFERENCE_BYTES, default 64 MiB).
 
-    The body is validated straight from its bytes into the columns, and each column
-    becomes an array as soon as it is checked, so a reference costs the gateway about
-    three times its body size at the peak."""
+    The body is validated straight from its bytes into the columns (no intermediate JSON
+    objects), and each column becomes an array as soon as it is checked; a reference costs
+    the gateway at most about 12 times its body at the peak (measured 9.4 times)."""
     try:
         body = ReferenceColumnsIn.model_validate_json(await request.body())
     except ValidationError as exc:
