@@ -24,10 +24,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from services.gateway import errors
 from services.gateway.auth import ANY, Principal, require
+from services.gateway.edge import Edge
 from services.gateway.fanout import follow
+from services.gateway.logs import install_redaction, uvicorn_log_config
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.middleware import BodyLimit, RequestMetrics
+from services.gateway.middleware import RequestMetrics
+from services.gateway.openapi_errors import document_errors
 from services.gateway.outbox import Relay
 from services.gateway.routes import (
     calibration,
@@ -141,12 +145,14 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         version=api_version(),
         description="Calibration, selective prediction and drift of models in production. "
         "Every endpoint but /health and these docs needs an API key: header `X-API-Key` or "
-        "`Authorization: Bearer`.",
+        "`Authorization: Bearer` (the `?api_key=` query form is accepted on /ws/live only). "
+        'Every error answer is JSON of one shape, `{"detail": ...}`, bounded in size.',
         lifespan=lifespan,
     )
     for module in ROUTERS:
         app.include_router(module.router)
     console.mount(app)
+    errors.install(app)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -163,11 +169,10 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     @app.exception_handler(aioredis.ConnectionError)
     @app.exception_handler(OSError)
     @app.exception_handler(TimeoutError)
-    async def unavailable(request: Request, exc: Exception) -> JSONResponse:
+    async def unavailable(request: Request, exc: Exception) -> Response:
         logger.warning("%s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
-        return JSONResponse(
-            {"detail": f"a dependency is unavailable ({type(exc).__name__}); try again shortly"},
-            status_code=503,
+        return errors.ErrorResponse(
+            f"a dependency is unavailable ({type(exc).__name__}); try again shortly", 503
         )
 
     async def metrics_text(request: Request) -> Response:
@@ -191,8 +196,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         ) -> Response:
             return await metrics_text(request)
 
-    app.add_middleware(BodyLimit, limit=settings.gateway_max_body_bytes)
-    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: counts 413s too
+    document_errors(app)
+    app.add_middleware(Edge, settings=settings)
+    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: counts 401/413/429 too
     return app
 
 
@@ -200,11 +206,13 @@ def main() -> None:
     settings = GatewaySettings()
     configure_logging(settings.log_level)
     refuse_mixed_stores(settings, "gateway")
+    install_redaction()
     uvicorn.run(
         create_app(settings),
         host=settings.gateway_host,
         port=settings.gateway_port,
         log_level=settings.log_level.lower(),
+        log_config=uvicorn_log_config(),
         access_log=settings.log_level.upper() == "DEBUG",
         ws_max_size=1 << 20,
     )

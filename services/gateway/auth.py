@@ -99,15 +99,20 @@ async def _insert_key(
     return row
 
 
-def presented_key(headers: Mapping[str, str], query: Mapping[str, str]) -> str | None:
-    """The key a request carries: ``X-API-Key``, ``Authorization: Bearer`` or ``?api_key=``."""
+def presented_key(headers: Mapping[str, str]) -> str | None:
+    """The key a request carries in ``X-API-Key`` or ``Authorization: Bearer``.
+
+    Never the query string on REST: a URL lands in access logs, proxies and browser
+    history. Only ``/ws/live`` (browsers cannot set a WebSocket's headers) also reads
+    ``?api_key=``, see :func:`websocket_principal`.
+    """
     key = headers.get("x-api-key")
     if key:
         return key.strip()
     auth = headers.get("authorization", "")
     if auth[:7].lower() == "bearer ":
-        return auth[7:].strip()
-    return query.get("api_key") or None
+        return auth[7:].strip() or None
+    return None
 
 
 class KeyStore:
@@ -144,24 +149,34 @@ class KeyStore:
         self._cache.clear()
 
 
+def unauthorized_detail() -> str:
+    return "a valid API key is required (header X-API-Key or Authorization: Bearer)"
+
+
 def _unauthorized() -> HTTPException:
     return HTTPException(
         status.HTTP_401_UNAUTHORIZED,
-        detail="a valid API key is required (header X-API-Key or Authorization: Bearer)",
+        detail=unauthorized_detail(),
         headers={"WWW-Authenticate": "Bearer"},
     )
 
 
 def require(allowed: frozenset[str]) -> Callable[[Request], Awaitable[Principal]]:
-    """A dependency: the caller's key must be valid and hold one of ``allowed``."""
+    """A dependency: the caller's key must be valid and hold one of ``allowed``.
+
+    The gateway's edge checks the key before the body is read and leaves the principal in
+    the request state; the lookup here serves an app run without that edge.
+    """
 
     async def dependency(
         request: Request,
         _header: Annotated[str | None, Security(_HEADER)] = None,
         _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)] = None,
     ) -> Principal:
-        keys: KeyStore = request.app.state.gateway.keys
-        principal = await keys.lookup(presented_key(request.headers, request.query_params))
+        principal: Principal | None = getattr(request.state, "caliber_principal", None)
+        if principal is None:
+            keys: KeyStore = request.app.state.gateway.keys
+            principal = await keys.lookup(presented_key(request.headers))
         if principal is None:
             raise _unauthorized()
         if not principal.roles & allowed:
@@ -172,12 +187,15 @@ def require(allowed: frozenset[str]) -> Callable[[Request], Awaitable[Principal]
             )
         return principal
 
+    dependency.caliber_roles = allowed  # type: ignore[attr-defined]
     return dependency
 
 
 async def websocket_principal(ws: WebSocket, allowed: frozenset[str]) -> Principal | None:
+    """The caller of ``/ws/live``: a key in the headers or, there only, ``?api_key=``."""
     keys: KeyStore = ws.app.state.gateway.keys
-    principal = await keys.lookup(presented_key(ws.headers, ws.query_params))
+    key = presented_key(ws.headers) or ws.query_params.get("api_key") or None
+    principal = await keys.lookup(key)
     if principal is None or not principal.roles & allowed:
         return None
     return principal

@@ -4,12 +4,41 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from shared.contracts.validation import DEFAULT_LIMITS
 from shared.settings import GatewayAddress
 
 
 class GatewaySettings(GatewayAddress):
     gateway_max_body_bytes: int = Field(
         default=4 * 1024 * 1024, ge=1024, description="largest request body the gateway accepts"
+    )
+    gateway_max_reference_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="largest body of a drift-reference upload (100,000 events of 20 features "
+        "in columnar JSON take about 40 MB)",
+    )
+    gateway_max_request_events: int = Field(
+        default=DEFAULT_LIMITS.max_batch_events,
+        ge=1,
+        description="most events one POST /api/predictions/batch may carry",
+    )
+    gateway_rate_requests_per_second: float = Field(
+        default=0.0,
+        ge=0,
+        description="requests a second one API key may make to this gateway process (0: no "
+        "limit); beyond it 429 with Retry-After",
+    )
+    gateway_rate_events_per_second: float = Field(
+        default=0.0,
+        ge=0,
+        description="events a second one API key may post to this gateway process (0: no "
+        "limit); beyond it 429 with Retry-After",
+    )
+    gateway_rate_burst_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="a key's bucket holds this many seconds of its rate, so short bursts pass",
     )
     gateway_ws_queue: int = Field(
         default=1_000, ge=1, description="events a slow WebSocket client may fall behind by"

@@ -26,7 +26,7 @@ def test_numbers_and_categories_with_missing_values() -> None:
     [
         ([{"x": 1.0}, {"x": "a"}], "mixes numbers and categories"),
         ([{"__confidence__": 1.0}], "reserved feature name"),
-        ([{f"f{i}": 1.0 for i in range(MAX_FEATURES + 1)}], f"at most {MAX_FEATURES}"),
+        ([{f"f{i}": 1.0 for i in range(MAX_FEATURES)}, {"g": 1.0}], f"at most {MAX_FEATURES}"),
     ],
 )
 def test_bad_columns_are_422_naming_the_feature(

@@ -52,7 +52,41 @@ async def test_metrics_are_guarded_unless_opened(open_metrics: bool, status: int
         assert "caliber_gateway_requests_total" in r.text
 
 
-async def test_oversized_body_is_refused_before_anything_else() -> None:
+async def test_the_key_is_checked_before_the_body_is_read() -> None:
     async with app_without_servers(gateway_max_body_bytes=2048) as client:
         r = await client.post("/api/predictions/batch", content=b"{" + b" " * 4096 + b"}")
+        assert r.status_code == 401 and r.json()["detail"].startswith("a valid API key")
+        # On a route that needs no key, the same body meets the limit.
+        r = await client.post("/health", content=b"{" + b" " * 4096 + b"}")
     assert r.status_code == 413 and "2048 bytes" in r.text
+
+
+async def test_a_key_in_the_query_string_is_not_accepted_on_rest() -> None:
+    async with app_without_servers() as client:
+        r = await client.get("/api/me", params={"api_key": "clb_anything"})
+    assert r.status_code == 401
+
+
+def test_every_operation_documents_its_errors_with_one_shape() -> None:
+    spec = create_app(GatewaySettings()).openapi()
+    ops = {
+        (m.upper(), p): op
+        for p, methods in spec["paths"].items()
+        for m, op in methods.items()
+        if p != "/health"
+    }
+    for (method, path), op in ops.items():
+        codes = set(op["responses"])
+        assert {"401", "403", "429", "503"} <= codes, (method, path, codes)
+        if "requestBody" in op:
+            assert {"400", "413", "422"} <= codes, (method, path, codes)
+        if "{" in path:
+            assert "404" in codes, (method, path, codes)
+        for code, answer in op["responses"].items():
+            if int(code) >= 400:
+                ref = answer["content"]["application/json"]["schema"]["$ref"]
+                assert ref == "#/components/schemas/ErrorOut", (method, path, code)
+        assert "Retry-After" in op["responses"]["429"]["headers"]
+    assert "404" in ops[("GET", "/api/calibration")]["responses"]
+    assert "404" not in ops[("GET", "/api/predictions")]["responses"]
+    assert "409" in ops[("POST", "/api/models")]["responses"]

@@ -93,7 +93,9 @@ def test_batch_faults_carry_the_event_index_in_order() -> None:
         event(confidence=-0.1),
         event(),
         event(probabilities={"yes": 0.9, "no": 0.3}),
-        event(features={"x": float("inf")}),
+        # Only what the request models let through reaches intake (which refuses infinity
+        # for the Kafka path too): build it without them.
+        event().model_copy(update={"features": {"x": float("inf")}}),
     ]
     details = faults(events, batch=True)
     assert [d["loc"] for d in details] == [

@@ -1,4 +1,4 @@
-"""The body limit and the request metrics, on small ASGI apps."""
+"""The edge's body limit and text checks, and the request metrics, on small ASGI apps."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import httpx
 from fastapi import FastAPI, Request
 from prometheus_client import CollectorRegistry
 
+from services.gateway.edge import Edge
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.middleware import BodyLimit, RequestMetrics
+from services.gateway.middleware import RequestMetrics
+from services.gateway.settings import GatewaySettings
 
 
 def echo_app(limit: int) -> FastAPI:
@@ -19,7 +21,7 @@ def echo_app(limit: int) -> FastAPI:
     async def echo(request: Request) -> dict[str, int]:
         return {"received": len(await request.body())}
 
-    app.add_middleware(BodyLimit, limit=limit)
+    app.add_middleware(Edge, settings=GatewaySettings(gateway_max_body_bytes=limit))
     return app
 
 
@@ -46,6 +48,16 @@ async def test_streamed_body_over_the_limit_is_413() -> None:
 async def test_body_at_the_limit_passes_whole() -> None:
     r = await post(echo_app(1024), b"z" * 1024)
     assert r.status_code == 200 and r.json() == {"received": 1024}
+
+
+async def test_body_that_is_not_utf8_is_400_and_a_lone_surrogate_422() -> None:
+    not_utf8 = await post(echo_app(1024), b'{"a": "\xff"}')
+    assert not_utf8.status_code == 400 and not_utf8.json()["detail"][0]["type"] == "invalid_utf8"
+    lone = await post(echo_app(1024), b'{"a": ["ok", "\\ud83d"]}')
+    assert lone.status_code == 422
+    assert lone.json()["detail"][0]["loc"] == ["body", "a", 1]
+    pair = await post(echo_app(1024), b'{"a": "\\ud83d\\ude00", "b": "\\\\ud800"}')
+    assert pair.status_code == 200, pair.text
 
 
 async def test_requests_are_counted_by_route_template() -> None:

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 
 from services.gateway.auth import READ, Principal, require
-from services.gateway.schemas import Bin, CalibrationOut, PointOut, RiskCoverageOut
+from services.gateway.schemas import Bin, CalibrationOut, PointOut, QueryId, RiskCoverageOut
 from services.gateway.state import state_of
 from shared.contracts.batches import model_key
 from shared.windows.calibration import WindowReader
@@ -34,7 +34,7 @@ def _reader(request: Request) -> WindowReader:
 async def calibration(
     request: Request,
     who: Annotated[Principal, Depends(require(READ))],
-    model_version_id: int,
+    model_version_id: QueryId,
     window: Annotated[Window, Query()] = "24h",
 ) -> CalibrationOut:
     """ECE, MCE, Brier, NLL, classwise ECE and the reliability bins of labeled predictions."""
@@ -69,7 +69,7 @@ async def calibration(
 async def risk_coverage(
     request: Request,
     who: Annotated[Principal, Depends(require(READ))],
-    model_version_id: int,
+    model_version_id: QueryId,
     window: Annotated[Window, Query()] = "24h",
 ) -> RiskCoverageOut:
     """The risk–coverage curve (one point per distinct confidence), AURC and E-AURC."""
@@ -90,7 +90,7 @@ async def risk_coverage(
 async def timeseries(
     request: Request,
     who: Annotated[Principal, Depends(require(READ))],
-    model_version_id: int,
+    model_version_id: QueryId,
     window: Annotated[Window, Query()] = "1h",
 ) -> dict[str, object]:
     """ECE, Brier, accuracy, coverage and review rate per bucket of the window."""

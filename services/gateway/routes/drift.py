@@ -19,10 +19,17 @@ from typing import Annotated, Any
 import asyncpg
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
 from services.gateway.auth import ADMIN, READ, Principal, require
+from services.gateway.edge import large_body
 from services.gateway.schemas import (
+    INT64_MAX,
     DriftAlertOut,
+    OptionalQueryId,
+    QueryId,
+    ReferenceColumnsIn,
     ReferenceEvent,
     ReferenceIn,
     ReferenceOut,
@@ -82,39 +89,47 @@ def _columns(events: list[ReferenceEvent]) -> dict[str, Any]:
     return out
 
 
-@router.post("/drift/reference", response_model=ReferenceOut, status_code=status.HTTP_201_CREATED)
-async def upload_reference(
-    request: Request, who: Annotated[Principal, Depends(require(ADMIN))], body: ReferenceIn
+async def _store(
+    request: Request,
+    who: Principal,
+    model_version_id: int,
+    confidences: Any,
+    labels: list[str],
+    columns: dict[str, Any],
 ) -> ReferenceOut:
-    """Build a reference profile from a batch of events and make it the model version's
-    active one (it replaces any earlier profile once the drift worker's next evaluation
-    picks it up). The version is a digest of the profile's content."""
-    row = await _owned(request, who, body.model_version_id)
+    row = await _owned(request, who, model_version_id)
     key = model_key(row["tenant_id"], row["name"], row["version"])
-    columns = _columns(body.events)
     try:
         # Off the event loop: 100,000 events take a few hundred milliseconds to profile.
-        profile = await asyncio.to_thread(
-            build_profile,
-            key,
-            [e.confidence for e in body.events],
-            [e.predicted_label for e in body.events],
-            columns,
-        )
+        profile = await asyncio.to_thread(build_profile, key, confidences, labels, columns)
     except ValueError as exc:
         raise _unprocessable(["body", "events"], str(exc)) from exc
+    as_dict = profile_to_dict(profile)
+    try:
+        document = json.dumps(as_dict, allow_nan=False)
+    except ValueError:
+        # A statistic overflowed (values near ±1.8e308): say which feature.
+        bad = [
+            name
+            for name, feature in as_dict.get("features", {}).items()
+            if not _finite_json(feature)
+        ]
+        raise _unprocessable(
+            ["body", "features", *(bad[:1] or ["?"])],
+            "values too large to profile (a statistic of them overflows); scale the feature",
+        ) from None
     created = await state_of(request).pool.fetchval(
         "INSERT INTO drift_references (tenant_id, model_version_id, version, n_samples, "
         "profile, api_key_id) VALUES ($1, $2, $3, $4, $5::jsonb, $6) RETURNING created_at",
         who.tenant,
-        body.model_version_id,
+        model_version_id,
         profile.version,
         profile.n_samples,
-        json.dumps(profile_to_dict(profile), allow_nan=False),
+        document,
         who.key_id,
     )
     return ReferenceOut(
-        model_version_id=body.model_version_id,
+        model_version_id=model_version_id,
         reference_version=profile.version,
         n_samples=profile.n_samples,
         features=list(profile.features),
@@ -122,9 +137,94 @@ async def upload_reference(
     )
 
 
+def _finite_json(value: Any) -> bool:
+    try:
+        json.dumps(value, allow_nan=False)
+    except ValueError:
+        return False
+    return True
+
+
+@router.post("/drift/reference", response_model=ReferenceOut, status_code=status.HTTP_201_CREATED)
+async def upload_reference(
+    request: Request, who: Annotated[Principal, Depends(require(ADMIN))], body: ReferenceIn
+) -> ReferenceOut:
+    """Build a reference profile from a batch of events and make it the model version's
+    active one (it replaces any earlier profile once the drift worker's next evaluation
+    picks it up). The version is a digest of the profile's content. Limited by
+    CALIBER_GATEWAY_MAX_BODY_BYTES; a large reference goes to ``/api/drift/reference/columns``."""
+    columns = _columns(body.events)
+    return await _store(
+        request,
+        who,
+        body.model_version_id,
+        [e.confidence for e in body.events],
+        [e.predicted_label for e in body.events],
+        columns,
+    )
+
+
+_COLUMNS_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": ReferenceColumnsIn.model_json_schema()}},
+    }
+}
+
+
+@router.post(
+    "/drift/reference/columns",
+    response_model=ReferenceOut,
+    status_code=status.HTTP_201_CREATED,
+    openapi_extra=_COLUMNS_BODY,
+)
+@large_body
+async def upload_reference_columns(
+    request: Request, who: Annotated[Principal, Depends(require(ADMIN))]
+) -> ReferenceOut:
+    """The same as ``POST /api/drift/reference``, for a reference sent as columns (up to
+    100,000 events, CALIBER_GATEWAY_MAX_REFERENCE_BYTES, default 64 MiB).
+
+    The body is validated straight from its bytes into the columns (no intermediate JSON
+    objects), and each column becomes an array as soon as it is checked; a reference costs
+    the gateway at most about 12 times its body at the peak (measured 9.4 times)."""
+    try:
+        body = ReferenceColumnsIn.model_validate_json(await request.body())
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_context=False)
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
+    n = len(body.confidence)
+    if len(body.predicted_label) != n:
+        raise _unprocessable(
+            ["body", "predicted_label"], f"{len(body.predicted_label)} labels for {n} confidences"
+        )
+    columns: dict[str, Any] = {}
+    for name in list(body.features):
+        values = body.features.pop(name)
+        if len(values) != n:
+            raise _unprocessable(
+                ["body", "features", name], f"{len(values)} values for {n} confidences"
+            )
+        if name in (CONFIDENCE_KEY, LABEL_KEY):
+            raise _unprocessable(["body", "features", name], "reserved feature name")
+        columns[name] = _column(name, values)
+        del values
+    confidences = np.asarray(body.confidence, dtype=np.float64)
+    labels, model_version_id = body.predicted_label, body.model_version_id
+    del body
+    return await _store(request, who, model_version_id, confidences, labels, columns)
+
+
+def _column(name: str, values: list[Any]) -> Any:
+    """A numeric column as an array (NaN = missing), a categorical one as strings."""
+    if any(isinstance(v, str) for v in values):
+        return ["" if v is None else v for v in values]
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+
 @router.get("/drift/reference", response_model=ReferenceOut)
 async def active_reference(
-    request: Request, who: Annotated[Principal, Depends(require(READ))], model_version_id: int
+    request: Request, who: Annotated[Principal, Depends(require(READ))], model_version_id: QueryId
 ) -> ReferenceOut:
     """The profile the drift worker scores against now (built from the reference window,
     or uploaded); 404 while the model version's reference window is still filling."""
@@ -181,7 +281,7 @@ async def set_thresholds(
 
 @router.get("/drift")
 async def current_drift(
-    request: Request, who: Annotated[Principal, Depends(require(READ))], model_version_id: int
+    request: Request, who: Annotated[Principal, Depends(require(READ))], model_version_id: QueryId
 ) -> dict[str, Any]:
     """Current scores of every profiled feature, the confidence and the predicted-label mix
     over the sliding window: each method's score, the samples it used (trusted once at
@@ -210,10 +310,10 @@ async def current_drift(
 async def drift_alerts(
     request: Request,
     who: Annotated[Principal, Depends(require(READ))],
-    model_version_id: int | None = None,
+    model_version_id: OptionalQueryId = None,
     feature: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
 ) -> list[DriftAlertOut]:
     """Drift alerts and recoveries of the tenant's model versions, newest first."""
     rows = await state_of(request).pool.fetch(

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 
 from services.gateway.auth import ADMIN, ANY, Principal, create_key_row, require
-from services.gateway.schemas import KeyCreated, KeyIn, KeyOut, Me
+from services.gateway.schemas import KeyCreated, KeyIn, KeyOut, Me, PathId
 from services.gateway.state import state_of
 
 router = APIRouter(prefix="/api", tags=["auth"])
@@ -60,7 +60,7 @@ async def create(
 
 @router.delete("/keys/{key_id}", status_code=status.HTTP_204_NO_CONTENT, responses={404: {}})
 async def revoke(
-    key_id: int, request: Request, who: Annotated[Principal, Depends(require(ADMIN))]
+    key_id: PathId, request: Request, who: Annotated[Principal, Depends(require(ADMIN))]
 ) -> None:
     """Revoke a key of this tenant (other instances stop accepting it within seconds)."""
     done = await state_of(request).pool.fetchval(

@@ -1,7 +1,8 @@
 """``WS /ws/live``: decisions, review resolutions, alerts and metric snapshots as they happen.
 
-Authenticated like the REST API (``?api_key=``, ``X-API-Key`` or ``Authorization: Bearer``;
-any reading role). ``?model_version_id=`` keeps one model version's events. Each message
+Authenticated by ``X-API-Key`` or ``Authorization: Bearer`` like the REST API or, here only
+(browsers cannot set a WebSocket's headers), ``?api_key=``, which the gateway's log lines
+redact; any reading role. ``?model_version_id=`` keeps one model version's events. Each message
 is one JSON object with a ``type``: ``decision``, ``review``, ``alert`` or ``metrics``.
 A client that falls ``CALIBER_GATEWAY_WS_QUEUE`` events behind is closed with code 1008.
 """

@@ -20,7 +20,10 @@ from services.gateway.intake import (
     prepare,
 )
 from services.gateway.model_cache import ModelCache, ModelRef
+from services.gateway.ratelimit import retry_after
 from services.gateway.schemas import (
+    INT64_MAX,
+    INT64_MIN,
     BatchAccepted,
     PredictionAccepted,
     PredictionBatchIn,
@@ -33,8 +36,6 @@ from shared.runtime import clock
 
 router = APIRouter(prefix="/api", tags=["predictions"])
 
-_422 = {"description": "a field is missing, of the wrong type or out of range; `detail` names it"}
-_413 = {"description": "the body is larger than CALIBER_GATEWAY_MAX_BODY_BYTES"}
 _503 = {"description": "Kafka did not acknowledge the events; nothing was accepted"}
 
 
@@ -69,6 +70,14 @@ async def _accept(
     request: Request, who: Principal, events: Sequence[PredictionIn], batch: bool
 ) -> Prepared:
     state = state_of(request)
+    wait = state.event_rate.take(who.key_id, len(events))
+    if wait:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            detail=f"{len(events)} events exceed this API key's event rate "
+            "(CALIBER_GATEWAY_RATE_EVENTS_PER_SECOND); retry after the given seconds",
+            headers={"Retry-After": retry_after(wait)},
+        )
     now_ms = clock.now_ms()
     limits = Limits.from_settings(state.settings)
     models = await _resolve(state.models, who.tenant, events, limits)
@@ -95,7 +104,7 @@ async def _accept(
     "/predictions",
     response_model=PredictionAccepted,
     status_code=status.HTTP_202_ACCEPTED,
-    responses={413: _413, 422: _422, 503: _503},
+    responses={503: _503},
 )
 async def post_prediction(
     body: PredictionIn, request: Request, who: Annotated[Principal, Depends(require(PRODUCE))]
@@ -130,7 +139,7 @@ async def post_prediction(
     "/predictions/batch",
     response_model=BatchAccepted,
     status_code=status.HTTP_202_ACCEPTED,
-    responses={413: _413, 422: _422, 503: _503},
+    responses={503: _503},
 )
 async def post_batch(
     body: PredictionBatchIn, request: Request, who: Annotated[Principal, Depends(require(PRODUCE))]
@@ -140,9 +149,23 @@ async def post_batch(
     Semantics: the request is one verdict. If any event breaks a limit or a rule, the whole
     request is refused with 422 *before anything is published*, so none of its events is
     accepted (the good ones are not lost: resend them without the faulty ones); a 202 means
-    every event was accepted and will be recorded. A 422 lists every faulty event, its
-    ``loc`` holding the event's index and its ``type`` the stable error code.
+    every event was accepted and will be recorded. A 422 names the faulty events (the first
+    50; ``omitted`` counts the rest), each ``loc`` holding the event's index and its ``type``
+    the stable error code.
     """
+    most = state_of(request).settings.gateway_max_request_events
+    if len(body.events) > most:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_ENTITY,
+            detail=[
+                {
+                    "loc": ["body", "events"],
+                    "msg": f"{len(body.events)} events in one request; at most {most} allowed "
+                    "(CALIBER_GATEWAY_MAX_REQUEST_EVENTS)",
+                    "type": "too_large",
+                }
+            ],
+        )
     prepared = await _accept(request, who, body.events, batch=True)
     predictions = [
         {
@@ -202,12 +225,12 @@ def prediction_out(r: Any) -> PredictionOut:
 async def list_predictions(
     request: Request,
     who: Annotated[Principal, Depends(require(READ))],
-    model_version_id: int | None = None,
+    model_version_id: Annotated[int | None, Query(ge=INT64_MIN, le=INT64_MAX)] = None,
     status_: Annotated[
         Literal["pending", "auto", "review", "resolved"] | None, Query(alias="status")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
 ) -> list[PredictionOut]:
     """Recorded predictions of this tenant, newest first; filter by model and status."""
     rows = await state_of(request).pool.fetch(

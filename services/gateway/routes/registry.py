@@ -20,6 +20,7 @@ from services.gateway.schemas import (
     ModelPatch,
     ModelVersionIn,
     ModelVersionOut,
+    PathId,
     StageChange,
 )
 from services.gateway.state import state_of
@@ -153,7 +154,7 @@ async def register(
 
 @router.get("/{model_id}", response_model=ModelVersionOut, responses=_404)
 async def get_model(
-    model_id: int, request: Request, who: Annotated[Principal, Depends(require(READ))]
+    model_id: PathId, request: Request, who: Annotated[Principal, Depends(require(READ))]
 ) -> ModelVersionOut:
     async with state_of(request).pool.acquire() as conn:
         return to_out(await _owned(conn, who.tenant, model_id))
@@ -161,7 +162,7 @@ async def get_model(
 
 @router.post("/{model_id}/stage", response_model=ModelVersionOut, responses=_404)
 async def change_stage(
-    model_id: int,
+    model_id: PathId,
     body: StageChange,
     request: Request,
     who: Annotated[Principal, Depends(require(ADMIN))],
@@ -185,7 +186,7 @@ async def change_stage(
 
 @router.patch("/{model_id}", response_model=ModelVersionOut, responses=_404)
 async def change_threshold(
-    model_id: int,
+    model_id: PathId,
     body: ModelPatch,
     request: Request,
     who: Annotated[Principal, Depends(require(ADMIN))],
@@ -220,7 +221,7 @@ _COLUMNS = ", ".join(f"m.{c.strip()}" for c in REGISTRY_COLUMNS.split(","))
 
 @router.get("/{model_id}/lineage", response_model=Lineage, responses=_404)
 async def lineage(
-    model_id: int, request: Request, who: Annotated[Principal, Depends(require(READ))]
+    model_id: PathId, request: Request, who: Annotated[Principal, Depends(require(READ))]
 ) -> Lineage:
     """Ancestors (parent, grandparent, ...) and descendants (children, grandchildren, ...)."""
     async with state_of(request).pool.acquire() as conn:

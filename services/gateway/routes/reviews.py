@@ -11,7 +11,13 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from services.gateway.auth import READ, REVIEW, Principal, require
 from services.gateway.outbox import enqueue
 from services.gateway.routes.predictions import PREDICTION_COLUMNS, prediction_out
-from services.gateway.schemas import PredictionOut, ResolutionIn, ResolutionOut
+from services.gateway.schemas import (
+    INT64_MAX,
+    OptionalQueryId,
+    PredictionOut,
+    ResolutionIn,
+    ResolutionOut,
+)
 from services.gateway.state import state_of
 from shared.contracts.batches import model_key
 
@@ -29,9 +35,9 @@ _UNRESOLVED = (
 async def review_queue(
     request: Request,
     who: Annotated[Principal, Depends(require(READ))],
-    model_version_id: int | None = None,
+    model_version_id: OptionalQueryId = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
 ) -> list[PredictionOut]:
     """Withheld predictions awaiting a human, oldest first.
 
