@@ -39,6 +39,7 @@ from tooling.benchmarking import (
     bench_settings,
     cpu_seconds,
     histogram_quantile,
+    join_identity,
     peak_rss_mb,
     scratch_database,
     start_service,
@@ -167,6 +168,7 @@ def _free_port() -> int:
 
 def _run(base_settings: Settings, rate: float, seconds: float, outcomes: int, port: int) -> None:
     with scratch_database(base_settings, prefix="caliber_benchrouter") as settings:
+        join_identity(settings)  # its own Redis and database join the namespace's stack
         keys = RouteKeys(settings.redis_prefix)
         r = redis.Redis.from_url(settings.redis_dsn)
         for _ in range(100):
