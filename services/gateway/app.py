@@ -9,19 +9,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
-from typing import Annotated, Any
+from typing import Annotated
 
 import asyncpg
 import redis.asyncio as aioredis
 import uvicorn
 from fastapi import Depends, FastAPI, Request, Response
-from fastapi.encoders import jsonable_encoder
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from services.gateway import errors
@@ -90,16 +86,6 @@ async def _keep_running(name: str, run: Callable[[], Awaitable[None]], stop: asy
                 await asyncio.wait_for(stop.wait(), RESTART_SECONDS)
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
-
-
 def create_app(settings: GatewaySettings) -> FastAPI:
     registry_ = CollectorRegistry()
     metrics = GatewayMetrics(registry_)
@@ -153,16 +139,6 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         app.include_router(module.router)
     console.mount(app)
     errors.install(app)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        # FastAPI's own handler echoes each offending input, and a NaN or an infinity in a
-        # JSON body (Python's parser takes them) cannot be rendered back: a 500 instead of
-        # the 422 naming the field. Non-finite inputs are echoed as strings.
-        return JSONResponse(
-            {"detail": _finite(jsonable_encoder(exc.errors()))},
-            status_code=422,
-        )
 
     @app.exception_handler(asyncpg.PostgresConnectionError)
     @app.exception_handler(asyncpg.InterfaceError)

@@ -34,6 +34,7 @@ from services.gateway.auth import KeyStore, presented_key, unauthorized_detail
 from services.gateway.errors import ErrorResponse
 from services.gateway.ratelimit import TokenBuckets, retry_after
 from services.gateway.settings import GatewaySettings
+from shared.contracts.errors import ErrorCode
 
 PRINCIPAL = "caliber_principal"
 """Key of the caller's principal in the request state."""
@@ -130,7 +131,7 @@ def text_fault(body: bytes) -> tuple[int, list[dict[str, Any]]] | None:
             "loc": where,
             "msg": "a string holds a lone surrogate (a \\ud800-\\udfff escape not part of a "
             "pair); no store can hold it, so it is refused",
-            "type": "lone_surrogate",
+            "type": ErrorCode.STRING_SURROGATE.value,
         }
     ]
 

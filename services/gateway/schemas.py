@@ -40,12 +40,19 @@ class StrictIn(BaseModel):
 
 
 class PredictionIn(StrictIn):
-    """One inference event. Name the model by ``model_version_id`` (or name + version)."""
+    """One inference event. Name the model by ``model_version_id`` (or name + version).
+
+    Types are strict here; ranges, lengths and finiteness are the shared limits' to judge
+    (``shared/contracts/validation.py``), so REST and Kafka refuse the same event with the
+    same stable code (``confidence_not_finite``, ``number_out_of_range``, ...).
+    """
+
+    model_config = ConfigDict(strict=True, allow_inf_nan=True)
 
     event_id: uuid.UUID | None = Field(
         default=None, strict=False, description="idempotency key; generated when absent"
     )
-    model_version_id: Int64 | None = Field(
+    model_version_id: int | None = Field(
         default=None, description="registry id of the model (a 64-bit integer)"
     )
     model_name: str | None = Field(default=None, description="instead of model_version_id")

@@ -223,7 +223,15 @@ def _unknown(decision_id: str) -> HTTPException:
     )
 
 
-@router.post("/outcome", response_model=OutcomeOut, status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/outcome",
+    response_model=OutcomeOut,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={
+        404: {"description": "no such decision in this tenant"},
+        409: {"description": "the decision already has its outcome"},
+    },
+)
 async def outcome(
     body: OutcomeIn,
     request: Request,
