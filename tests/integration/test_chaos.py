@@ -397,8 +397,10 @@ def _topic_counts(st: Stack, work: Workload) -> tuple[dict[str, int], dict[str, 
             180,
             "every decision and dead letter",
         )
-        reader.poll(3.0)
+    except AssertionError:
+        pass  # short: the table shows by how much
     finally:
+        reader.poll(3.0)  # anything decided twice would show up now
         reader.close()
     decided = event_ids_on(reader, topics.decisions)
     expected = {
