@@ -6,8 +6,9 @@ On a private stack (its own ports and stack home, like the rebuild test's), so k
 server never touches the stack other tests share. The size is read from the environment:
 ``CALIBER_CHAOS_EVENTS`` (5,000 in the normal suite, 100,000 under ``make chaos``),
 ``CALIBER_CHAOS_KILLS`` (service kills: 8, resp. 20) and ``CALIBER_CHAOS_SEED`` (the seed of
-the workload and of the fault schedule, so a run can be replayed). The test prints the fault
-log and an expected-versus-measured table.
+the workload and of the fault schedule, so a run can be replayed; ``CALIBER_CHAOS_TIMEOUT``
+bounds the test, 1,800 s). The test prints the fault log and an expected-versus-measured
+table.
 """
 
 from __future__ import annotations
