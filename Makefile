@@ -8,7 +8,7 @@ INSTALLED := build/.installed
 # Not the `caliber` script: it works wherever pip put the script, on the PATH or not.
 CALIBER := $(PYTHON) -m tooling.cli
 
-.PHONY: help install up down reset status demo test unit lint bench bench-pipeline
+.PHONY: help install up down reset status demo test unit lint bench bench-pipeline chaos
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -41,6 +41,10 @@ test: up ## run the whole test suite against the local stack
 
 unit: $(INSTALLED) ## run the unit tests only (no servers needed)
 	@$(PYTHON) -m pytest -q tests/unit
+
+chaos: $(INSTALLED) ## crash campaign on a private stack: 100,000 events, 20 service kills, each server killed once
+	@CALIBER_CHAOS_EVENTS=$${CALIBER_CHAOS_EVENTS:-100000} CALIBER_CHAOS_KILLS=$${CALIBER_CHAOS_KILLS:-20} \
+		$(PYTHON) -m pytest -q -s -m chaos tests/integration/test_chaos.py
 
 lint: $(INSTALLED) ## ruff check, ruff format --check and mypy
 	@ruff check . && ruff format --check . && mypy
