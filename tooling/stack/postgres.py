@@ -227,6 +227,9 @@ class Postgres(Server):
                         sql.Identifier(APP_ROLE), sql.Literal(APP_PASSWORD)
                     )
                 )
+            # DROP DATABASE ... WITH (FORCE) of a scratch database must be able to end an
+            # autovacuum worker still on it, which runs under no role of the application's.
+            conn.execute(sql.SQL("GRANT pg_signal_backend TO {}").format(sql.Identifier(APP_ROLE)))
             if not conn.execute(
                 "SELECT 1 FROM pg_database WHERE datname = %s", (APP_DATABASE,)
             ).fetchone():
