@@ -10,7 +10,6 @@ Bounded for CI: ``FUZZ_EXAMPLES`` examples per property (200), without deadline.
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -20,6 +19,7 @@ from services.ingest.parsing import Parsed, Source, parse
 from shared.contracts.codec import AvroCodec
 from shared.contracts.errors import ErrorCode
 from shared.contracts.limits import DEFAULT_LIMITS as L
+from tests.integration.edge_io import inference_event
 
 CODEC = AvroCodec()
 RAW = "ns.inference.raw"
@@ -32,25 +32,8 @@ FUZZ = settings(
 CODES = {str(c) for c in ErrorCode}
 
 
-def event(**changes: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "event_id": str(uuid.uuid4()),
-        "tenant": "acme",
-        "model_name": "fraud",
-        "model_version": "v1",
-        "model_version_id": None,
-        "event_time_ms": int(time.time() * 1000),
-        "predicted_label": "yes",
-        "confidence": 0.8,
-        "probabilities": {"yes": 0.8, "no": 0.2},
-        "logits": None,
-        "features": {"amount": 12.5, "country": "fr"},
-        "ground_truth": None,
-        "uncertainty": None,
-        "metadata": {},
-    }
-    base.update(changes)
-    return base
+event = inference_event
+"""A valid InferenceEvent record with ``changes`` applied (the edge-input tests' own)."""
 
 
 def run(values: list[bytes]) -> Parsed:
