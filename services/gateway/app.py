@@ -18,9 +18,11 @@ import asyncpg
 import redis.asyncio as aioredis
 import uvicorn
 from fastapi import Depends, FastAPI, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from services.gateway import errors
+from services.gateway.anonymous import AnonymousExposed, check_exposure
 from services.gateway.auth import ANY, Principal, require
 from services.gateway.edge import Edge
 from services.gateway.fanout import follow
@@ -87,6 +89,8 @@ async def _keep_running(name: str, run: Callable[[], Awaitable[None]], stop: asy
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
+    """The app; raises :class:`AnonymousExposed` for anonymous access beyond loopback."""
+    check_exposure(settings)
     registry_ = CollectorRegistry()
     metrics = GatewayMetrics(registry_)
 
@@ -174,6 +178,17 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
     document_errors(app)
     app.add_middleware(Edge, settings=settings)
+    if settings.gateway_cors_origins:
+        # Outside the edge: preflights are answered before any key check, and refusals
+        # (401, 403, 413, 429) carry the CORS headers, so a page can read why.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.gateway_cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["Retry-After"],
+            max_age=600,
+        )
     app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: counts 401/413/429 too
     return app
 
@@ -183,8 +198,13 @@ def main() -> None:
     configure_logging(settings.log_level)
     refuse_mixed_stores(settings, "gateway")
     install_redaction()
+    try:
+        app = create_app(settings)
+    except AnonymousExposed as exc:
+        logger.error("refusing to start: %s", exc)
+        raise SystemExit(2) from exc
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.gateway_host,
         port=settings.gateway_port,
         log_level=settings.log_level.lower(),

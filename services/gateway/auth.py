@@ -39,9 +39,14 @@ _BEARER = HTTPBearer(auto_error=False)
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    key_id: int
+    key_id: int | None
+    """None for the anonymous principal (``CALIBER_GATEWAY_ANONYMOUS``), which has no key."""
     tenant: str
     roles: frozenset[str]
+
+    @property
+    def anonymous(self) -> bool:
+        return self.key_id is None
 
 
 def new_key() -> str:
@@ -116,16 +121,22 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
 
 
 class KeyStore:
-    """Looks keys up in PostgreSQL, remembering answers for ``ttl`` seconds."""
+    """Looks keys up in PostgreSQL, remembering answers for ``ttl`` seconds.
 
-    def __init__(self, pool: asyncpg.Pool, ttl: float) -> None:
+    ``anonymous`` is who a request without a key is (anonymous access mode), or None: then
+    such a request has no principal. A key that is presented is always checked: a wrong
+    key is refused even in anonymous mode.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, ttl: float, anonymous: Principal | None = None) -> None:
         self._pool = pool
         self._ttl = ttl
         self._cache: dict[str, tuple[float, Principal | None]] = {}
+        self.anonymous = anonymous
 
     async def lookup(self, key: str | None) -> Principal | None:
         if not key:
-            return None
+            return self.anonymous
         digest = hash_key(key)
         now = time.monotonic()
         hit = self._cache.get(digest)

@@ -5,7 +5,9 @@ In this order, for every HTTP request, before any of its body is read:
 1. the route is matched; a route that needs a key (its dependencies hold
    :func:`~services.gateway.auth.require`) gets 401 without a valid key in ``X-API-Key`` or
    ``Authorization: Bearer`` (never the query string), and the caller's principal is kept
-   for the route's role check;
+   for the route's role check; in anonymous mode a request without a key is the anonymous
+   principal, refused (403) when it comes from a browser page of an origin not allowed
+   (``services/gateway/anonymous.py``);
 2. the key's request bucket is charged; an empty bucket answers 429 with ``Retry-After``;
 3. the body is read into one buffer, never past the route's limit (a declared
    ``Content-Length`` above it is refused before reading; a streamed or chunked body is
@@ -30,6 +32,7 @@ from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.gateway.anonymous import origin_allowed, refusal_detail
 from services.gateway.auth import KeyStore, presented_key, unauthorized_detail
 from services.gateway.errors import ErrorResponse
 from services.gateway.ratelimit import TokenBuckets, retry_after
@@ -149,6 +152,7 @@ class Edge:
             settings.gateway_rate_requests_per_second,
             settings.gateway_rate_requests_per_second * settings.gateway_rate_burst_seconds,
         )
+        self.origins = settings.gateway_cors_origins
         self._roles: dict[int, frozenset[str] | None] = {}
         self._routes: list[BaseRoute] | None = None
 
@@ -179,6 +183,11 @@ class Edge:
             principal = await keys.lookup(presented_key(headers))
             if principal is None:
                 await ErrorResponse(unauthorized_detail(), 401, {"WWW-Authenticate": "Bearer"})(
+                    scope, receive, send
+                )
+                return
+            if principal.anonymous and not origin_allowed(headers, self.origins):
+                await ErrorResponse(refusal_detail(headers.get("origin")), 403)(
                     scope, receive, send
                 )
                 return

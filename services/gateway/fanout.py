@@ -25,11 +25,11 @@ from confluent_kafka import Message
 from confluent_kafka.aio import AIOConsumer
 
 from services.gateway.metrics import GatewayMetrics
+from services.gateway.settings import GatewaySettings
 from shared.contracts.batches import model_key
 from shared.contracts.codec import AvroCodec, Decoded
 from shared.contracts.topics import Topics
 from shared.runtime.kafka import consumer_config
-from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -90,8 +90,14 @@ class Hub:
                     break
 
 
-def decision_events(record: dict[str, Any]) -> Iterator[Event]:
-    """The per-event messages of one DecisionBatch record."""
+def decision_events(record: dict[str, Any], predictions: bool = False) -> Iterator[Event]:
+    """The per-event messages of one DecisionBatch record.
+
+    With ``predictions``, each ``decision`` message is followed by a copy of type
+    ``prediction``: the original dashboard's live panel plots messages of that type by their
+    ``confidence`` (raw, as the model sent it) and ``status``. An extra message rather than
+    extra fields, because a message has one type and the console reads ``decision``.
+    """
     p = record["predictions"]
     key = model_key(p["tenant"], p["model_name"], p["model_version"])
     for eid, label, conf, cal, status, t in zip(
@@ -103,7 +109,7 @@ def decision_events(record: dict[str, Any]) -> Iterator[Event]:
         p["event_time_ms"],
         strict=True,
     ):
-        yield {
+        event: Event = {
             "type": "decision",
             "id": eid,
             "event_id": eid,
@@ -117,10 +123,18 @@ def decision_events(record: dict[str, Any]) -> Iterator[Event]:
             "event_time_ms": t,
             "decided_at_ms": record["decided_at_ms"],
         }
+        yield event
+        if predictions:
+            yield {**event, "type": "prediction"}
 
 
-def route(decoded: Decoded, id_of: IdOf) -> tuple[str, int | None, list[Event]] | None:
-    """(tenant, model version id, events) of one decoded message; None for other types."""
+def route(
+    decoded: Decoded, id_of: IdOf, predictions: bool = False
+) -> tuple[str, int | None, list[Event]] | None:
+    """(tenant, model version id, events) of one decoded message; None for other types.
+
+    ``predictions``: also a ``prediction`` message per decision (see :func:`decision_events`).
+    """
     rec = decoded.record
     if decoded.name == "DecisionBatch":
         p = rec["predictions"]
@@ -128,7 +142,7 @@ def route(decoded: Decoded, id_of: IdOf) -> tuple[str, int | None, list[Event]] 
         model_id = p["model_version_id"] if p["model_version_id"] is not None else id_of(key)
         if p["model_version_id"] is None:
             p["model_version_id"] = model_id
-        return p["tenant"], model_id, list(decision_events(rec))
+        return p["tenant"], model_id, list(decision_events(rec, predictions))
     if decoded.name in ("Alert", "MetricSnapshot"):
         key = model_key(rec["tenant"], rec["model_name"], rec["model_version"])
         model_id = rec.get("model_version_id")
@@ -151,7 +165,7 @@ def _tenant_of(m: Message) -> str | None:
 
 
 async def follow(
-    settings: Settings,
+    settings: GatewaySettings,
     hub: Hub,
     codec: AvroCodec,
     id_of: IdOf,
@@ -192,7 +206,7 @@ async def follow(
                         decoded.message,
                     )
                     continue
-                routed = route(decoded, id_of)
+                routed = route(decoded, id_of, settings.gateway_live_prediction_messages)
                 if routed is not None:
                     hub.publish(*routed)
                     # Let the clients' senders drain before the next message, so a queue

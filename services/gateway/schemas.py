@@ -205,7 +205,7 @@ class Lineage(BaseModel):
 class Me(BaseModel):
     tenant: str
     roles: list[Role]
-    key_id: int
+    key_id: int | None = Field(description="null for anonymous access (no key)")
 
 
 class KeyIn(StrictIn):

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from services.gateway.auth import check_roles
 from shared.contracts.validation import DEFAULT_LIMITS
 from shared.settings import GatewayAddress
 
@@ -53,6 +54,34 @@ class GatewaySettings(GatewayAddress):
         default=False,
         description="serve /metrics without an API key (for a scraper on a private network)",
     )
+    gateway_cors_origins: list[str] = Field(
+        default_factory=list,
+        description="origins (scheme://host[:port]) whose pages may call the API from a "
+        'browser (CORS), as a JSON list, e.g. ["http://localhost:5173"]; empty: none',
+    )
+    gateway_anonymous: bool = Field(
+        default=False,
+        description="anonymous access: a request without a key acts as "
+        "CALIBER_GATEWAY_ANONYMOUS_TENANT with CALIBER_GATEWAY_ANONYMOUS_ROLES (a key, when "
+        "given, is still checked); refused at start beyond loopback unless "
+        "CALIBER_GATEWAY_ANONYMOUS_FORCE",
+    )
+    gateway_anonymous_tenant: str = Field(
+        default="default", min_length=1, description="the tenant anonymous requests act as"
+    )
+    gateway_anonymous_roles: list[str] = Field(
+        default_factory=lambda: ["viewer"],
+        description="the roles anonymous requests hold, as a JSON list",
+    )
+    gateway_anonymous_force: bool = Field(
+        default=False,
+        description="allow anonymous access while the gateway listens beyond loopback",
+    )
+    gateway_live_prediction_messages: bool = Field(
+        default=False,
+        description="/ws/live also sends each decision as a message of type prediction "
+        "(the original dashboard's live panel reads those)",
+    )
     gateway_db_pool_size: int = Field(
         default=10, ge=2, description="PostgreSQL connections of the gateway"
     )
@@ -94,3 +123,27 @@ class GatewaySettings(GatewayAddress):
         gt=0,
         description="routing: longest decide waits for Redis before it answers a fallback",
     )
+
+    @field_validator("gateway_anonymous_roles")
+    @classmethod
+    def _known_roles(cls, roles: list[str]) -> list[str]:
+        return check_roles(roles)
+
+    @field_validator("gateway_anonymous_tenant")
+    @classmethod
+    def _tenant_name(cls, tenant: str) -> str:
+        if "/" in tenant:
+            raise ValueError(f"tenant {tenant!r} must be a name without '/'")
+        return tenant
+
+    @field_validator("gateway_cors_origins")
+    @classmethod
+    def _origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if origin != "*" and (
+                "://" not in origin or origin.endswith("/") or origin.count("/") > 2
+            ):
+                raise ValueError(
+                    f"origin {origin!r} must be scheme://host[:port] without a path (or *)"
+                )
+        return origins

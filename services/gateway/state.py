@@ -15,6 +15,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from starlette.requests import HTTPConnection
 
+from services.gateway.anonymous import anonymous_principal
 from services.gateway.auth import KeyStore
 from services.gateway.fanout import Hub
 from services.gateway.metrics import GatewayMetrics
@@ -61,6 +62,12 @@ async def open_state(settings: GatewaySettings, metrics: GatewayMetrics) -> Gate
         settings.postgres_url, min_size=2, max_size=settings.gateway_db_pool_size
     )
     view = RegistryIndex(settings, topics.model_updates, codec)
+    anonymous = anonymous_principal(settings)
+    if anonymous is not None:  # its tenant must exist for what it registers or reviews
+        await pool.execute(
+            "INSERT INTO tenants (id, name) VALUES ($1, $1) ON CONFLICT (id) DO NOTHING",
+            anonymous.tenant,
+        )
     return GatewayState(
         settings=settings,
         metrics=metrics,
@@ -78,7 +85,7 @@ async def open_state(settings: GatewaySettings, metrics: GatewayMetrics) -> Gate
         publisher=Publisher(make_producer(settings, **{"message.timeout.ms": PUBLISH_TIMEOUT_MS})),
         view=view,
         models=ModelCache(pool, view),
-        keys=KeyStore(pool, settings.gateway_key_cache_seconds),
+        keys=KeyStore(pool, settings.gateway_key_cache_seconds, anonymous),
         hub=Hub(settings.gateway_ws_queue, metrics),
         event_rate=TokenBuckets(
             settings.gateway_rate_events_per_second,

@@ -111,3 +111,23 @@ def test_metric_snapshot_gets_the_model_id_from_the_registry(codec: AvroCodec) -
     assert routed is not None
     _, model_id, [message] = routed
     assert model_id == 7 and message["type"] == "metrics" and message["ece"] == 0.05
+
+
+def test_prediction_messages_follow_each_decision_when_asked(codec: AvroCodec) -> None:
+    decoded = codec.decode(codec.encode("DecisionBatch", decision_record(None)))
+    assert isinstance(decoded, Decoded)
+    plain = route(decoded, {"acme/triage/v1": 7}.get)
+    routed = route(decoded, {"acme/triage/v1": 7}.get, predictions=True)
+    assert plain is not None and routed is not None
+    assert [e["type"] for e in plain[2]] == ["decision", "decision"]
+    events = routed[2]
+    assert [(e["type"], e["event_id"]) for e in events] == [
+        ("decision", "e1"),
+        ("prediction", "e1"),
+        ("decision", "e2"),
+        ("prediction", "e2"),
+    ]
+    assert (events[3]["confidence"], events[3]["status"]) == (0.4, "review")
+    assert {k: v for k, v in events[1].items() if k != "type"} == {
+        k: v for k, v in events[0].items() if k != "type"
+    }

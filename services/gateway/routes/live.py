@@ -3,7 +3,11 @@
 Authenticated by ``X-API-Key`` or ``Authorization: Bearer`` like the REST API or, here only
 (browsers cannot set a WebSocket's headers), ``?api_key=``, which the gateway's log lines
 redact; any reading role. ``?model_version_id=`` keeps one model version's events. Each message
-is one JSON object with a ``type``: ``decision``, ``review``, ``alert`` or ``metrics``.
+is one JSON object with a ``type``: ``decision``, ``review``, ``alert`` or ``metrics``; with
+``CALIBER_GATEWAY_LIVE_PREDICTION_MESSAGES`` each decision is followed by the same fields as a
+message of type ``prediction`` (what the original dashboard's live panel plots: ``confidence``,
+``status``). In anonymous mode a connection without a key is the anonymous principal, when
+its ``Origin`` is the gateway's own or an allowed one.
 A client that falls ``CALIBER_GATEWAY_WS_QUEUE`` events behind is closed with code 1008.
 """
 
@@ -14,6 +18,7 @@ import contextlib
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
+from services.gateway.anonymous import origin_allowed
 from services.gateway.auth import READ, websocket_principal
 from services.gateway.fanout import Client, Hub
 from services.gateway.state import state_of
@@ -40,6 +45,10 @@ async def _drain(ws: WebSocket) -> None:
 @router.websocket("/ws/live")
 async def live(ws: WebSocket, model_version_id: int | None = None) -> None:
     principal = await websocket_principal(ws, READ)
+    if principal is not None and principal.anonymous:
+        allowed = state_of(ws).settings.gateway_cors_origins
+        if not origin_allowed(ws.headers, allowed):
+            principal = None
     if principal is None:
         await ws.close(code=POLICY_VIOLATION, reason="a valid API key with a read role is required")
         return
