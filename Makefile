@@ -13,12 +13,12 @@ CALIBER := $(PYTHON) -m tooling.cli
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
 
-install: ## install Caliber and its development tools (idempotent)
-	@PIP_ROOT_USER_ACTION=ignore $(PYTHON) -m pip install -q --disable-pip-version-check -e '.[dev]'
-	@$(PYTHON) -c "import shared, services, tooling, bench"
+install: ## install Caliber, its Python client (clients/python) and the development tools (idempotent)
+	@PIP_ROOT_USER_ACTION=ignore $(PYTHON) -m pip install -q --disable-pip-version-check -e '.[dev]' -e clients/python
+	@$(PYTHON) -c "import shared, services, tooling, bench, caliber_client"
 	@mkdir -p $(dir $(INSTALLED)) && touch $(INSTALLED)
 
-$(INSTALLED): pyproject.toml
+$(INSTALLED): pyproject.toml clients/python/pyproject.toml
 	@$(MAKE) --no-print-directory install
 
 up: $(INSTALLED) ## start Kafka, Redis and PostgreSQL on loopback, create topics, migrate

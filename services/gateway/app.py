@@ -38,6 +38,7 @@ from services.gateway.routes import (
     estimation,
     health,
     keys,
+    labels,
     live,
     predictions,
     recalibration,
@@ -55,6 +56,7 @@ logger = logging.getLogger(__name__)
 
 ROUTERS = (
     predictions,
+    labels,
     reviews,
     registry,
     estimation,
