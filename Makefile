@@ -40,7 +40,7 @@ test: up ## run the whole test suite against the local stack
 	@$(PYTHON) -m pytest -q
 
 unit: $(INSTALLED) ## run the unit tests only (no servers needed)
-	@$(PYTHON) -m pytest -q tests/unit
+	@$(PYTHON) -m pytest -q tests/unit clients/python/tests -m "not integration"
 
 chaos: $(INSTALLED) ## crash campaign on a private stack: 100,000 events, 20 service kills, each server killed once
 	@CALIBER_CHAOS_EVENTS=$${CALIBER_CHAOS_EVENTS:-100000} CALIBER_CHAOS_KILLS=$${CALIBER_CHAOS_KILLS:-20} \

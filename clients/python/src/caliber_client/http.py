@@ -81,6 +81,12 @@ class Api:
     def close(self) -> None:
         self._http.close()
 
+    def __enter__(self) -> Api:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
 
 def _detail(r: httpx.Response) -> Any:
     try:
