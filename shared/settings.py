@@ -128,6 +128,11 @@ class Settings(BaseSettings):
     metrics_port: int = Field(
         default=0, ge=0, description="Prometheus /metrics port of a worker (0 = none)"
     )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="address a worker's /metrics listens on (0.0.0.0 in docker-compose.yml, "
+        "so Prometheus in its own container can scrape it)",
+    )
     log_level: str = Field(default="INFO", description="log level of every service")
     instance_id: str = Field(
         default="0",

@@ -56,7 +56,7 @@ def build_app(settings: AggregatorSettings) -> faust.App:
         finally:
             await client.aclose()
 
-    serve_metrics(settings.metrics_port, registry)
+    serve_metrics(settings.metrics_port, registry, settings.metrics_host)
     return create_app("aggregator", settings, loop)
 
 

@@ -49,7 +49,7 @@ def build_app(settings: CalibratorSettings) -> faust.App:
         finally:
             await pool.close()
 
-    serve_metrics(settings.metrics_port, registry)
+    serve_metrics(settings.metrics_port, registry, settings.metrics_host)
     return create_app("calibrator", settings, loop)
 
 

@@ -64,7 +64,7 @@ def build_app(settings: DriftSettings) -> faust.App:
             await uploads.close()
             await client.aclose()
 
-    serve_metrics(settings.metrics_port, registry)
+    serve_metrics(settings.metrics_port, registry, settings.metrics_host)
     return create_app("drift", settings, loop)
 
 

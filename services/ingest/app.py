@@ -55,7 +55,7 @@ def build_app(settings: IngestSettings) -> faust.App:
         finally:
             await client.aclose()
 
-    serve_metrics(settings.metrics_port, registry)
+    serve_metrics(settings.metrics_port, registry, settings.metrics_host)
     return create_app("ingest", settings, loop)
 
 

@@ -74,7 +74,7 @@ def build_app(settings: PolicySettings) -> faust.App:
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     await task
 
-    serve_metrics(settings.metrics_port, registry)
+    serve_metrics(settings.metrics_port, registry, settings.metrics_host)
     return create_app("policy", settings, loop)
 
 

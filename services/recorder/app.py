@@ -52,7 +52,7 @@ def build_app(settings: RecorderSettings) -> faust.App:
         finally:
             await pool.close()
 
-    serve_metrics(settings.metrics_port, registry)
+    serve_metrics(settings.metrics_port, registry, settings.metrics_host)
     return create_app("recorder", settings, loop)
 
 

@@ -77,7 +77,7 @@ def build_app(settings: RouterSettings) -> faust.App:
         finally:
             await client.aclose()
 
-    serve_metrics(settings.metrics_port, registry)
+    serve_metrics(settings.metrics_port, registry, settings.metrics_host)
     return create_app("router", settings, loop)
 
 

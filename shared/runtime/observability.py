@@ -18,11 +18,11 @@ def configure_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
-def serve_metrics(port: int, registry: CollectorRegistry) -> None:
-    """Expose ``registry`` on http://127.0.0.1:<port>/metrics (0 = do not serve)."""
+def serve_metrics(port: int, registry: CollectorRegistry, host: str = "127.0.0.1") -> None:
+    """Expose ``registry`` on http://<host>:<port>/metrics (0 = do not serve)."""
     if port:
-        start_http_server(port, addr="127.0.0.1", registry=registry)
-        logging.getLogger(__name__).info("metrics on http://127.0.0.1:%d/metrics", port)
+        start_http_server(port, addr=host, registry=registry)
+        logging.getLogger(__name__).info("metrics on http://%s:%d/metrics", host, port)
 
 
 Series = tuple[Gauge, tuple[str, ...]]
