@@ -59,3 +59,17 @@ def test_a_label_batch_decodes_as_caliber_reads_it() -> None:
         ["e1", "e2"], ["3", "5"], ["feed", "feed"]
     )  # fmt: skip
     assert cols.model_name is None and cols.label_time_ms.tolist() == [5, 6]
+
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "caliber_client"
+
+
+def test_the_client_imports_nothing_of_the_server() -> None:
+    """It installs on its own: no module of it imports Caliber's server packages."""
+    for source in PACKAGE.glob("*.py"):
+        text = source.read_text()
+        for server in ("shared", "services", "tooling", "simulator", "bench"):
+            assert f"from {server}" not in text and f"import {server}" not in text, (
+                source.name,
+                server,
+            )
