@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import resource
 import time
+import uuid
 
 import httpx
 import numpy as np
@@ -106,12 +107,13 @@ def main(events: int = 100_000, rest: bool = True, port: int = 8098) -> None:
                 except httpx.HTTPError:
                     time.sleep(0.2)
             key, _ = asyncio.run(_setup(settings, base))
+            version = f"rest-{uuid.uuid4().hex[:8]}"
             r = httpx.post(base + "/api/models", headers={"X-API-Key": key},
-                           json={"name": "bench", "version": "rest"})  # fmt: skip
+                           json={"name": "bench", "version": version})  # fmt: skip
             r.raise_for_status()
             cpu0 = _cpu()
             with Caliber(base, key, transport="rest") as client:
-                seconds, calls = _drive(client, events, ("bench", "rest"))
+                seconds, calls = _drive(client, events, ("bench", version))
             _report("rest", events, seconds, calls, _cpu() - cpu0)
         finally:
             proc.terminate()

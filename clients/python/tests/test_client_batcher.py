@@ -42,12 +42,20 @@ def _event(version: str = "v1") -> Event:
     return Event("m", version, "a", 0.9)
 
 
-def test_a_full_buffer_is_sent_at_once() -> None:
+def _until(predicate: Callable[[], object], what: str) -> None:
+    deadline = time.monotonic() + 5
+    while not predicate():
+        assert time.monotonic() < deadline, f"not within 5 s: {what}"
+        time.sleep(0.005)
+
+
+def test_a_full_buffer_is_sent_without_waiting_for_linger() -> None:
     sink = ListSink()
     b = Batcher(sink, linger_ms=60_000, max_events=3)
     events = [_event() for _ in range(7)]
     for e in events:
         b.add(e)
+    _until(lambda: len(sink.batches) == 2, "the two full batches")
     assert [ids for _, ids in sink.batches] == [
         [e.event_id for e in events[:3]],
         [e.event_id for e in events[3:6]],
@@ -88,12 +96,35 @@ def test_failures_reach_on_error_and_flush() -> None:
     events = [_event() for _ in range(3)]
     for e in events:
         b.add(e)
-    assert seen and seen[0].event_ids == [events[0].event_id, events[1].event_id]
+    _until(lambda: seen, "on_error")
+    assert seen[0].event_ids == [events[0].event_id, events[1].event_id]
     with pytest.raises(DeliveryError) as caught:
         b.flush()
     assert caught.value.event_ids == [e.event_id for e in events]
     b.flush()  # reported once: a second flush has nothing to raise
     b.close()
+
+
+class SlowSink(ListSink):
+    def deliver(self, items: Sequence[Item], failed: Callable[[list[str], str], None]) -> None:
+        time.sleep(0.3)  # a slow REST post, say
+        super().deliver(items, failed)
+
+
+def test_the_caller_never_waits_for_the_sink_and_flush_names_what_is_late() -> None:
+    sink = SlowSink()
+    b = Batcher(sink, linger_ms=60_000, max_events=1)
+    started = time.monotonic()
+    events = [_event() for _ in range(4)]
+    for e in events:
+        b.add(e)
+    assert time.monotonic() - started < 0.2  # four full batches queued, none waited for
+    with pytest.raises(DeliveryError) as caught:
+        b.flush(timeout=0.45)  # one batch delivered in time, the first of the rest in flight
+    late = caught.value.event_ids  # still queued at the timeout: the newest ones
+    assert 1 <= len(late) <= 3 and late == [e.event_id for e in events[-len(late) :]]
+    b.close()
+    assert [ids for _, ids in sink.batches] == [[e.event_id] for e in events]
 
 
 def test_bounds_are_checked() -> None:

@@ -1,15 +1,19 @@
 """Batching with linger and size bounds, over a pluggable sink (Kafka or REST).
 
-Events (or labels) of one shape collect in a buffer; a buffer is handed to the sink when it
-holds ``max_events`` or when its oldest item has waited ``linger_ms``. A background thread
-seals lingering buffers and lets the sink serve its callbacks. Failures reported by the sink
-are kept until :meth:`Batcher.flush` raises them as one :class:`DeliveryError`, and are
-passed to ``on_error`` as they happen.
+Events (or labels) of one shape collect in a buffer; a buffer is sealed when it holds
+``max_events`` or when its oldest item has waited ``linger_ms``. One background thread hands
+sealed batches to the sink (so a caller never waits on the network: a REST post and its
+retries happen there) and lets the sink serve its callbacks. At most ``max_pending``
+sealed batches wait for it; beyond that :meth:`Batcher.add` blocks (back-pressure rather
+than unbounded memory while Caliber is unreachable). Failures reported by the sink are
+kept until :meth:`Batcher.flush` raises them as one :class:`DeliveryError`, and are passed
+to ``on_error`` as they happen.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -53,6 +57,7 @@ class Batcher:
         linger_ms: float = 20.0,
         max_events: int = 500,
         on_error: ErrorHandler | None = None,
+        max_pending: int = 100,
     ) -> None:
         if max_events < 1 or linger_ms < 0:
             raise ValueError(
@@ -63,8 +68,8 @@ class Batcher:
         self._max = max_events
         self._on_error = on_error
         self._buffers: dict[Any, _Buffer] = {}
+        self._ready: queue.Queue[list[Item]] = queue.Queue(max(max_pending, 1))
         self._lock = threading.Lock()
-        self._send_lock = threading.Lock()
         self._failed_ids: list[str] = []
         self._reasons: list[str] = []
         self._stop = threading.Event()
@@ -72,7 +77,7 @@ class Batcher:
         self._thread.start()
 
     def add(self, item: Item) -> None:
-        """Buffer one event or label; a full buffer is sent at once."""
+        """Buffer one event or label; a full buffer is queued for the sender thread."""
         ready: list[Item] | None = None
         with self._lock:
             buf = self._buffers.get(item.shape())
@@ -83,7 +88,7 @@ class Batcher:
                 ready = buf.items
                 del self._buffers[item.shape()]
         if ready is not None:
-            self._send(ready)
+            self._ready.put(ready)
 
     def _failed(self, ids: list[str], reason: str) -> None:
         logger.warning("caliber: %d events or labels not delivered: %s", len(ids), reason)
@@ -96,29 +101,41 @@ class Batcher:
             except Exception:
                 logger.exception("caliber: the on_error handler failed")
 
-    def _send(self, items: list[Item]) -> None:
-        with self._send_lock:
-            self._sink.deliver(items, self._failed)
-
-    def _seal(self, everything: bool) -> None:
+    def _seal(self, everything: bool) -> list[list[Item]]:
         now = time.monotonic()
         with self._lock:
             due = [
                 k for k, b in self._buffers.items() if everything or now - b.started >= self._linger
             ]
-            batches = [self._buffers.pop(k).items for k in due]
-        for items in batches:
-            self._send(items)
+            return [self._buffers.pop(k).items for k in due]
+
+    def _deliver(self, items: list[Item]) -> None:
+        try:
+            self._sink.deliver(items, self._failed)
+        except Exception as exc:  # the thread must survive whatever a sink raises
+            logger.exception("caliber: delivering a batch failed")
+            self._failed([i.event_id for i in items], f"{type(exc).__name__}: {exc}")
 
     def _run(self) -> None:
         step = max(min(self._linger / 2, 0.05), 0.001)
         while not self._stop.is_set():
             try:
-                self._seal(everything=False)
-                self._sink.service(step)
-            except Exception:  # the thread must survive whatever a sink raises
-                logger.exception("caliber: background flush failed")
-                time.sleep(step)
+                items: list[Item] | None = self._ready.get(timeout=step)
+            except queue.Empty:
+                items = None
+            while items is not None:  # every queued batch first: they are the older ones
+                self._deliver(items)
+                self._ready.task_done()
+                try:
+                    items = self._ready.get_nowait()
+                except queue.Empty:
+                    items = None
+            for batch in self._seal(everything=False):
+                self._deliver(batch)
+            try:
+                self._sink.service(0)
+            except Exception:
+                logger.exception("caliber: serving delivery callbacks failed")
 
     def flush(self, timeout: float = 30.0) -> None:
         """Send every buffer and wait until all is acknowledged.
@@ -126,8 +143,13 @@ class Batcher:
         Raises :class:`DeliveryError` naming every event or label not delivered since the
         previous flush (including those still unacknowledged at ``timeout``).
         """
-        self._seal(everything=True)
-        pending = self._sink.drain(timeout)
+        deadline = time.monotonic() + timeout
+        for batch in self._seal(everything=True):
+            self._ready.put(batch)
+        while self._ready.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.005)
+        pending = self._queued_ids()
+        pending += self._sink.drain(max(deadline - time.monotonic(), 0.0))
         if pending:
             self._failed(pending, f"not acknowledged within {timeout} s")
         with self._lock:
@@ -135,6 +157,11 @@ class Batcher:
             self._failed_ids, self._reasons = [], []
         if ids:
             raise DeliveryError(ids, reasons)
+
+    def _queued_ids(self) -> list[str]:
+        """Ids of the batches still waiting for the sender (after a flush timed out)."""
+        with self._ready.mutex:
+            return [i.event_id for batch in self._ready.queue for i in batch]
 
     def close(self, timeout: float = 30.0) -> None:
         """Flush, stop the background thread and close the sink."""

@@ -34,6 +34,9 @@ class Caliber:
     ``url``; needs a key with the producer role, or anonymous access), or ``auto``: Kafka
     when a broker answers within ``probe_seconds``, else REST (logged). Over Kafka the
     events carry ``tenant``; over REST the key's tenant applies.
+
+    A batch goes out at ``max_events`` or after ``linger_ms``, from a sender thread; at most
+    ``max_pending`` sealed batches wait for it before :meth:`send` blocks.
     """
 
     def __init__(
@@ -47,6 +50,7 @@ class Caliber:
         transport: Transport = "auto",
         linger_ms: float = 20.0,
         max_events: int = 500,
+        max_pending: int = 100,
         retries: int = 5,
         timeout: float = 10.0,
         probe_seconds: float = 3.0,
@@ -61,7 +65,7 @@ class Caliber:
             sink: Any = KafkaSink(kafka_bootstrap, tenant, topic_namespace, kafka_config)
         else:
             sink = RestSink(self.api)
-        self._batcher = Batcher(sink, linger_ms, max_events, on_error)
+        self._batcher = Batcher(sink, linger_ms, max_events, on_error, max_pending)
         self.router = RouterClient(self.api)
 
     @staticmethod
