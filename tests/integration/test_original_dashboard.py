@@ -241,3 +241,12 @@ def test_anonymous_mode_beyond_loopback_is_refused_at_start(
     )
     assert proc.wait(60) == 2
     assert "CALIBER_GATEWAY_ANONYMOUS_FORCE" in (env.logs / "exposed.log").read_text()
+
+
+def test_live_feed_refuses_an_origin_not_allowed_in_anonymous_mode(
+    env: Env, browser: WebDriver
+) -> None:
+    browser.get(env.other_page + "/")
+    ws_url = env.open_base.replace("http://", "ws://") + "/ws/live"
+    live = browser.execute_async_script(LIVE, ws_url, env.open_base + "/health", "{}")
+    assert "closed" in live and not [m for m in live["messages"] if "type" in m], live
