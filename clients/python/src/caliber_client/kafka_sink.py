@@ -25,7 +25,7 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "acks": "all",
     "linger.ms": 5,
     "compression.type": "lz4",
-    "message.max.bytes": 4 * 1024 * 1024,
+    "message.max.bytes": 1_000_000,  # the broker's default limit: a refusal comes back at once
 }
 
 
