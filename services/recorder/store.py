@@ -16,9 +16,10 @@ the decision lands.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import numpy as np
@@ -27,6 +28,7 @@ from shared.contracts.batches import DecisionColumns, LabelColumns
 
 # Epoch milliseconds → timestamptz, exactly (integer milliseconds times an interval).
 _MS = "(TIMESTAMPTZ 'epoch' + ({} * INTERVAL '1 millisecond'))"
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -88,22 +90,23 @@ SET ground_truth = l.ground_truth,
 """
 
 APPLY_PENDING = f"""
-WITH pending AS (
-    SELECT g.* FROM pending_labels AS g
-    JOIN unnest($1::uuid[], $2::text[]) AS d(event_id, tenant_id) USING (tenant_id, event_id)
+WITH consumed AS (
+    DELETE FROM pending_labels AS g
+    USING unnest($1::uuid[], $2::text[]) AS d(event_id, tenant_id)
+    WHERE g.tenant_id = d.tenant_id AND g.event_id = d.event_id
+    RETURNING g.event_id, g.tenant_id, g.ground_truth, g.source, g.label_time
 ), applied AS (
     UPDATE predictions AS p {_LABEL_SET}
-    FROM pending AS l
+    FROM consumed AS l
     WHERE p.event_id = l.event_id AND p.tenant_id = l.tenant_id AND p.ground_truth IS NULL
     RETURNING p.event_id
-), consumed AS (
-    DELETE FROM pending_labels AS g USING pending
-    WHERE g.tenant_id = pending.tenant_id AND g.event_id = pending.event_id
-    RETURNING g.event_id
 )
 SELECT (SELECT count(*) FROM applied), (SELECT count(*) FROM consumed)
 """
-"""Labels that waited for these events' decisions: applied, then removed."""
+"""Labels that waited for these events' decisions: removed, and applied to the decisions.
+One probe of the waiting labels' key per decision (a nested loop over the batch: the batch
+is at most :data:`STATEMENT_ROWS` rows, far cheaper than reading the whole table), and one
+probe of the predictions' key per label found."""
 
 WRITE_LABELS = f"""
 WITH l AS (
@@ -246,28 +249,65 @@ def alert_columns(alerts: Sequence[dict[str, Any]]) -> list[list[Any]]:
     return cols
 
 
+StatementTimer = Callable[[str, float], None]
+"""Called with a statement's kind and its duration in seconds after each statement."""
+
+STATEMENT_ROWS = 2_000
+"""Most rows one statement takes: a big batch is written in slices of this size, in
+consumed order. A statement's cost then grows with neither the batch nor the tables: at
+this size PostgreSQL plans each join as key probes driven by the slice (nested loops over
+the primary keys), where one statement of tens of thousands of rows made it read all of
+``pending_labels`` into a hash table, and a mis-estimated join of that size could cost
+minutes."""
+
+
+def _slices(cols: list[list[Any]], rows: int) -> Iterator[list[list[Any]]]:
+    n = len(cols[0]) if cols else 0
+    for start in range(0, n, rows):
+        yield [c[start : start + rows] for c in cols]
+
+
+async def _timed(timer: StatementTimer | None, kind: str, call: Awaitable[T]) -> T:
+    started = time.perf_counter()
+    try:
+        return await call
+    finally:
+        if timer is not None:
+            timer(kind, time.perf_counter() - started)
+
+
 async def write(
     conn: asyncpg.Connection,
     decisions: Sequence[DecisionColumns] = (),
     labels: Sequence[LabelColumns] = (),
     alerts: Sequence[dict[str, Any]] = (),
+    timer: StatementTimer | None = None,
+    rows: int = STATEMENT_ROWS,
 ) -> Written:
     """Write decisions, then labels, then alerts, in the caller's transaction.
 
     Decisions go first so a label consumed in the same batch as its decision is applied,
-    not parked; labels parked earlier are applied as their decisions land.
+    not parked; labels parked earlier are applied as their decisions land. Each kind is
+    written ``rows`` at a time, in consumed order (so the first label still wins).
     """
     out = Written()
-    if decisions:
-        cols = decision_columns(decisions)
-        out.predictions = _count(await conn.execute(INSERT_PREDICTIONS, *cols))
-        applied, consumed = await conn.fetchrow(APPLY_PENDING, cols[0], cols[1])
+    for cols in _slices(decision_columns(decisions), rows):
+        out.predictions += _count(
+            await _timed(timer, "insert_predictions", conn.execute(INSERT_PREDICTIONS, *cols))
+        )
+        applied, consumed = await _timed(
+            timer, "apply_pending", conn.fetchrow(APPLY_PENDING, cols[0], cols[1])
+        )
         out.labelled += applied
-        out.pending_applied = consumed
-    if labels:
-        applied, kept = await conn.fetchrow(WRITE_LABELS, *label_columns(labels))
+        out.pending_applied += consumed
+    for cols in _slices(label_columns(labels), rows):
+        applied, kept = await _timed(timer, "write_labels", conn.fetchrow(WRITE_LABELS, *cols))
         out.labelled += applied
-        out.pending = kept
+        out.pending += kept
     if alerts:
-        out.alerts = _count(await conn.execute(INSERT_ALERTS, *alert_columns(alerts)))
+        out.alerts = _count(
+            await _timed(
+                timer, "insert_alerts", conn.execute(INSERT_ALERTS, *alert_columns(alerts))
+            )
+        )
     return out

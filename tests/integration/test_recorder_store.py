@@ -1,0 +1,137 @@
+"""The recorder's statements on a real PostgreSQL, written in slices of a few rows: the
+semantics of a batch do not depend on how many statements it takes, and each statement is
+timed by kind."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+
+import asyncpg
+import numpy as np
+import pytest
+
+from services.policy.processing import decide
+from services.recorder import store
+from shared.contracts.batches import DecisionColumns, LabelColumns, PredictionColumns
+from shared.recalibration.maps import IDENTITY
+from shared.settings import Settings
+from tooling.benchmarking import scratch_database
+
+T0 = 1_767_225_600_000
+
+
+@pytest.fixture(scope="module")
+def dsn(stack_settings: Settings) -> Iterator[str]:
+    with scratch_database(stack_settings, prefix="caliber_store") as settings:
+        yield settings.postgres_url
+
+
+def decisions(ids: list[str], confidences: list[float]) -> DecisionColumns:
+    n = len(ids)
+    cols = PredictionColumns(
+        tenant="acme",
+        model_name="fraud",
+        model_version="v1",
+        event_ids=ids,
+        event_time_ms=np.arange(n, dtype=np.int64) + T0,
+        predicted_labels=["yes"] * n,
+        confidences=np.asarray(confidences),
+    )
+    return decide(cols, 0.6, IDENTITY, "registry", T0 + 1_000)
+
+
+def labels(ids: list[str], truths: list[str], t: int = T0 + 5_000) -> LabelColumns:
+    n = len(ids)
+    return LabelColumns(
+        tenant="acme",
+        model_name=None,
+        model_version=None,
+        event_ids=ids,
+        ground_truths=truths,
+        sources=["feed"] * n,
+        label_time_ms=np.arange(n, dtype=np.int64) + t,
+    )
+
+
+async def _write(dsn: str, rows: int, timings: list[str], **batch: object) -> store.Written:
+    conn = await asyncpg.connect(dsn)
+    try:
+        async with conn.transaction():
+            return await store.write(
+                conn, **batch, timer=lambda kind, _s: timings.append(kind), rows=rows
+            )  # type: ignore[arg-type]
+    finally:
+        await conn.close()
+
+
+def write(dsn: str, rows: int, timings: list[str] | None = None, **batch: object) -> store.Written:
+    return asyncio.run(_write(dsn, rows, [] if timings is None else timings, **batch))
+
+
+async def _fetch(dsn: str, query: str, *args: object) -> list[tuple[object, ...]]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return [tuple(r) for r in await conn.fetch(query, *args)]
+    finally:
+        await conn.close()
+
+
+def fetch(dsn: str, query: str, *args: object) -> list[tuple[object, ...]]:
+    return asyncio.run(_fetch(dsn, query, *args))
+
+
+def new_ids(n: int) -> list[str]:
+    return [str(uuid.uuid4()) for _ in range(n)]
+
+
+def test_waiting_labels_land_on_decisions_written_two_rows_per_statement(dsn: str) -> None:
+    ids = new_ids(5)
+    early = write(dsn, 2, labels=[labels([ids[1], ids[4]], ["no", "yes"])])
+    assert (early.pending, early.labelled) == (2, 0)
+    timings: list[str] = []
+    out = write(dsn, 2, timings, decisions=[decisions(ids, [0.9, 0.4, 0.9, 0.9, 0.4])])
+    # 5 decisions in slices of 2, 2 and 1: one insert and one apply per slice.
+    assert timings == ["insert_predictions", "apply_pending"] * 3
+    assert (out.predictions, out.labelled, out.pending_applied) == (5, 2, 2)
+    got = fetch(
+        dsn,
+        "SELECT event_id::text, ground_truth, status, review_state, decision FROM predictions "
+        "WHERE event_id = ANY($1::uuid[]) ORDER BY event_time",
+        ids,
+    )
+    assert got == [
+        (ids[0], None, "auto", "none", "auto"),
+        (ids[1], "no", "resolved", "resolved", "review"),
+        (ids[2], None, "auto", "none", "auto"),
+        (ids[3], None, "auto", "none", "auto"),
+        (ids[4], "yes", "resolved", "resolved", "review"),
+    ]
+    assert fetch(dsn, "SELECT 1 FROM pending_labels WHERE event_id = ANY($1::uuid[])", ids) == []
+    # A replay changes nothing.
+    again = write(dsn, 2, decisions=[decisions(ids, [0.9, 0.4, 0.9, 0.9, 0.4])])
+    assert (again.predictions, again.labelled, again.pending_applied) == (0, 0, 0)
+
+
+def test_the_first_label_wins_across_statements(dsn: str) -> None:
+    known, unknown = new_ids(2), new_ids(1)[0]
+    write(dsn, 2, decisions=[decisions(known, [0.9, 0.9])])
+    timings: list[str] = []
+    # Slices: [known0 a, unknown a], [known1 x, known0 b], [unknown b].
+    out = write(
+        dsn,
+        2,
+        timings,
+        labels=[labels([known[0], unknown, known[1], known[0], unknown], list("aaxbb"))],
+    )
+    assert timings == ["write_labels"] * 3
+    assert (out.labelled, out.pending) == (2, 1)
+    got = fetch(
+        dsn,
+        "SELECT event_id::text, ground_truth FROM predictions WHERE event_id = ANY($1::uuid[])",
+        known,
+    )
+    assert sorted(got) == sorted([(known[0], "a"), (known[1], "x")])
+    waiting = fetch(dsn, "SELECT ground_truth FROM pending_labels WHERE event_id = $1", unknown)
+    assert waiting == [("a",)]
