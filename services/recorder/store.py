@@ -252,13 +252,13 @@ def alert_columns(alerts: Sequence[dict[str, Any]]) -> list[list[Any]]:
 StatementTimer = Callable[[str, float], None]
 """Called with a statement's kind and its duration in seconds after each statement."""
 
-STATEMENT_ROWS = 2_000
+STATEMENT_ROWS = 1_000
 """Most rows one statement takes: a big batch is written in slices of this size, in
 consumed order. A statement's cost then grows with neither the batch nor the tables: at
 this size PostgreSQL plans each join as key probes driven by the slice (nested loops over
-the primary keys), where one statement of tens of thousands of rows made it read all of
-``pending_labels`` into a hash table, and a mis-estimated join of that size could cost
-minutes."""
+the primary keys), where a statement of tens of thousands of rows (a fetch of 200
+messages) read all of ``pending_labels`` into a hash table for every batch and took
+seconds at 10 M predictions."""
 
 
 def _slices(cols: list[list[Any]], rows: int) -> Iterator[list[list[Any]]]:
