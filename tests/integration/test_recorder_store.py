@@ -5,6 +5,7 @@ timed by kind."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Iterator
 
@@ -12,6 +13,7 @@ import asyncpg
 import numpy as np
 import pytest
 
+from bench.scale_data import pending_id, prediction_id, preload
 from services.policy.processing import decide
 from services.recorder import store
 from shared.contracts.batches import DecisionColumns, LabelColumns, PredictionColumns
@@ -135,3 +137,43 @@ def test_the_first_label_wins_across_statements(dsn: str) -> None:
     assert sorted(got) == sorted([(known[0], "a"), (known[1], "x")])
     waiting = fetch(dsn, "SELECT ground_truth FROM pending_labels WHERE event_id = $1", unknown)
     assert waiting == [("a",)]
+
+
+def _plan_nodes(plan: dict[str, object]) -> Iterator[dict[str, object]]:
+    yield plan
+    for child in plan.get("Plans", []):  # type: ignore[attr-defined]
+        yield from _plan_nodes(child)
+
+
+async def _explain(dsn: str, query: str, *args: object) -> list[dict[str, object]]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        tr = conn.transaction()
+        await tr.start()
+        try:
+            raw = await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {query}", *args)
+        finally:
+            await tr.rollback()
+    finally:
+        await conn.close()
+    return list(_plan_nodes(json.loads(raw)[0]["Plan"]))
+
+
+def test_a_full_slice_probes_keys_and_reads_no_table_whole(stack_settings: Settings) -> None:
+    """1,000,000 labels waiting and 100,000 predictions: a slice of decisions and one of
+    labels are key probes (nested loops over the primary keys), no sequential scan."""
+    with scratch_database(stack_settings, prefix="caliber_store_plans") as settings:
+        preload(settings.postgres_url, 100_000, 1_000_000)
+        n = store.STATEMENT_ROWS
+        waiting = [pending_id(j) for j in range(1, n // 2 + 1)]
+        d = store.decision_columns([decisions(waiting + new_ids(n - len(waiting)), [0.9] * n)])
+        old = [prediction_id(i) for i in range(100_000, 100_000 - n // 2, -1)]
+        lbl = store.label_columns([labels(old + new_ids(n - len(old)), ["cat"] * n)])
+        for query, args, probed in (
+            (store.APPLY_PENDING, (d[0], d[1]), {"pending_labels_pkey", "predictions_pkey"}),
+            (store.WRITE_LABELS, tuple(lbl), {"predictions_pkey"}),
+        ):
+            nodes = asyncio.run(_explain(settings.postgres_url, query, *args))
+            assert not [x for x in nodes if x["Node Type"] == "Seq Scan"]
+            assert {x.get("Index Name") for x in nodes} >= probed
+            assert not [x for x in nodes if x["Node Type"] in ("Hash Join", "Merge Join")]
