@@ -68,7 +68,7 @@ from tooling.benchmarking import (
 __all__ = ["preload"]
 
 app = typer.Typer(add_completion=False)
-STATEMENTS = ("insert_predictions", "apply_pending", "write_labels")
+STATEMENTS = ("insert_decisions", "write_labels")
 KINDS = ("before", "with", "long after", "parked")
 
 

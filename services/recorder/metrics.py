@@ -31,7 +31,7 @@ class RecorderMetrics(PipelineMetrics):
         self.statement_seconds = Histogram(
             "caliber_recorder_statement_seconds",
             "Duration of each PostgreSQL statement the recorder runs, by kind: "
-            "insert_predictions | apply_pending | write_labels | insert_alerts",
+            "insert_decisions | write_labels | insert_alerts",
             ["statement"],
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60),
             registry=registry,

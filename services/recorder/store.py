@@ -50,29 +50,6 @@ class Written:
         self.alerts += other.alerts
 
 
-INSERT_PREDICTIONS = f"""
-INSERT INTO predictions (
-    event_id, tenant_id, model_name, model_version, model_version_id, event_time,
-    predicted_label, confidence, calibrated_confidence, threshold, calibrator_version,
-    status, probabilities, features, uncertainty, metadata, decided_at, created_at,
-    decision, review_state)
-SELECT d.event_id, d.tenant_id, d.model_name, d.model_version, d.model_version_id,
-       {_MS.format("d.event_ms")}, d.predicted_label, d.confidence, d.calibrated,
-       d.threshold, d.calibrator_version, d.status, d.probabilities, d.features,
-       d.uncertainty, d.metadata, {_MS.format("d.decided_ms")}, {_MS.format("d.decided_ms")},
-       d.status, CASE WHEN d.status = 'review' THEN 'open' ELSE 'none' END
-FROM unnest(
-    $1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[],
-    $7::text[], $8::float8[], $9::float8[], $10::float8[], $11::text[],
-    $12::text[], $13::jsonb[], $14::jsonb[], $15::float8[], $16::jsonb[], $17::bigint[])
-    WITH ORDINALITY AS d(
-        event_id, tenant_id, model_name, model_version, model_version_id, event_ms,
-        predicted_label, confidence, calibrated, threshold, calibrator_version,
-        status, probabilities, features, uncertainty, metadata, decided_ms, ord)
-ORDER BY d.ord
-ON CONFLICT (tenant_id, event_id) DO NOTHING
-"""
-
 # A label fills a prediction of the same tenant that has none; it closes the review of a
 # withheld prediction, and leaves an auto prediction's status and review state alone.
 _LABEL_SET = """
@@ -89,24 +66,65 @@ SET ground_truth = l.ground_truth,
     resolved_at = CASE WHEN p.decision = 'review' THEN COALESCE(p.resolved_at, l.label_time) END
 """
 
-APPLY_PENDING = f"""
-WITH consumed AS (
-    DELETE FROM pending_labels AS g
-    USING unnest($1::uuid[], $2::text[]) AS d(event_id, tenant_id)
+# The same rule for a prediction inserted with the label that waited for it (w, NULL when
+# none did): a withheld decision is resolved at once, an auto one stays auto.
+_REVIEW = "d.status = 'review'"
+_LABELLED = "w.event_id IS NOT NULL"
+
+INSERT_DECISIONS = f"""
+WITH d AS (
+    SELECT * FROM unnest(
+        $1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[],
+        $7::text[], $8::float8[], $9::float8[], $10::float8[], $11::text[],
+        $12::text[], $13::jsonb[], $14::jsonb[], $15::float8[], $16::jsonb[], $17::bigint[])
+        WITH ORDINALITY AS d(
+            event_id, tenant_id, model_name, model_version, model_version_id, event_ms,
+            predicted_label, confidence, calibrated, threshold, calibrator_version,
+            status, probabilities, features, uncertainty, metadata, decided_ms, ord)
+), waiting AS (
+    DELETE FROM pending_labels AS g USING d
     WHERE g.tenant_id = d.tenant_id AND g.event_id = d.event_id
     RETURNING g.event_id, g.tenant_id, g.ground_truth, g.source, g.label_time
+), inserted AS (
+    INSERT INTO predictions (
+        event_id, tenant_id, model_name, model_version, model_version_id, event_time,
+        predicted_label, confidence, calibrated_confidence, threshold, calibrator_version,
+        status, probabilities, features, uncertainty, metadata, decided_at, created_at,
+        decision, review_state, ground_truth, correct, label_source, labeled_at,
+        resolved_by, reviewer_key_id, resolved_at)
+    SELECT d.event_id, d.tenant_id, d.model_name, d.model_version, d.model_version_id,
+           {_MS.format("d.event_ms")}, d.predicted_label, d.confidence, d.calibrated,
+           d.threshold, d.calibrator_version,
+           CASE WHEN {_REVIEW} AND {_LABELLED} THEN 'resolved' ELSE d.status END,
+           d.probabilities, d.features, d.uncertainty, d.metadata,
+           {_MS.format("d.decided_ms")}, {_MS.format("d.decided_ms")}, d.status,
+           CASE WHEN NOT {_REVIEW} THEN 'none' WHEN {_LABELLED} THEN 'resolved' ELSE 'open' END,
+           w.ground_truth, w.ground_truth = d.predicted_label, w.source, w.label_time,
+           CASE WHEN {_REVIEW} THEN w.source END,
+           CASE WHEN {_REVIEW} AND w.source = 'review' THEN
+               (SELECT r.api_key_id FROM review_resolutions r
+                WHERE r.tenant_id = d.tenant_id AND r.event_id = d.event_id) END,
+           CASE WHEN {_REVIEW} THEN w.label_time END
+    FROM d LEFT JOIN waiting AS w ON w.tenant_id = d.tenant_id AND w.event_id = d.event_id
+    ORDER BY d.ord
+    ON CONFLICT (tenant_id, event_id) DO NOTHING
+    RETURNING ground_truth IS NOT NULL AS labelled
 ), applied AS (
+    -- A waiting label of a prediction stored before this statement (the statement's own
+    -- inserts are not visible here): applied as a label arriving now would be.
     UPDATE predictions AS p {_LABEL_SET}
-    FROM consumed AS l
+    FROM waiting AS l
     WHERE p.event_id = l.event_id AND p.tenant_id = l.tenant_id AND p.ground_truth IS NULL
     RETURNING p.event_id
 )
-SELECT (SELECT count(*) FROM applied), (SELECT count(*) FROM consumed)
+SELECT (SELECT count(*) FROM inserted),
+       (SELECT count(*) FILTER (WHERE labelled) FROM inserted) + (SELECT count(*) FROM applied),
+       (SELECT count(*) FROM waiting)
 """
-"""Labels that waited for these events' decisions: removed, and applied to the decisions.
-One probe of the waiting labels' key per decision (a nested loop over the batch: the batch
-is at most :data:`STATEMENT_ROWS` rows, far cheaper than reading the whole table), and one
-probe of the predictions' key per label found."""
+"""Decisions, with the labels that waited for them: each waiting label is removed and
+written into its prediction's row as it is inserted (one row version, where inserting and
+then labelling wrote two, the second on a page the inserts had just filled). Keyed probes
+only: one of ``pending_labels_pkey`` and one of ``predictions_pkey`` per decision."""
 
 WRITE_LABELS = f"""
 WITH l AS (
@@ -186,7 +204,7 @@ def _probabilities(d: DecisionColumns) -> list[str | None]:
 
 
 def decision_columns(decisions: Sequence[DecisionColumns]) -> list[list[Any]]:
-    """The 17 parameter arrays of :data:`INSERT_PREDICTIONS`, all decisions concatenated."""
+    """The 17 parameter arrays of :data:`INSERT_DECISIONS`, all decisions concatenated."""
     cols: list[list[Any]] = [[] for _ in range(17)]
     for d in decisions:
         p = d.predictions
@@ -292,12 +310,10 @@ async def write(
     """
     out = Written()
     for cols in _slices(decision_columns(decisions), rows):
-        out.predictions += _count(
-            await _timed(timer, "insert_predictions", conn.execute(INSERT_PREDICTIONS, *cols))
+        inserted, applied, consumed = await _timed(
+            timer, "insert_decisions", conn.fetchrow(INSERT_DECISIONS, *cols)
         )
-        applied, consumed = await _timed(
-            timer, "apply_pending", conn.fetchrow(APPLY_PENDING, cols[0], cols[1])
-        )
+        out.predictions += inserted
         out.labelled += applied
         out.pending_applied += consumed
     for cols in _slices(label_columns(labels), rows):
