@@ -327,7 +327,10 @@ def _drive(settings: Settings, predictions: int, pending: int, rounds: int, batc
     )
     print("  rows: " + ", ".join(f"{k} {v - warm.get(k, 0):,.0f}" for k, v in rows.items()))
     print("statements (the recorder's caliber_recorder_statement_seconds, warm-up included):")
-    for kind in STATEMENTS:
+    kinds = sorted(
+        set(re.findall(r'caliber_recorder_statement_seconds_count\{statement="([^"]+)"', text))
+    )
+    for kind in kinds or STATEMENTS:
         print(_statement_line(text, kind))
     print(
         f"CPU per 1,000 events: PostgreSQL backends {pg / events * 1000:.3f} s, "
