@@ -2,8 +2,9 @@
 
 Each statement takes whole columns (``unnest`` of arrays) of at most
 :data:`STATEMENT_ROWS` rows, so a consumed batch costs one statement per kind of record per
-slice, and each statement reaches the tables by key probes whatever their size. Every value written comes from the
-messages, timestamps included (never ``now()``), so a replay changes no byte:
+slice, and each statement reaches the tables by key probes whatever their size. Every
+value written comes from the messages, timestamps included (never ``now()``), so a replay
+changes no byte:
 predictions and alerts are inserted ``ON CONFLICT DO NOTHING``; a label only fills a
 prediction that has none (the first label of an event wins); the policy's ``decision``
 (auto | review) is written once and never changes, and a label closes the review of a
