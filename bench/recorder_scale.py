@@ -23,12 +23,15 @@ import itertools
 import os
 import random
 import re
+import signal
 import socket
 import subprocess
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from pathlib import Path
 
 import numpy as np
 import psycopg
@@ -260,13 +263,16 @@ def _rows(text: str) -> dict[str, float]:
 def main(
     predictions: int = 10_000_000,
     pending: int = 1_000_000,
-    rounds: int = 100,
+    rounds: int = 50,
     batch: int = 500,
     database: str = "",
     keep: bool = False,
+    profile: str = "",
 ) -> None:
     """Load (unless ``--database`` names a store loaded before), then drive the recorder
-    with ``rounds`` rounds of the four traffic shapes, ``batch`` events per message."""
+    with ``rounds`` rounds of the four traffic shapes, ``batch`` events per message;
+    ``--profile PATH`` samples the recorder with py-spy while it writes (collapsed stacks
+    in PATH, the functions most seen printed)."""
     settings = bench_settings()
     name = database or f"caliber_bench_scale_{uuid.uuid4().hex[:8]}"
     with _database(settings, name, keep) as (scratch, created):
@@ -278,12 +284,41 @@ def main(
             )
         else:
             print(f"reusing database {name} (loaded before)")
-        _drive(scratch, predictions, pending, rounds, batch)
+        _drive(scratch, predictions, pending, rounds, batch, profile)
         if keep:
             print(f"kept database {name}")
 
 
-def _drive(settings: Settings, predictions: int, pending: int, rounds: int, batch: int) -> None:
+def _start_profile(pid: int, path: str) -> subprocess.Popen[bytes] | None:
+    if not path:
+        return None
+    return subprocess.Popen(
+        ["py-spy", "record", "--pid", str(pid), "--format", "raw", "--output", path],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _stop_profile(spy: subprocess.Popen[bytes] | None, path: str) -> None:
+    """Stop py-spy (it writes on SIGINT) and print the frames most often on the CPU."""
+    if spy is None:
+        return
+    spy.send_signal(signal.SIGINT)
+    spy.wait(60)
+    own: Counter[str] = Counter()
+    total = 0
+    for line in Path(path).read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        total += int(count)
+        own[stack.rsplit(";", 1)[-1]] += int(count)
+    print(f"profile of the recorder ({total} samples, {path}), the frames most on the CPU:")
+    for frame, n in own.most_common(12):
+        print(f"  {100 * n / max(total, 1):5.1f} %  {frame}")
+
+
+def _drive(
+    settings: Settings, predictions: int, pending: int, rounds: int, batch: int, profile: str
+) -> None:
     port = _free_port()
     proc = start_service(
         "recorder",
@@ -301,6 +336,7 @@ def _drive(settings: Settings, predictions: int, pending: int, rounds: int, batc
         with psycopg.connect(settings.postgres_url, autocommit=True) as conn:
             pg0, rec0, load0 = _backends_cpu(conn), cpu_seconds(proc.pid), os.getloadavg()
             traffic.events = {kind: 0 for kind in KINDS}
+            spy = _start_profile(proc.pid, profile)
             started = time.monotonic()
             for r in range(rounds):
                 traffic.round(START_MS + (r + 1) * 60_000)
@@ -308,6 +344,7 @@ def _drive(settings: Settings, predictions: int, pending: int, rounds: int, batc
             produced = time.monotonic() - started
             _wait_committed(settings, topics, proc, 3_600)
             took = time.monotonic() - started
+            _stop_profile(spy, profile)
             pg = _backends_cpu(conn) - pg0
             rec = cpu_seconds(proc.pid) - rec0
             size = conn.execute("SELECT pg_database_size(current_database())").fetchone()
