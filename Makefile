@@ -54,6 +54,7 @@ bench: up ## run the benchmarks and print throughput, latency percentiles and me
 	@echo "== produce -> decision latency at 2,000 events/s"; $(PYTHON) -m bench.policy
 	@echo "== gateway POST /api/predictions"; $(PYTHON) -m bench.gateway
 	@echo "== recorder rows/s into PostgreSQL"; $(PYTHON) -m bench.recorder
+	@echo "== recorder at scale: 10 M predictions, 1 M pending labels"; $(PYTHON) -m bench.recorder_scale
 	@echo "== aggregator: labeled events/s, GET /api/calibration, Redis per model per day"; $(PYTHON) -m bench.aggregator
 	@echo "== drift worker: 20 numeric + 5 categorical features"; $(PYTHON) -m bench.drift
 	@echo "== routing: decide latency at 2,000/s, router outcomes/s, Redis per (goal, path)"; $(PYTHON) -m bench.router

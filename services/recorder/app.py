@@ -36,6 +36,7 @@ def build_app(settings: RecorderSettings) -> faust.App:
                 transactional=False,
                 max_messages=settings.recorder_max_messages,
                 poll_timeout=0.02,
+                max_poll_interval_ms=settings.recorder_max_poll_interval_s * 1000,
             ),
             RecorderProcessor(
                 topics,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from services.recorder.store import Written
 from shared.runtime.pipeline_metrics import PipelineMetrics
@@ -28,12 +28,23 @@ class RecorderMetrics(PipelineMetrics):
             ["table", "operation"],
             registry=registry,
         )
+        self.statement_seconds = Histogram(
+            "caliber_recorder_statement_seconds",
+            "Duration of each PostgreSQL statement the recorder runs, by kind: "
+            "insert_decisions | write_labels | insert_alerts",
+            ["statement"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60),
+            registry=registry,
+        )
         self.dead_letters = Counter(
             "caliber_recorder_dead_letters_total",
             "Consumed messages the recorder could not store, by error code",
             ["code"],
             registry=registry,
         )
+
+    def statement(self, kind: str, seconds: float) -> None:
+        self.statement_seconds.labels(kind).observe(seconds)
 
     def count(self, written: Written, dead_letter_codes: Iterable[str]) -> None:
         for table, operation, n in (

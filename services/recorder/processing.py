@@ -93,6 +93,7 @@ class RecorderProcessor:
         self._codec = codec
         self._pool = pool
         self._metrics = metrics
+        self._timer = metrics.statement if metrics is not None else None
         self._expected = {
             topics.decisions: {"DecisionBatch"},
             topics.labels: {"LabelBatch"},
@@ -155,6 +156,7 @@ class RecorderProcessor:
                 [d for _, d in parsed.decisions],
                 [lbl for _, lbl in parsed.labels],
                 [a for _, a in parsed.alerts],
+                timer=self._timer,
             )
 
     async def _write_each(self, conn: asyncpg.Connection, parsed: Parsed) -> Written:
@@ -169,7 +171,7 @@ class RecorderProcessor:
             for i, kwargs in items:
                 try:
                     async with conn.transaction():
-                        total.add(await write(conn, **kwargs))
+                        total.add(await write(conn, **kwargs, timer=self._timer))
                 except DATA_ERRORS as exc:
                     total.add(await self._write_rows(conn, parsed, i, kwargs, exc))
         return total
@@ -199,7 +201,7 @@ class RecorderProcessor:
             try:
                 async with conn.transaction():
                     one: dict[str, Any] = {k: [batch.take([row])] for k in kwargs}
-                    total.add(await write(conn, **one))
+                    total.add(await write(conn, **one, timer=self._timer))
             except DATA_ERRORS as exc:
                 parsed.event_faults.append(
                     (index, ids[row], str(ErrorCode.REJECTED_BY_DATABASE), str(exc))

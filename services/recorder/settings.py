@@ -14,7 +14,14 @@ class RecorderSettings(Settings):
         description="recorder /metrics port (0 = none)",
     )
     recorder_max_messages: int = Field(
-        default=200,
+        default=50,
         ge=1,
-        description="messages the recorder fetches and writes in one PostgreSQL transaction",
+        description="messages the recorder fetches and writes in one PostgreSQL transaction "
+        "(with CALIBER_LIMIT_BATCH_EVENTS, it bounds the rows of one transaction)",
+    )
+    recorder_max_poll_interval_s: int = Field(
+        default=600,
+        ge=10,
+        description="longest one fetched batch may take to write before Kafka hands the "
+        "recorder's partitions to another member (max.poll.interval.ms)",
     )

@@ -1,8 +1,10 @@
 """Idempotent, batched writes of decisions, labels and alerts.
 
-Each statement takes whole columns (``unnest`` of arrays), so a consumed batch costs one
-statement per kind of record whatever its size. Every value written comes from the
-messages, timestamps included (never ``now()``), so a replay changes no byte:
+Each statement takes whole columns (``unnest`` of arrays) of at most
+:data:`STATEMENT_ROWS` rows, so a consumed batch costs one statement per kind of record per
+slice, and each statement reaches the tables by key probes whatever their size. Every
+value written comes from the messages, timestamps included (never ``now()``), so a replay
+changes no byte:
 predictions and alerts are inserted ``ON CONFLICT DO NOTHING``; a label only fills a
 prediction that has none (the first label of an event wins); the policy's ``decision``
 (auto | review) is written once and never changes, and a label closes the review of a
@@ -16,9 +18,10 @@ the decision lands.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import numpy as np
@@ -27,6 +30,7 @@ from shared.contracts.batches import DecisionColumns, LabelColumns
 
 # Epoch milliseconds → timestamptz, exactly (integer milliseconds times an interval).
 _MS = "(TIMESTAMPTZ 'epoch' + ({} * INTERVAL '1 millisecond'))"
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -48,29 +52,6 @@ class Written:
         self.alerts += other.alerts
 
 
-INSERT_PREDICTIONS = f"""
-INSERT INTO predictions (
-    event_id, tenant_id, model_name, model_version, model_version_id, event_time,
-    predicted_label, confidence, calibrated_confidence, threshold, calibrator_version,
-    status, probabilities, features, uncertainty, metadata, decided_at, created_at,
-    decision, review_state)
-SELECT d.event_id, d.tenant_id, d.model_name, d.model_version, d.model_version_id,
-       {_MS.format("d.event_ms")}, d.predicted_label, d.confidence, d.calibrated,
-       d.threshold, d.calibrator_version, d.status, d.probabilities, d.features,
-       d.uncertainty, d.metadata, {_MS.format("d.decided_ms")}, {_MS.format("d.decided_ms")},
-       d.status, CASE WHEN d.status = 'review' THEN 'open' ELSE 'none' END
-FROM unnest(
-    $1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[],
-    $7::text[], $8::float8[], $9::float8[], $10::float8[], $11::text[],
-    $12::text[], $13::jsonb[], $14::jsonb[], $15::float8[], $16::jsonb[], $17::bigint[])
-    WITH ORDINALITY AS d(
-        event_id, tenant_id, model_name, model_version, model_version_id, event_ms,
-        predicted_label, confidence, calibrated, threshold, calibrator_version,
-        status, probabilities, features, uncertainty, metadata, decided_ms, ord)
-ORDER BY d.ord
-ON CONFLICT (tenant_id, event_id) DO NOTHING
-"""
-
 # A label fills a prediction of the same tenant that has none; it closes the review of a
 # withheld prediction, and leaves an auto prediction's status and review state alone.
 _LABEL_SET = """
@@ -87,23 +68,65 @@ SET ground_truth = l.ground_truth,
     resolved_at = CASE WHEN p.decision = 'review' THEN COALESCE(p.resolved_at, l.label_time) END
 """
 
-APPLY_PENDING = f"""
-WITH pending AS (
-    SELECT g.* FROM pending_labels AS g
-    JOIN unnest($1::uuid[], $2::text[]) AS d(event_id, tenant_id) USING (tenant_id, event_id)
+# The same rule for a prediction inserted with the label that waited for it (w, NULL when
+# none did): a withheld decision is resolved at once, an auto one stays auto.
+_REVIEW = "d.status = 'review'"
+_LABELLED = "w.event_id IS NOT NULL"
+
+INSERT_DECISIONS = f"""
+WITH d AS (
+    SELECT * FROM unnest(
+        $1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[],
+        $7::text[], $8::float8[], $9::float8[], $10::float8[], $11::text[],
+        $12::text[], $13::jsonb[], $14::jsonb[], $15::float8[], $16::jsonb[], $17::bigint[])
+        WITH ORDINALITY AS d(
+            event_id, tenant_id, model_name, model_version, model_version_id, event_ms,
+            predicted_label, confidence, calibrated, threshold, calibrator_version,
+            status, probabilities, features, uncertainty, metadata, decided_ms, ord)
+), waiting AS (
+    DELETE FROM pending_labels AS g USING d
+    WHERE g.tenant_id = d.tenant_id AND g.event_id = d.event_id
+    RETURNING g.event_id, g.tenant_id, g.ground_truth, g.source, g.label_time
+), inserted AS (
+    INSERT INTO predictions (
+        event_id, tenant_id, model_name, model_version, model_version_id, event_time,
+        predicted_label, confidence, calibrated_confidence, threshold, calibrator_version,
+        status, probabilities, features, uncertainty, metadata, decided_at, created_at,
+        decision, review_state, ground_truth, correct, label_source, labeled_at,
+        resolved_by, reviewer_key_id, resolved_at)
+    SELECT d.event_id, d.tenant_id, d.model_name, d.model_version, d.model_version_id,
+           {_MS.format("d.event_ms")}, d.predicted_label, d.confidence, d.calibrated,
+           d.threshold, d.calibrator_version,
+           CASE WHEN {_REVIEW} AND {_LABELLED} THEN 'resolved' ELSE d.status END,
+           d.probabilities, d.features, d.uncertainty, d.metadata,
+           {_MS.format("d.decided_ms")}, {_MS.format("d.decided_ms")}, d.status,
+           CASE WHEN NOT {_REVIEW} THEN 'none' WHEN {_LABELLED} THEN 'resolved' ELSE 'open' END,
+           w.ground_truth, w.ground_truth = d.predicted_label, w.source, w.label_time,
+           CASE WHEN {_REVIEW} THEN w.source END,
+           CASE WHEN {_REVIEW} AND w.source = 'review' THEN
+               (SELECT r.api_key_id FROM review_resolutions r
+                WHERE r.tenant_id = d.tenant_id AND r.event_id = d.event_id) END,
+           CASE WHEN {_REVIEW} THEN w.label_time END
+    FROM d LEFT JOIN waiting AS w ON w.tenant_id = d.tenant_id AND w.event_id = d.event_id
+    ORDER BY d.ord
+    ON CONFLICT (tenant_id, event_id) DO NOTHING
+    RETURNING ground_truth IS NOT NULL AS labelled
 ), applied AS (
+    -- A waiting label of a prediction stored before this statement (the statement's own
+    -- inserts are not visible here): applied as a label arriving now would be.
     UPDATE predictions AS p {_LABEL_SET}
-    FROM pending AS l
+    FROM waiting AS l
     WHERE p.event_id = l.event_id AND p.tenant_id = l.tenant_id AND p.ground_truth IS NULL
     RETURNING p.event_id
-), consumed AS (
-    DELETE FROM pending_labels AS g USING pending
-    WHERE g.tenant_id = pending.tenant_id AND g.event_id = pending.event_id
-    RETURNING g.event_id
 )
-SELECT (SELECT count(*) FROM applied), (SELECT count(*) FROM consumed)
+SELECT (SELECT count(*) FROM inserted),
+       (SELECT count(*) FILTER (WHERE labelled) FROM inserted) + (SELECT count(*) FROM applied),
+       (SELECT count(*) FROM waiting)
 """
-"""Labels that waited for these events' decisions: applied, then removed."""
+"""Decisions, with the labels that waited for them: each waiting label is removed and
+written into its prediction's row as it is inserted (one row version, where inserting and
+then labelling wrote two, the second on a page the inserts had just filled). Keyed probes
+only: one of ``pending_labels_pkey`` and one of ``predictions_pkey`` per decision."""
 
 WRITE_LABELS = f"""
 WITH l AS (
@@ -183,7 +206,7 @@ def _probabilities(d: DecisionColumns) -> list[str | None]:
 
 
 def decision_columns(decisions: Sequence[DecisionColumns]) -> list[list[Any]]:
-    """The 17 parameter arrays of :data:`INSERT_PREDICTIONS`, all decisions concatenated."""
+    """The 17 parameter arrays of :data:`INSERT_DECISIONS`, all decisions concatenated."""
     cols: list[list[Any]] = [[] for _ in range(17)]
     for d in decisions:
         p = d.predictions
@@ -246,28 +269,63 @@ def alert_columns(alerts: Sequence[dict[str, Any]]) -> list[list[Any]]:
     return cols
 
 
+StatementTimer = Callable[[str, float], None]
+"""Called with a statement's kind and its duration in seconds after each statement."""
+
+STATEMENT_ROWS = 1_000
+"""Most rows one statement takes: a big batch is written in slices of this size, in
+consumed order. A statement's cost then grows with neither the batch nor the tables: at
+this size PostgreSQL plans each join as key probes driven by the slice (nested loops over
+the primary keys), where a statement of tens of thousands of rows (a fetch of 200
+messages) read all of ``pending_labels`` into a hash table for every batch and took
+seconds at 10 M predictions."""
+
+
+def _slices(cols: list[list[Any]], rows: int) -> Iterator[list[list[Any]]]:
+    n = len(cols[0]) if cols else 0
+    for start in range(0, n, rows):
+        yield [c[start : start + rows] for c in cols]
+
+
+async def _timed(timer: StatementTimer | None, kind: str, call: Awaitable[T]) -> T:
+    started = time.perf_counter()
+    try:
+        return await call
+    finally:
+        if timer is not None:
+            timer(kind, time.perf_counter() - started)
+
+
 async def write(
     conn: asyncpg.Connection,
     decisions: Sequence[DecisionColumns] = (),
     labels: Sequence[LabelColumns] = (),
     alerts: Sequence[dict[str, Any]] = (),
+    timer: StatementTimer | None = None,
+    rows: int = STATEMENT_ROWS,
 ) -> Written:
     """Write decisions, then labels, then alerts, in the caller's transaction.
 
     Decisions go first so a label consumed in the same batch as its decision is applied,
-    not parked; labels parked earlier are applied as their decisions land.
+    not parked; labels parked earlier are applied as their decisions land. Each kind is
+    written ``rows`` at a time, in consumed order (so the first label still wins).
     """
     out = Written()
-    if decisions:
-        cols = decision_columns(decisions)
-        out.predictions = _count(await conn.execute(INSERT_PREDICTIONS, *cols))
-        applied, consumed = await conn.fetchrow(APPLY_PENDING, cols[0], cols[1])
+    for cols in _slices(decision_columns(decisions), rows):
+        inserted, applied, consumed = await _timed(
+            timer, "insert_decisions", conn.fetchrow(INSERT_DECISIONS, *cols)
+        )
+        out.predictions += inserted
         out.labelled += applied
-        out.pending_applied = consumed
-    if labels:
-        applied, kept = await conn.fetchrow(WRITE_LABELS, *label_columns(labels))
+        out.pending_applied += consumed
+    for cols in _slices(label_columns(labels), rows):
+        applied, kept = await _timed(timer, "write_labels", conn.fetchrow(WRITE_LABELS, *cols))
         out.labelled += applied
-        out.pending = kept
+        out.pending += kept
     if alerts:
-        out.alerts = _count(await conn.execute(INSERT_ALERTS, *alert_columns(alerts)))
+        out.alerts = _count(
+            await _timed(
+                timer, "insert_alerts", conn.execute(INSERT_ALERTS, *alert_columns(alerts))
+            )
+        )
     return out

@@ -73,6 +73,9 @@ class PipelineConfig:
     ``Settings.quarantine_after_crashes`` of them (see :mod:`shared.runtime.quarantine`)."""
     service: str = ""
     """Name in dead letters and fault injection; default: the group id's last part."""
+    max_poll_interval_ms: int = 300_000
+    """Longest an iteration may take before Kafka takes the partitions away from the worker
+    (librdkafka's ``max.poll.interval.ms``; its default here)."""
 
 
 @dataclass(slots=True)
@@ -134,7 +137,12 @@ class Pipeline:
             await loop.run_in_executor(None, self._producer.init_transactions, 30.0)
         else:
             self._producer = Producer(producer_config(self._settings))
-        self._consumer = AIOConsumer(consumer_config(self._settings, cfg.group_id), max_workers=2)
+        self._consumer = AIOConsumer(
+            consumer_config(
+                self._settings, cfg.group_id, **{"max.poll.interval.ms": cfg.max_poll_interval_ms}
+            ),
+            max_workers=2,
+        )
         if cfg.quarantine:
             self._redis = aioredis.Redis.from_url(self._settings.redis_dsn)
             self._crashes = CrashRecord(
