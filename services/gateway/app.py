@@ -42,6 +42,7 @@ from services.gateway.routes import (
     registry,
     reviews,
     routing,
+    segments,
 )
 from services.gateway.settings import GatewaySettings
 from services.gateway.state import open_state
@@ -57,6 +58,7 @@ ROUTERS = (
     registry,
     estimation,
     recalibration,
+    segments,
     routing,
     calibration,
     drift,

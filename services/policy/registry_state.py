@@ -35,6 +35,8 @@ class Rule:
     model_label: str
     """Metric label value: the registered model name, or ``unregistered``."""
     model_version_id: int | None = None
+    segment_key: str | None = None
+    """Feature or metadata key whose values are calibrated by segment maps, if any."""
 
 
 class RegistryState:
@@ -68,6 +70,7 @@ class RegistryState:
             threshold_source="registry",
             model_label=entry.name,
             model_version_id=entry.id,
+            segment_key=entry.segment_key,
         )
         self._rules[key] = (entry, rule)
         return rule

@@ -33,6 +33,8 @@ class RegisteredVersion:
     abstain_threshold: float
     calibrator_version: str
     calibrator: str | None
+    segment_key: str | None = None
+    """Feature or metadata key whose values get a calibrator each; None = no segments."""
 
     @property
     def key(self) -> str:
@@ -73,6 +75,7 @@ class RegistryView:
             abstain_threshold=r["abstain_threshold"],
             calibrator_version=r["calibrator_version"],
             calibrator=r["calibrator"],
+            segment_key=r.get("segment_key"),
         )
 
     async def run(self, stopping: asyncio.Event) -> None:
