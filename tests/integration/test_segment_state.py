@@ -42,7 +42,10 @@ def settings(stack_settings: Settings) -> Iterator[Settings]:
         delete_redis_prefix(s)
 
 
-async def _apply(store: AggregatorStore, offset: int, windows: dict[tuple[str, str], list[int]]) -> bool:  # fmt: skip
+Windows = dict[tuple[str, str], list[int]]
+
+
+async def _apply(store: AggregatorStore, offset: int, windows: Windows) -> bool:
     return await store.apply([Msg(offset)], new_increments(), [], [], {}, 0, windows)
 
 

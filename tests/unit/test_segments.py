@@ -35,9 +35,8 @@ CODEC = AvroCodec()
 
 def constant(version: str, value: float) -> Any:
     """A histogram map with one bin: every confidence becomes ``value``."""
-    return from_registry(
-        version, {"kind": "histogram", "input": "confidence", "params": {"bins": 1, "values": [value]}}
-    )
+    params = {"bins": 1, "values": [value]}
+    return from_registry(version, {"kind": "histogram", "input": "confidence", "params": params})
 
 
 class Broken:
