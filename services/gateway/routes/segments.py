@@ -21,6 +21,7 @@ from services.gateway.auth import ADMIN, Principal, require
 from services.gateway.routes.registry import _owned, _publish, to_out
 from services.gateway.schemas import ModelVersionOut, PathId, StrictIn
 from services.gateway.state import state_of
+from shared.contracts.validation import DEFAULT_LIMITS
 from shared.registry.events import REGISTRY_COLUMNS
 
 router = APIRouter(prefix="/api/models", tags=["registry"])
@@ -48,8 +49,10 @@ SELECT
 class SegmentsIn(StrictIn):
     segment_key: str | None = Field(
         min_length=1,
-        max_length=256,
-        description="a feature or metadata key of the version's events; null = no segments",
+        max_length=DEFAULT_LIMITS.max_string,
+        pattern=r"^[^\x00-\x1f\x7f]+$",
+        description="a feature or metadata key of the version's events (no control "
+        "characters); null = no segments",
     )
 
 
