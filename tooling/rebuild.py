@@ -294,7 +294,12 @@ async def rebuild_redis(
         aggregator = AggregatorProcessor(
             topics,
             codec,
-            AggregatorStore(client, settings.redis_prefix, settings.label_horizon_seconds),
+            AggregatorStore(
+                client,
+                settings.redis_prefix,
+                settings.label_horizon_seconds,
+                segment_cap=settings.segment_max_per_version,
+            ),
             AggregatorMetrics(CollectorRegistry()),
         )
         drift = DriftProcessor(
