@@ -89,7 +89,7 @@ async def memory(
         rings += int(await client.memory_usage(lay.ring(MODEL, s), samples=0) or 0)
     per_key["windows (lists)"] = rings
     for name, key in (
-        ("members set", lay.members(MODEL)),
+        ("members set", lay.members(MODEL, "sport")),
         ("counts hash", lay.counts(MODEL)),
         ("fit bookmarks hash", lay.fits(MODEL)),
     ):

@@ -106,7 +106,7 @@ class AggregatorStore:
         for (model, segment), values in windows.items():
             effect.ring.append(
                 (
-                    lay.members(model),
+                    lay.members(model, segment.partition("=")[0]),
                     self.segment_cap,
                     segment,
                     lay.ring(model, segment),

@@ -41,7 +41,9 @@ def build_app(settings: PolicySettings) -> faust.App:
         tasks: set[asyncio.Task[None]] = {follower, segment_follower}
         try:
             await wait_for_registry(view, follower, settings.policy_catch_up_seconds)
-            await wait_for_registry(segments, segment_follower, settings.policy_catch_up_seconds)
+            await wait_for_registry(
+                segments, segment_follower, settings.policy_catch_up_seconds, "segment maps"
+            )
             processor = PolicyProcessor(
                 topics,
                 codec,

@@ -5,8 +5,8 @@ keyed by model version and segment) to this compacted topic; the policy follows 
 background exactly as it follows the registry, so deciding never waits on a store. A map is
 built once, when its record arrives; a record that cannot be built, or whose fit failed
 (null calibrator), leaves its segment without a map, so it falls back to the model
-version's map. At most ``cap`` segments per model version are kept (the aggregator keeps
-no state beyond it either); later ones fall back.
+version's map. At most ``cap`` segments per model version and segment key are kept (the
+aggregator keeps no state beyond it either); later ones fall back.
 """
 
 from __future__ import annotations
@@ -52,7 +52,12 @@ class SegmentMapView(RegistryView):
         super().__init__(settings, topic, codec)
         self.cap = cap
         self.maps: dict[str, dict[str, dict[str, CalibrationMap]]] = {}
-        self._segments: dict[str, set[tuple[str, str]]] = {}
+        self._segments: dict[tuple[str, str], set[str]] = {}
+
+    @property
+    def described(self) -> str:
+        n = sum(len(m) for by_key in self.maps.values() for m in by_key.values())
+        return f"{n} segment maps of {len(self.maps)} model versions"
 
     def maps_for(self, model: str, segment_key: str) -> Mapping[str, CalibrationMap]:
         """Segment value → map of one model version's segments under ``segment_key``."""
@@ -69,15 +74,15 @@ class SegmentMapView(RegistryView):
 
     def put(self, r: Mapping[str, object]) -> None:
         model = model_key(str(r["tenant"]), str(r["model_name"]), str(r["model_version"]))
-        name = (str(r["segment_key"]), str(r["segment"]))
-        known = self._segments.setdefault(model, set())
-        if name not in known:
+        key, value = str(r["segment_key"]), str(r["segment"])
+        known = self._segments.setdefault((model, key), set())
+        if value not in known:
             if len(known) >= self.cap:
                 return  # beyond the cap: the segment falls back
-            known.add(name)
-        by_key = self.maps.setdefault(model, {}).setdefault(name[0], {})
+            known.add(value)
+        by_key = self.maps.setdefault(model, {}).setdefault(key, {})
         built = build_segment_map(r)
         if built is None:
-            by_key.pop(name[1], None)
+            by_key.pop(value, None)
         else:
-            by_key[name[1]] = built
+            by_key[value] = built

@@ -53,6 +53,11 @@ class RegistryView:
     def get(self, key: str) -> RegisteredVersion | None:
         return self.versions.get(key)
 
+    @property
+    def described(self) -> str:
+        """What the view holds, for logs."""
+        return f"{len(self.versions)} model versions"
+
     def apply(self, key: bytes | None, value: bytes | None) -> None:
         if key is None:
             return
@@ -149,7 +154,7 @@ class RegistryView:
                 del ends[tp.partition]
 
     def _mark_caught_up(self) -> None:
-        logger.info("registry view caught up: %d versions", len(self.versions))
+        logger.info("%s view caught up: %s", self._topic, self.described)
         self.caught_up.set()
 
     async def wait_caught_up(self, seconds: float) -> bool:

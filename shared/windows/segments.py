@@ -4,8 +4,9 @@ Keys, all under ``<prefix>agg:seg:`` (``{model}`` = the model version key, ``{se
 ``<segment key>=<value>``):
 
 - ``models``: set of model version keys that have segment state;
-- ``members:{model}``: set of the model version's segments, at most the cap
-  (``CALIBER_SEGMENT_MAX_PER_VERSION``); a segment beyond it gets no state and falls back;
+- ``members:{model}|{segment key}``: set of the model version's segments under one segment
+  key, at most the cap (``CALIBER_SEGMENT_MAX_PER_VERSION``); a segment beyond it gets no
+  state and falls back (per key, so naming another key starts a new set);
 - ``n:{model}``: hash segment → labeled events ever counted into it, and ``overflow`` →
   labeled events of segments refused by the cap;
 - ``ring:{model}:{segment}``: list of the segment's last W labeled events, each one integer
@@ -46,8 +47,8 @@ class SegmentLayout:
     def models(self) -> str:
         return f"{self.base}models"
 
-    def members(self, model: str) -> str:
-        return f"{self.base}members:{model}"
+    def members(self, model: str, segment_key: str) -> str:
+        return f"{self.base}members:{model}|{segment_key}"
 
     def counts(self, model: str) -> str:
         return f"{self.base}n:{model}"

@@ -61,10 +61,11 @@ def test_windows_keep_the_last_w_count_once_and_cap_segments(settings: Settings)
             assert await _apply(store, 1, {(m, "s=a"): [4, -5, 6, 7], (m, "s=b"): [9]})
             # A replay of offset 1 (a crash before the commit) is refused whole.
             assert not await _apply(store, 1, {(m, "s=a"): [4, -5, 6, 7], (m, "s=b"): [9]})
-            # A third segment is beyond the cap of 2: counted as overflow, no window.
-            assert await _apply(store, 2, {(m, "s=c"): [8, 8], (m, "s=a"): [10]})
+            # A third segment is beyond the cap of 2: counted as overflow, no window. The cap
+            # is per segment key: a segment of another key is admitted.
+            assert await _apply(store, 2, {(m, "s=c"): [8, 8], (m, "s=a"): [10], (m, "k=z"): [3]})
             counts, fits = await state.counts(m)
-            assert counts == {"s=a": 8, "s=b": 1, OVERFLOW: 2}
+            assert counts == {"s=a": 8, "s=b": 1, "k=z": 1, OVERFLOW: 2}
             assert fits == {}
             windows = await state.windows(m, ["s=a", "s=b", "s=c"])
             # s=a: 1..7 trimmed to the last 5 (3, 4, -5, 6, 7), then 10 pushes out 3.

@@ -198,12 +198,14 @@ def test_the_policy_view_keeps_at_most_the_cap_of_segments() -> None:
     for seg in ("golf", "polo", "chess"):
         view.put(_map_record(seg, 0.3))
     assert sorted(view.maps_for("t/m/v1", "sport")) == ["golf", "polo"]  # chess: beyond
+    view.put(_map_record("eu", 0.3, key="region"))  # the cap is per segment key
+    assert list(view.maps_for("t/m/v1", "region")) == ["eu"]
     view.put(_map_record("polo", 1.5))  # a refit of a kept segment still lands (clipped)
     polo = view.maps_for("t/m/v1", "sport")["polo"]
     assert polo.apply(np.array([0.5]), None, None, []).tolist() == [0.99]
     view.put(_map_record("golf", None))  # its fit failed: golf falls back
     assert sorted(view.maps_for("t/m/v1", "sport")) == ["polo"]
-    assert view.maps_for("t/m/v1", "region") == {}
+    assert view.maps_for("t/m/v1", "league") == {}
     # Through Kafka bytes too.
     value = CODEC.encode("SegmentMap", _map_record("golf", 0.4))
     view.apply(b"t/m/v1#sport=golf", value)

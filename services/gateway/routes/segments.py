@@ -50,8 +50,8 @@ class SegmentsIn(StrictIn):
     segment_key: str | None = Field(
         min_length=1,
         max_length=DEFAULT_LIMITS.max_string,
-        pattern=r"^[^\x00-\x1f\x7f]+$",
-        description="a feature or metadata key of the version's events (no control "
+        pattern=r"^[^\x00-\x1f\x7f=]+$",
+        description="a feature or metadata key of the version's events (no '=' or control "
         "characters); null = no segments",
     )
 
