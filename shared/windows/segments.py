@@ -9,7 +9,8 @@ Keys, all under ``<prefix>agg:seg:`` (``{model}`` = the model version key, ``{se
   state and falls back (per key, so naming another key starts a new set);
 - ``n:{model}``: hash segment → labeled events ever counted into it, and ``overflow`` →
   labeled events of segments refused by the cap;
-- ``ring:{model}:{segment}``: list of the segment's last W labeled events, each one integer
+- ``ring:{model}:{segment}``: list of the segment's last W labeled events, in the order
+  their labels were counted, each one integer
   (:func:`shared.recalibration.segments.encode_pair`), oldest first;
 - ``fit:{model}``: hash segment → the labeled count its last refit saw.
 
