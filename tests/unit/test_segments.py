@@ -4,6 +4,7 @@ and policy's use of them, with hand-checked numbers."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from services.aggregator.processing import Joined, PredictionRecord, segment_windows
-from services.aggregator.refit import segment_map_record
+from services.aggregator.refit import SegmentRefitter, segment_map_record
 from services.aggregator.settings import AggregatorSettings
 from services.policy.processing import decide_by_segment
 from shared.contracts.batches import DecisionColumns, PredictionColumns
@@ -272,3 +273,80 @@ def test_segment_settings_refuse_a_window_below_the_minimum() -> None:
         AggregatorSettings(segment_min_labels=600)
     with pytest.raises(ValueError, match="CALIBER_SEGMENT_METHOD='magic'"):
         AggregatorSettings(segment_method="magic")
+
+
+class FakeState:
+    def __init__(self, counts: dict[str, int], fits: dict[str, int]) -> None:
+        self.c, self.f = counts, fits
+        self.read: list[str] = []
+
+    async def models(self) -> list[str]:
+        return ["t/m/v1"]
+
+    async def counts(self, model: str) -> tuple[dict[str, int], dict[str, int]]:
+        return dict(self.c), dict(self.f)
+
+    async def windows(self, model: str, segments: list[str]) -> list[list[int]]:
+        self.read += segments
+        golf = _window([(0.3, False, 30), (0.9, True, 30)])
+        return [golf if s == "sport=golf" else [encode_pair(0.6, True)] * 60 for s in segments]
+
+    async def mark_fitted(self, model: str, fitted: dict[str, int]) -> None:
+        self.f.update(fitted)
+
+
+class FakeProducer:
+    def __init__(self, undelivered: int = 0) -> None:
+        self.sent: list[tuple[str, bytes, bytes]] = []
+        self.undelivered = undelivered
+
+    def produce(self, topic: str, value: bytes, key: bytes, on_delivery: Any = None) -> None:
+        self.sent.append((topic, value, key))
+
+    def flush(self, timeout: float) -> int:
+        return self.undelivered
+
+
+def test_a_refit_round_fits_the_due_segments_publishes_then_bookmarks() -> None:
+    # golf: 60 labels, last fit at 50 (due); polo: 59, last at 50 (not yet); chess: 49 (< M);
+    # tennis: 60, never fitted (due, but one class: a failed fit, published to fall back).
+    state = FakeState(
+        {"sport=golf": 60, "sport=polo": 59, "sport=chess": 49, "sport=tennis": 60,
+         "overflow": 500},
+        {"sport=golf": 50, "sport=polo": 50},
+    )  # fmt: skip
+    producer = FakeProducer()
+    refitter = SegmentRefitter(
+        state,
+        producer,
+        CODEC,
+        "x.segment-maps",
+        SegmentFitOptions(),
+        10,
+        1.0,
+    )
+    assert asyncio.run(refitter.refit_all(123)) == 2
+    assert sorted(state.read) == ["sport=golf", "sport=tennis"]
+    assert {key for _, _, key in producer.sent} == {
+        b"t/m/v1#sport=golf",
+        b"t/m/v1#sport=tennis",
+    }
+    records = {}
+    for _, value, _ in producer.sent:
+        decoded = CODEC.decode(value, {"SegmentMap"})
+        assert isinstance(decoded, Decoded)
+        records[decoded.record["segment"]] = decoded.record
+    assert records["golf"]["n_labeled"] == 60 and records["golf"]["fitted_at_ms"] == 123
+    assert json.loads(records["golf"]["calibrator"])["params"]["y"] == [0.01, 0.99]
+    assert records["tennis"]["calibrator"] is None
+    assert records["tennis"]["reason"].startswith("one_class")
+    assert state.f == {"sport=golf": 60, "sport=polo": 50, "sport=tennis": 60}
+    # Kafka not acknowledging: nothing is bookmarked, the next round fits again.
+    state.c["sport=golf"] = 70
+    with pytest.raises(ConnectionError):
+        asyncio.run(
+            SegmentRefitter(
+                state, FakeProducer(1), CODEC, "x", SegmentFitOptions(), 10, 1.0
+            ).refit_all(1)
+        )
+    assert state.f["sport=golf"] == 60
