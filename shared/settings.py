@@ -82,8 +82,9 @@ class Settings(BaseSettings):
     segment_max_per_version: int = Field(
         default=1_000,
         ge=1,
-        description="most calibration segments of one model version (the aggregator keeps "
-        "state and the policy keeps maps for at most this many; later segments fall back)",
+        description="most calibration segments of one model version under one segment key "
+        "(the aggregator keeps state and the policy keeps maps for at most this many; later "
+        "segments fall back)",
     )
     limit_batch_events: int = Field(
         default=10_000, ge=1, description="most events in one batch message on Kafka"
