@@ -152,6 +152,34 @@ def record_a_prediction(settings: Settings, model_id: int) -> None:
     asyncio.run(go())
 
 
+def wait_until_maps_serve(
+    settings: Settings, reader: TopicReader, rng: np.random.Generator, workers: list[Any]
+) -> None:
+    """Unlabeled probes until the policy decides both segments with their maps."""
+    topic = Topics.for_namespace(settings.topic_namespace).decisions
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        probe = make_events(rng, {"tennis": 1, "golf": 1})
+        send_unlabeled(settings, probe)
+        versions: dict[str, str] = {}
+
+        def seen(probe: Events = probe, versions: dict[str, str] = versions) -> bool:
+            for d in reader.records[topic]:
+                rec = d.record
+                ids = rec["predictions"]["event_ids"]
+                per_event = rec["calibrator_versions"] or [rec["calibrator_version"]] * len(ids)
+                versions.update(
+                    (e, v) for e, v in zip(ids, per_event, strict=True) if e in probe.ids
+                )
+            return len(versions) == 2
+
+        reader.wait_for(seen, 60, "the probe decisions", workers)
+        if all(v.startswith("isotonic-") for v in versions.values()):
+            return
+        time.sleep(0.5)
+    raise AssertionError("the policy did not decide with the segment maps within 60 s")
+
+
 def counts(r: redis.Redis, key: str) -> dict[str, int]:
     return {k.decode(): int(v) for k, v in r.hgetall(key).items()}
 
@@ -234,7 +262,7 @@ def test_segments_refit_and_beat_one_global_map(env: Any) -> None:
             assert counts(r, lay.counts(MODEL)) == {
                 "sport=tennis": 600, "sport=golf": 600, "sport=chess": 5,
             }  # fmt: skip
-            time.sleep(3)  # the policy follows the segment maps
+            wait_until_maps_serve(settings, reader, rng, [agg, policy])
             send(settings, later)
             fresh = make_events(rng, {"chess": 3, "": 2})
             send_unlabeled(settings, fresh)
