@@ -58,6 +58,7 @@ bench: up ## run the benchmarks and print throughput, latency percentiles and me
 	@echo "== aggregator: labeled events/s, GET /api/calibration, Redis per model per day"; $(PYTHON) -m bench.aggregator
 	@echo "== drift worker: 20 numeric + 5 categorical features"; $(PYTHON) -m bench.drift
 	@echo "== routing: decide latency at 2,000/s, router outcomes/s, Redis per (goal, path)"; $(PYTHON) -m bench.router
+	@echo "== segments: Redis of 1,000 calibration segments, refit and serve cost"; $(PYTHON) -m bench.segments
 
 bench-pipeline: up ## the whole pipeline under load: highest sustained rate, latency, freshness, CPU, memory
 	@$(PYTHON) -m bench.pipeline --out reports

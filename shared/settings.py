@@ -79,6 +79,13 @@ class Settings(BaseSettings):
         description="routing: an outcome's weight halves every this many seconds of event time "
         "(the router worker writes with it, the gateway decides with it)",
     )
+    segment_max_per_version: int = Field(
+        default=1_000,
+        ge=1,
+        description="most calibration segments of one model version under one segment key "
+        "(the aggregator keeps state and the policy keeps maps for at most this many; later "
+        "segments fall back)",
+    )
     limit_batch_events: int = Field(
         default=10_000, ge=1, description="most events in one batch message on Kafka"
     )

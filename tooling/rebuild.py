@@ -128,14 +128,14 @@ class _Ticker:
 UPSERT_TENANT = "INSERT INTO tenants (id, name) VALUES ($1, $1) ON CONFLICT (id) DO NOTHING"
 UPSERT_MODEL = """
 INSERT INTO model_versions (id, tenant_id, name, version, stage, parent_id, abstain_threshold,
-    calibrator_version, calibrator, created_at, updated_at)
+    calibrator_version, calibrator, created_at, updated_at, segment_key)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb,
     TIMESTAMPTZ 'epoch' + $10 * INTERVAL '1 millisecond',
-    TIMESTAMPTZ 'epoch' + $11 * INTERVAL '1 millisecond')
+    TIMESTAMPTZ 'epoch' + $11 * INTERVAL '1 millisecond', $12)
 ON CONFLICT (id) DO UPDATE SET stage = EXCLUDED.stage, parent_id = EXCLUDED.parent_id,
     abstain_threshold = EXCLUDED.abstain_threshold,
     calibrator_version = EXCLUDED.calibrator_version, calibrator = EXCLUDED.calibrator,
-    updated_at = EXCLUDED.updated_at
+    updated_at = EXCLUDED.updated_at, segment_key = EXCLUDED.segment_key
 """
 # Never back: the next id is past every id the registry ever gave (and the log still shows).
 MOVE_SEQUENCE = """
@@ -193,6 +193,7 @@ async def _registry(conn: asyncpg.Connection, codec: AvroCodec, settings: Settin
                 r["calibrator"],
                 int(r["created_at_ms"]),
                 int(r["updated_at_ms"]),
+                r.get("segment_key"),
             )
         await conn.execute(MOVE_SEQUENCE, highest)
     return len(rows)
@@ -294,7 +295,12 @@ async def rebuild_redis(
         aggregator = AggregatorProcessor(
             topics,
             codec,
-            AggregatorStore(client, settings.redis_prefix, settings.label_horizon_seconds),
+            AggregatorStore(
+                client,
+                settings.redis_prefix,
+                settings.label_horizon_seconds,
+                segment_cap=settings.segment_max_per_version,
+            ),
             AggregatorMetrics(CollectorRegistry()),
         )
         drift = DriftProcessor(

@@ -12,15 +12,18 @@ from services.aggregator.alerts import AlertState
 from services.aggregator.evaluate import Evaluator
 from services.aggregator.metrics import AggregatorMetrics
 from services.aggregator.processing import AggregatorProcessor
+from services.aggregator.refit import SegmentRefitter
 from services.aggregator.settings import AggregatorSettings
 from services.aggregator.store import AggregatorStore
 from shared.contracts.codec import AvroCodec
 from shared.contracts.topics import Topics
+from shared.recalibration.segments import SegmentFitOptions
 from shared.runtime.kafka import make_producer
 from shared.runtime.observability import configure_logging, serve_metrics
 from shared.runtime.pipeline import Pipeline, PipelineConfig
 from shared.runtime.worker import create_app, run, run_beside
 from shared.windows.calibration import WindowReader
+from shared.windows.segments import SegmentState
 
 
 def build_app(settings: AggregatorSettings) -> faust.App:
@@ -31,7 +34,32 @@ def build_app(settings: AggregatorSettings) -> faust.App:
 
     async def loop(stopping: asyncio.Event) -> None:
         client = aioredis.Redis.from_url(settings.redis_dsn)
-        store = AggregatorStore(client, settings.redis_prefix, settings.label_horizon_seconds)
+        store = AggregatorStore(
+            client,
+            settings.redis_prefix,
+            settings.label_horizon_seconds,
+            settings.segment_window,
+            settings.segment_max_per_version,
+        )
+        refitter = SegmentRefitter(
+            SegmentState(client, settings.redis_prefix),
+            make_producer(settings),
+            codec,
+            topics.segment_maps,
+            SegmentFitOptions(
+                settings.segment_method,
+                settings.segment_min_labels,
+                settings.segment_clip_low,
+                settings.segment_clip_high,
+            ),
+            settings.segment_refit_every,
+            settings.segment_refit_seconds,
+            metrics,
+        )
+
+        async def beside(stopping: asyncio.Event) -> None:
+            await asyncio.gather(evaluator.run(stopping), refitter.run(stopping))
+
         evaluator = Evaluator(
             settings,
             WindowReader(client, settings.redis_prefix),
@@ -52,7 +80,7 @@ def build_app(settings: AggregatorSettings) -> faust.App:
             metrics,
         )
         try:
-            await run_beside(pipeline.run, evaluator.run, stopping)
+            await run_beside(pipeline.run, beside, stopping)
         finally:
             await client.aclose()
 

@@ -100,3 +100,16 @@ class AggregatorMetrics(PipelineMetrics):
             ["metric", "severity"],
             registry=registry,
         )
+        self.segment_refits = Counter(
+            "caliber_aggregator_segment_refits_total",
+            "Segment calibration refits published, by outcome (fitted | failed: the segment "
+            "falls back)",
+            ["outcome"],
+            registry=registry,
+        )
+        self.segment_refit_seconds = Histogram(
+            "caliber_aggregator_segment_refit_seconds",
+            "Time to fit one segment's map on its window",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5),
+            registry=registry,
+        )

@@ -32,6 +32,7 @@ from shared.contracts.batches import DecisionColumns, LabelColumns
 from shared.contracts.codec import AvroCodec, Decoded
 from shared.contracts.dead_letters import dead_letter
 from shared.contracts.topics import Topics
+from shared.recalibration.segments import encode_pair, segment_id
 from shared.runtime import clock
 from shared.runtime.offset_fence import fresh
 from shared.runtime.pipeline import Output
@@ -62,6 +63,8 @@ class PredictionRecord:
     """Calibrated confidence the policy decided on; None when unknown (an older record)."""
     auto: bool = False
     """Auto-accepted (not withheld for review)."""
+    segment: str = ""
+    """``<segment key>=<value>`` of its calibration segment; empty when it has none."""
 
     def encode(self) -> str:
         probs = "" if self.probabilities is None else ",".join(repr(p) for p in self.probabilities)
@@ -76,6 +79,7 @@ class PredictionRecord:
                 str(self.slot),
                 "" if self.calibrated is None else repr(self.calibrated),
                 "1" if self.auto else "0",
+                self.segment,
             ]
         )
 
@@ -92,6 +96,7 @@ class PredictionRecord:
             int(rest[0]) if rest else -1,
             float(rest[1]) if len(rest) > 1 and rest[1] else None,
             len(rest) > 2 and rest[2] == "1",
+            rest[3] if len(rest) > 3 else "",
         )
 
 
@@ -202,7 +207,15 @@ class AggregatorProcessor:
         plan.store_unlabeled()
         for ev in _labeled_events(plan.joined):
             labeled_increments(plan.inc, ev, self._estimate)
-        applied = await store.apply(messages, plan.inc, plan.sets, plan.deletes, plan.counts, now_s)
+        applied = await store.apply(
+            messages,
+            plan.inc,
+            plan.sets,
+            plan.deletes,
+            plan.counts,
+            now_s,
+            segment_windows(plan.joined),
+        )
         if applied:
             self._count_applied(len(all_ids), plan.joined)
 
@@ -223,6 +236,12 @@ def _prediction_records(d: DecisionColumns) -> Iterator[tuple[str, PredictionRec
     probs = p.probabilities.tolist() if p.probabilities is not None else None
     calibrated = d.calibrated_confidences.tolist()
     auto = (~d.review).tolist()
+    key, values = d.segment_key, d.segments
+    segments = (
+        [segment_id(key, v) if v else "" for v in values]
+        if key is not None and values is not None and len(values) == len(p)
+        else [""] * len(p)
+    )
     for i, eid in enumerate(p.event_ids):
         row = probs[i] if probs is not None and probs[i] and probs[i][0] == probs[i][0] else None
         yield (
@@ -236,6 +255,7 @@ def _prediction_records(d: DecisionColumns) -> Iterator[tuple[str, PredictionRec
                 row,
                 calibrated=calibrated[i],
                 auto=auto[i],
+                segment=segments[i],
             ),
         )
 
@@ -333,6 +353,17 @@ def _parts(
         elif cols is not None:
             part.labels.append(cols)
     return [p for p in parts if p.messages]
+
+
+def segment_windows(joined: list[Joined]) -> dict[tuple[str, str], list[int]]:
+    """(model, segment) → its newly labeled events, encoded, in join order."""
+    out: dict[tuple[str, str], list[int]] = {}
+    for j in joined:
+        rec = j.record
+        if rec.segment:
+            pair = encode_pair(rec.confidence, j.truth == rec.predicted)
+            out.setdefault((rec.model, rec.segment), []).append(pair)
+    return out
 
 
 def _labeled_events(joined: list[Joined]) -> list[LabeledEvents]:

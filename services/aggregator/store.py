@@ -18,13 +18,25 @@ from shared.windows.calibration import (
     split_fine,
     unlabeled_key,
 )
+from shared.windows.segments import OVERFLOW, SEGMENT_TTL_SECONDS, SegmentLayout
 
 
 class AggregatorStore:
-    def __init__(self, client: aioredis.Redis, prefix: str, horizon_s: int) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        prefix: str,
+        horizon_s: int,
+        segment_window: int = 500,
+        segment_cap: int = 1_000,
+    ) -> None:
         self.r = client
         self.p = f"{prefix}agg:"
         self.horizon = horizon_s
+        self.segments = SegmentLayout(prefix)
+        self.segment_window = segment_window
+        """Labeled events each segment keeps (W)."""
+        self.segment_cap = segment_cap
         self.fence = OffsetFence(client, f"{self.p}offsets")
 
     # Join records are per (tenant, event_id): event ids are unique within a tenant only, and
@@ -56,12 +68,15 @@ class AggregatorStore:
         delete: list[str],
         unlabeled: dict[tuple[str, int], int],
         now_s: int,
+        segment_windows: dict[tuple[str, str], list[int]] | None = None,
     ) -> bool:
         """Apply one part of a batch for ``messages``; False when their offsets already
         cover it (nothing is written).
 
         ``unlabeled`` maps (model key, arrival slot) to the change of its unlabeled count;
-        slots whose join records have all expired by ``now_s`` are dropped."""
+        slots whose join records have all expired by ``now_s`` are dropped.
+        ``segment_windows`` maps (model key, segment) to its newly labeled events (encoded
+        pairs), appended to the segment's capped window (:mod:`shared.windows.segments`)."""
         effect = Effect(set=set_, delete=delete)
         models = set()
         for (granularity, model, start), fields in increments.items():
@@ -83,4 +98,23 @@ class AggregatorStore:
         for key, deltas in slots.items():
             effect.incr.append((key, self.horizon + 2 * self.slot_width, deltas))
             effect.hdel_below.append((key, oldest))
+        self._segment_writes(effect, segment_windows or {})
         return await self.fence.apply(messages, effect)
+
+    def _segment_writes(self, effect: Effect, windows: dict[tuple[str, str], list[int]]) -> None:
+        lay = self.segments
+        for (model, segment), values in windows.items():
+            effect.ring.append(
+                (
+                    lay.members(model, segment.partition("=")[0]),
+                    self.segment_cap,
+                    segment,
+                    lay.ring(model, segment),
+                    self.segment_window,
+                    values,
+                    lay.counts(model),
+                    OVERFLOW,
+                    SEGMENT_TTL_SECONDS,
+                )
+            )
+            effect.sadd.append((lay.models, model))

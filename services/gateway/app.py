@@ -45,6 +45,7 @@ from services.gateway.routes import (
     registry,
     reviews,
     routing,
+    segments,
 )
 from services.gateway.settings import GatewaySettings
 from services.gateway.state import open_state
@@ -61,6 +62,7 @@ ROUTERS = (
     registry,
     estimation,
     recalibration,
+    segments,
     routing,
     calibration,
     drift,

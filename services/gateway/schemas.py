@@ -186,6 +186,7 @@ class ModelVersionOut(BaseModel):
     calibrator_version: str
     created_at: datetime
     updated_at: datetime
+    segment_key: str | None = None
 
 
 class StageChange(StrictIn):

@@ -16,6 +16,7 @@ from services.policy.settings import PolicySettings
 from shared.contracts.codec import AvroCodec
 from shared.contracts.topics import Topics
 from shared.contracts.validation import Limits
+from shared.registry.segment_maps import SegmentMapView
 from shared.registry.view import RegistryView
 from shared.runtime.observability import configure_logging, serve_metrics
 from shared.runtime.pipeline import Pipeline, PipelineConfig
@@ -33,9 +34,16 @@ def build_app(settings: PolicySettings) -> faust.App:
         view = RegistryView(settings, topics.model_updates, codec)
         metrics.registry_versions.set_function(lambda: len(view.versions))
         follower = asyncio.create_task(view.run(stopping), name="registry-view")
-        tasks: set[asyncio.Task[None]] = {follower}
+        segments = SegmentMapView(
+            settings, topics.segment_maps, codec, settings.segment_max_per_version
+        )
+        segment_follower = asyncio.create_task(segments.run(stopping), name="segment-maps")
+        tasks: set[asyncio.Task[None]] = {follower, segment_follower}
         try:
             await wait_for_registry(view, follower, settings.policy_catch_up_seconds)
+            await wait_for_registry(
+                segments, segment_follower, settings.policy_catch_up_seconds, "segment maps"
+            )
             processor = PolicyProcessor(
                 topics,
                 codec,
@@ -46,6 +54,7 @@ def build_app(settings: PolicySettings) -> faust.App:
                     Limits.from_settings(settings),
                     max_batch_events=max(settings.limit_batch_events, settings.batch_max_events),
                 ),
+                segments.maps_for,
             )
             pipeline = Pipeline(
                 settings,

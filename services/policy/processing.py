@@ -7,7 +7,7 @@ PredictionBatch becomes a dead letter; the pipeline goes on.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,10 +22,55 @@ from shared.contracts.errors import ErrorCode
 from shared.contracts.topics import Topics
 from shared.contracts.validation import DEFAULT_LIMITS, Limits, check_batch_record
 from shared.recalibration.maps import CalibrationMap, CalibratorError
+from shared.recalibration.segments import calibrate_segments, segment_values
 from shared.runtime import clock
 from shared.runtime.pipeline import Output
 
 PREDICTION_BATCH = {"PredictionBatch"}
+SegmentMaps = Callable[[str, str], Mapping[str, CalibrationMap]]
+"""(model version key, segment key) → segment value → map (``SegmentMapView.maps_for``)."""
+
+
+def _no_segment_maps(model: str, segment_key: str) -> Mapping[str, CalibrationMap]:
+    return {}
+
+
+def decide_by_segment(
+    cols: PredictionColumns,
+    threshold: float,
+    calibration: CalibrationMap,
+    threshold_source: str,
+    now_ms: int,
+    segment_key: str,
+    segment_maps: Mapping[str, CalibrationMap],
+) -> DecisionColumns:
+    """:func:`decide` for a model version with segments: each event is calibrated by its
+    segment's map, or falls back (``shared.recalibration.segments``); the decision records
+    each event's segment and, when any differs from the batch's, the map of each event."""
+    segments = segment_values(
+        segment_key, len(cols), cols.numeric_features, cols.categorical_features, cols.metadata
+    )
+    got = calibrate_segments(
+        calibration,
+        segment_maps,
+        segments,
+        cols.confidences,
+        cols.probabilities,
+        cols.logits,
+        cols.class_labels,
+    )
+    return DecisionColumns(
+        predictions=cols,
+        calibrated_confidences=got.confidences,
+        review=~(got.confidences >= threshold),
+        threshold=threshold,
+        threshold_source=threshold_source,
+        calibrator_version=calibration.version,
+        decided_at_ms=now_ms,
+        calibrator_versions=got.versions,
+        segment_key=segment_key,
+        segments=segments,
+    )
 
 
 def decide(
@@ -80,7 +125,9 @@ class PolicyProcessor:
         registry: RegistryState,
         metrics: PolicyMetrics | None = None,
         limits: Limits = DEFAULT_LIMITS,
+        segment_maps: SegmentMaps = _no_segment_maps,
     ) -> None:
+        self._segment_maps = segment_maps
         self._topics = topics
         self._codec = codec
         self._registry = registry
@@ -92,7 +139,18 @@ class PolicyProcessor:
         rule = self._registry.rule(cols.key)
         if cols.model_version_id is None and rule.model_version_id is not None:
             cols.model_version_id = rule.model_version_id
-        decision = decide(cols, rule.threshold, rule.calibration, rule.threshold_source, now_ms)
+        if rule.segment_key is not None:
+            decision = decide_by_segment(
+                cols,
+                rule.threshold,
+                rule.calibration,
+                rule.threshold_source,
+                now_ms,
+                rule.segment_key,
+                self._segment_maps(cols.key, rule.segment_key),
+            )
+        else:
+            decision = decide(cols, rule.threshold, rule.calibration, rule.threshold_source, now_ms)
         self._count(decision, rule.model_label)
         return decision
 

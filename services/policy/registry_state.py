@@ -35,6 +35,8 @@ class Rule:
     model_label: str
     """Metric label value: the registered model name, or ``unregistered``."""
     model_version_id: int | None = None
+    segment_key: str | None = None
+    """Feature or metadata key whose values are calibrated by segment maps, if any."""
 
 
 class RegistryState:
@@ -68,6 +70,7 @@ class RegistryState:
             threshold_source="registry",
             model_label=entry.name,
             model_version_id=entry.id,
+            segment_key=entry.segment_key,
         )
         self._rules[key] = (entry, rule)
         return rule
@@ -90,7 +93,7 @@ class RegistryState:
 
 
 async def wait_for_registry(
-    view: RegistryView, follower: asyncio.Task[None], seconds: float
+    view: RegistryView, follower: asyncio.Task[None], seconds: float, what: str = "registry"
 ) -> bool:
     """Wait until ``view`` has read the whole registry topic, at most ``seconds``.
 
@@ -109,14 +112,16 @@ async def wait_for_registry(
         return view.caught_up.is_set()
     if view.caught_up.is_set():
         logger.info(
-            "registry read in %.2f s: %d model versions",
+            "%s read in %.2f s: %s",
+            what,
             time.monotonic() - started,
-            len(view.versions),
+            view.described,
         )
         return True
     logger.warning(
-        "registry not read within %.0f s; deciding with the %d versions known so far",
+        "%s not read within %.0f s; deciding with the %s known so far",
+        what,
         seconds,
-        len(view.versions),
+        view.described,
     )
     return False

@@ -228,7 +228,8 @@ def decision_columns(decisions: Sequence[DecisionColumns]) -> list[list[Any]]:
             p.confidences.tolist(),
             d.calibrated_confidences.tolist(),
             [d.threshold] * n,
-            [d.calibrator_version] * n,
+            # The map that decided each event (a segment's, say), else the batch's.
+            d.calibrator_versions or [d.calibrator_version] * n,
             np.where(d.review, "review", "auto").tolist(),
             _probabilities(d),
             _features(d),

@@ -155,6 +155,13 @@ class DecisionColumns:
     threshold_source: str
     calibrator_version: str
     decided_at_ms: int
+    calibrator_versions: list[str] | None = None
+    """The map version that decided each event; None = every event used
+    ``calibrator_version``."""
+    segment_key: str | None = None
+    """The model version's segment key (per-segment recalibration), when it has one."""
+    segments: list[str | None] | None = None
+    """Each event's value of ``segment_key`` (None = the event has none)."""
 
     def __len__(self) -> int:
         return len(self.predictions)
@@ -170,6 +177,10 @@ class DecisionColumns:
             predictions=self.predictions.take(idx),
             calibrated_confidences=self.calibrated_confidences[idx],
             review=self.review[idx],
+            calibrator_versions=None
+            if self.calibrator_versions is None
+            else [self.calibrator_versions[i] for i in idx.tolist()],
+            segments=None if self.segments is None else [self.segments[i] for i in idx.tolist()],
         )
 
     def to_record(self) -> Record:
@@ -181,6 +192,9 @@ class DecisionColumns:
             "threshold_source": self.threshold_source,
             "calibrator_version": self.calibrator_version,
             "decided_at_ms": self.decided_at_ms,
+            "calibrator_versions": self.calibrator_versions,
+            "segment_key": self.segment_key,
+            "segments": self.segments,
         }
 
     @classmethod
@@ -193,6 +207,9 @@ class DecisionColumns:
             threshold_source=rec["threshold_source"],
             calibrator_version=rec["calibrator_version"],
             decided_at_ms=rec["decided_at_ms"],
+            calibrator_versions=rec.get("calibrator_versions"),
+            segment_key=rec.get("segment_key"),
+            segments=rec.get("segments"),
         )
 
 

@@ -44,6 +44,7 @@ SCHEMA_ORDER = (
     "ModelVersion",
     "RouteEvent",
     "StackIdentity",
+    "SegmentMap",
 )
 
 Record = dict[str, Any]

@@ -28,6 +28,9 @@ class Topics:
     routing: str
     stack: str
     """The stack identity (:mod:`shared.runtime.identity`): compacted, one partition."""
+    segment_maps: str
+    """Per-segment calibration maps (``SegmentMap``), compacted, keyed by model version and
+    segment: the aggregator's refit loop writes them, the policy follows them."""
 
     @classmethod
     def for_namespace(cls, namespace: str = "caliber") -> Topics:
@@ -48,6 +51,7 @@ class Topics:
             model_updates=f"{namespace}.model-updates",
             routing=f"{namespace}.routing",
             stack=f"{namespace}.stack",
+            segment_maps=f"{namespace}.segment-maps",
         )
 
     def all(self) -> list[str]:
@@ -55,4 +59,4 @@ class Topics:
 
     @property
     def compacted(self) -> frozenset[str]:
-        return frozenset({self.model_updates, self.stack})
+        return frozenset({self.model_updates, self.stack, self.segment_maps})

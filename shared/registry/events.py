@@ -19,7 +19,7 @@ MODEL_VERSION = "ModelVersion"
 
 REGISTRY_COLUMNS = (
     "id, tenant_id, name, version, stage, parent_id, abstain_threshold, calibrator_version, "
-    "calibrator::text AS calibrator, created_at, updated_at"
+    "calibrator::text AS calibrator, created_at, updated_at, segment_key"
 )
 """The ``model_versions`` columns :func:`model_version_record` needs, for a SELECT or RETURNING."""
 
@@ -45,6 +45,7 @@ def model_version_record(row: Mapping[str, Any]) -> dict[str, Any]:
         "calibrator": row["calibrator"],
         "created_at_ms": _ms(row["created_at"]),
         "updated_at_ms": _ms(row["updated_at"]),
+        "segment_key": row.get("segment_key"),
     }
 
 

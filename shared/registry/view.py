@@ -33,6 +33,8 @@ class RegisteredVersion:
     abstain_threshold: float
     calibrator_version: str
     calibrator: str | None
+    segment_key: str | None = None
+    """Feature or metadata key whose values get a calibrator each; None = no segments."""
 
     @property
     def key(self) -> str:
@@ -50,6 +52,11 @@ class RegistryView:
 
     def get(self, key: str) -> RegisteredVersion | None:
         return self.versions.get(key)
+
+    @property
+    def described(self) -> str:
+        """What the view holds, for logs."""
+        return f"{len(self.versions)} model versions"
 
     def apply(self, key: bytes | None, value: bytes | None) -> None:
         if key is None:
@@ -73,6 +80,7 @@ class RegistryView:
             abstain_threshold=r["abstain_threshold"],
             calibrator_version=r["calibrator_version"],
             calibrator=r["calibrator"],
+            segment_key=r.get("segment_key"),
         )
 
     async def run(self, stopping: asyncio.Event) -> None:
@@ -146,7 +154,7 @@ class RegistryView:
                 del ends[tp.partition]
 
     def _mark_caught_up(self) -> None:
-        logger.info("registry view caught up: %d versions", len(self.versions))
+        logger.info("%s view caught up: %s", self._topic, self.described)
         self.caught_up.set()
 
     async def wait_caught_up(self, seconds: float) -> bool:

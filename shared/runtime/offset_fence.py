@@ -69,6 +69,28 @@ for _, d in ipairs(ops.decay) do
   end
   redis.call('HSET', d[1], 's', string.format('%.17g', s), 'f', string.format('%.17g', f), 't', t)
 end
+for _, g in ipairs(ops.ring) do
+  local ok = redis.call('SISMEMBER', g[1], g[3]) == 1
+  if (not ok) and redis.call('SCARD', g[1]) < g[2] then
+    redis.call('SADD', g[1], g[3])
+    ok = true
+  end
+  local vals = g[6]
+  if ok then
+    for i = 1, #vals, 1000 do
+      redis.call('RPUSH', g[4], unpack(vals, i, math.min(i + 999, #vals)))
+    end
+    redis.call('LTRIM', g[4], -g[5], -1)
+    redis.call('HINCRBY', g[7], g[3], #vals)
+    if g[9] > 0 then redis.call('EXPIRE', g[4], g[9]) end
+  else
+    redis.call('HINCRBY', g[7], g[8], #vals)
+  end
+  if g[9] > 0 then
+    redis.call('EXPIRE', g[1], g[9])
+    redis.call('EXPIRE', g[7], g[9])
+  end
+end
 for tp, last in pairs(ops.last) do redis.call('HSET', KEYS[1], tp, last) end
 return 1
 """
@@ -109,6 +131,14 @@ class Effect:
     stored at reference time ``t``; both halve every half-life. An addition at a time past
     ``t`` decays the stored sums to it first; an earlier one is decayed to ``t`` itself, so
     the result does not depend on the order of additions."""
+    ring: list[tuple[str, int, str, str, int, list[int], str, str, int]] = field(
+        default_factory=list
+    )
+    """(members set, cap, member, list key, keep, values, counts hash, overflow field, ttl):
+    a capped ring of values per member. A member already in the set, or admitted while the
+    set holds fewer than ``cap``, gets ``values`` appended to its list, trimmed to the last
+    ``keep``, and its field of the counts hash raised by their number; a member refused by
+    the cap raises the overflow field instead. Applied after every write above."""
 
 
 class OffsetFence:
@@ -147,6 +177,7 @@ class OffsetFence:
             "expire": effect.expire,
             "hdel_below": effect.hdel_below,
             "decay": effect.decay,
+            "ring": effect.ring,
         }
         # cjson decodes an empty JSON array as an empty table, which ipairs/pairs accept.
         result = await self._apply(keys=[self._key], args=[json.dumps(ops)])

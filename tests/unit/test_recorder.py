@@ -137,3 +137,10 @@ def test_parse_sorts_records_and_turns_bad_ones_into_faults() -> None:
         (4, "not_avro"),
     ]
     assert "statuses holds 1 values for 2 events" in parsed.faults[0][2]
+
+
+def test_each_prediction_records_the_map_that_decided_it() -> None:
+    d = decide(predictions(), 0.5, IDENTITY, "registry", 5_000)
+    d.calibrator_versions = ["isotonic-0123456789abcdef", "identity"]
+    calibrators = decision_columns([d])[10]
+    assert calibrators == ["isotonic-0123456789abcdef", "identity"]

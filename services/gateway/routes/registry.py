@@ -43,6 +43,7 @@ def to_out(row: asyncpg.Record) -> ModelVersionOut:
         calibrator_version=row["calibrator_version"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        segment_key=row["segment_key"],
     )
 
 
