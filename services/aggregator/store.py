@@ -18,11 +18,13 @@ from shared.windows.calibration import (
     split_fine,
     unlabeled_key,
 )
+from shared.windows.rollout import ROLLOUT_TTL_S, rollout_key
 
 
 class AggregatorStore:
     def __init__(self, client: aioredis.Redis, prefix: str, horizon_s: int) -> None:
         self.r = client
+        self.prefix = prefix
         self.p = f"{prefix}agg:"
         self.horizon = horizon_s
         self.fence = OffsetFence(client, f"{self.p}offsets")
@@ -38,6 +40,9 @@ class AggregatorStore:
     @property
     def slot_width(self) -> int:
         return pending_slot_seconds(self.horizon)
+
+    def rollout_key(self, model: str, candidate: str) -> str:
+        return rollout_key(self.prefix, model, candidate)
 
     def unlabeled_key(self, model: str) -> str:
         return unlabeled_key(self.p, model)
@@ -56,6 +61,7 @@ class AggregatorStore:
         delete: list[str],
         unlabeled: dict[tuple[str, int], int],
         now_s: int,
+        rollout: dict[tuple[str, str], dict[str, int]] | None = None,
     ) -> bool:
         """Apply one part of a batch for ``messages``; False when their offsets already
         cover it (nothing is written).
@@ -83,4 +89,7 @@ class AggregatorStore:
         for key, deltas in slots.items():
             effect.incr.append((key, self.horizon + 2 * self.slot_width, deltas))
             effect.hdel_below.append((key, oldest))
+        for (model, candidate), fields in (rollout or {}).items():
+            if fields:
+                effect.incr.append((self.rollout_key(model, candidate), ROLLOUT_TTL_S, fields))
         return await self.fence.apply(messages, effect)

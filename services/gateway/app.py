@@ -29,6 +29,7 @@ from services.gateway.metrics import GatewayMetrics
 from services.gateway.middleware import RequestMetrics
 from services.gateway.openapi_errors import document_errors
 from services.gateway.outbox import Relay
+from services.gateway.rollouts import follow_transitions
 from services.gateway.routes import (
     calibration,
     console,
@@ -41,6 +42,7 @@ from services.gateway.routes import (
     recalibration,
     registry,
     reviews,
+    rollout,
     routing,
 )
 from services.gateway.settings import GatewaySettings
@@ -57,6 +59,7 @@ ROUTERS = (
     registry,
     estimation,
     recalibration,
+    rollout,
     routing,
     calibration,
     drift,
@@ -108,6 +111,14 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         loops: dict[str, Callable[[], Awaitable[None]]] = {
             "registry view": lambda: view.run(stop),
             "outbox relay": lambda: relay.run(stop),
+            "rollout transitions": lambda: follow_transitions(
+                pool,
+                codec,
+                state.topics.model_updates,
+                settings.outbox_poll_seconds,
+                stop,
+                state.models.forget,
+            ),
             "live feed": lambda: follow(
                 settings, state.hub, codec, state.models.id_of, stop, state.live_ready
             ),

@@ -19,6 +19,7 @@ import asyncpg
 
 from shared.contracts.batches import model_key
 from shared.recalibration.maps import IDENTITY, CalibrationMap, CalibratorError, from_registry
+from shared.recalibration.serving import Candidate, ServePlan, candidate_of
 from shared.registry.view import RegisteredVersion, RegistryView
 
 logger = logging.getLogger(__name__)
@@ -27,7 +28,9 @@ FALLBACK_TTL_SECONDS = 1.0
 _CACHE_LIMIT = 10_000
 _SELECT = (
     "SELECT id, tenant_id AS tenant, name, version, stage, parent_id, abstain_threshold, "
-    "calibrator_version, calibrator::text AS calibrator FROM model_versions "
+    "calibrator_version, calibrator::text AS calibrator, candidate_version, "
+    "candidate_calibrator::text AS candidate_calibrator, rollout_stage, canary_share "
+    "FROM model_versions "
 )
 
 
@@ -41,6 +44,8 @@ class ModelRef:
     version: str
     abstain_threshold: float
     calibration: CalibrationMap
+    candidate: Candidate | None = None
+    """The calibrator under rollout beside the active map, as the policy sees it."""
 
     @property
     def key(self) -> str:
@@ -83,7 +88,12 @@ class ModelCache:
             v.version,
             v.abstain_threshold,
             self._calibration(v.calibrator_version, v.calibrator),
+            candidate_of(v),
         )
+
+    def plan(self, ref: ModelRef) -> ServePlan:
+        """What :func:`shared.recalibration.serving.serve` needs for this version."""
+        return ServePlan(ref.abstain_threshold, ref.calibration, ref.candidate)
 
     def _calibration(self, version: str, calibrator: str | None) -> CalibrationMap:
         key = (version, calibrator)

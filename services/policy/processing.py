@@ -21,7 +21,8 @@ from shared.contracts.dead_letters import dead_letter
 from shared.contracts.errors import ErrorCode
 from shared.contracts.topics import Topics
 from shared.contracts.validation import DEFAULT_LIMITS, Limits, check_batch_record
-from shared.recalibration.maps import CalibrationMap, CalibratorError
+from shared.recalibration.maps import CalibrationMap
+from shared.recalibration.serving import Candidate, ServePlan, serve
 from shared.runtime import clock
 from shared.runtime.pipeline import Output
 
@@ -34,29 +35,35 @@ def decide(
     calibration: CalibrationMap,
     threshold_source: str,
     now_ms: int,
+    candidate: Candidate | None = None,
 ) -> DecisionColumns:
     """Status ``auto`` where calibrated confidence >= threshold, else ``review``.
 
     A calibrated confidence that is not a number is withheld too: only a confidence shown
-    to reach the threshold is let through.
+    to reach the threshold is let through. A ``candidate`` under rollout runs beside the
+    active map (and decides the canary arm): the choice is
+    :func:`shared.recalibration.serving.serve`, the one the gateway makes too.
     """
-    calibrated = np.asarray(
-        calibration.apply(cols.confidences, cols.probabilities, cols.logits, cols.class_labels),
-        dtype=np.float64,
+    served = serve(
+        ServePlan(threshold, calibration, candidate),
+        cols.event_ids,
+        cols.confidences,
+        cols.probabilities,
+        cols.logits,
+        cols.class_labels,
     )
-    if calibrated.shape != cols.confidences.shape:
-        raise CalibratorError(
-            f"calibration map {calibration.version!r} returned shape {calibrated.shape} "
-            f"for {cols.confidences.shape} confidences"
-        )
     return DecisionColumns(
         predictions=cols,
-        calibrated_confidences=calibrated,
-        review=~(calibrated >= threshold),
+        calibrated_confidences=served.confidences,
+        review=served.review,
         threshold=threshold,
         threshold_source=threshold_source,
-        calibrator_version=calibration.version,
+        calibrator_version=served.calibrator_version,
         decided_at_ms=now_ms,
+        calibrator_versions=served.calibrator_versions,
+        shadow_calibrator_version=served.shadow_calibrator_version,
+        shadow_confidences=served.shadow_confidences,
+        shadow_review=served.shadow_review,
     )
 
 
@@ -92,7 +99,9 @@ class PolicyProcessor:
         rule = self._registry.rule(cols.key)
         if cols.model_version_id is None and rule.model_version_id is not None:
             cols.model_version_id = rule.model_version_id
-        decision = decide(cols, rule.threshold, rule.calibration, rule.threshold_source, now_ms)
+        decision = decide(
+            cols, rule.threshold, rule.calibration, rule.threshold_source, now_ms, rule.candidate
+        )
         self._count(decision, rule.model_label)
         return decision
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from shared.recalibration.maps import IDENTITY, CalibrationMap, CalibratorError, from_registry
+from shared.recalibration.serving import Candidate, candidate_of
 from shared.registry.view import RegisteredVersion, RegistryView
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,8 @@ class Rule:
     model_label: str
     """Metric label value: the registered model name, or ``unregistered``."""
     model_version_id: int | None = None
+    candidate: Candidate | None = None
+    """A calibrator under rollout beside the active map (shadow or canary)."""
 
 
 class RegistryState:
@@ -68,9 +71,13 @@ class RegistryState:
             threshold_source="registry",
             model_label=entry.name,
             model_version_id=entry.id,
+            candidate=self._candidate(entry),
         )
         self._rules[key] = (entry, rule)
         return rule
+
+    def _candidate(self, entry: RegisteredVersion) -> Candidate | None:
+        return candidate_of(entry)
 
     def _calibration(self, entry: RegisteredVersion) -> CalibrationMap:
         spec = (entry.calibrator_version, entry.calibrator)

@@ -155,6 +155,14 @@ class DecisionColumns:
     threshold_source: str
     calibrator_version: str
     decided_at_ms: int
+    calibrator_versions: list[str] | None = None
+    """Per event, the map that decided it; None = every event used ``calibrator_version``."""
+    shadow_calibrator_version: str | None = None
+    """The calibrator under rollout that ran beside the active one (None = none)."""
+    shadow_confidences: FloatArray | None = None
+    """Per event, the output of the map that did not decide it (see
+    ``shared.recalibration.serving``)."""
+    shadow_review: BoolArray | None = None
 
     def __len__(self) -> int:
         return len(self.predictions)
@@ -165,11 +173,17 @@ class DecisionColumns:
 
     def take(self, rows: npt.ArrayLike) -> DecisionColumns:
         idx = np.asarray(rows, dtype=np.int64)
+        versions = self.calibrator_versions
         return replace(
             self,
             predictions=self.predictions.take(idx),
             calibrated_confidences=self.calibrated_confidences[idx],
             review=self.review[idx],
+            calibrator_versions=None if versions is None else [versions[i] for i in idx.tolist()],
+            shadow_confidences=None
+            if self.shadow_confidences is None
+            else self.shadow_confidences[idx],
+            shadow_review=None if self.shadow_review is None else self.shadow_review[idx],
         )
 
     def to_record(self) -> Record:
@@ -181,6 +195,14 @@ class DecisionColumns:
             "threshold_source": self.threshold_source,
             "calibrator_version": self.calibrator_version,
             "decided_at_ms": self.decided_at_ms,
+            "calibrator_versions": self.calibrator_versions,
+            "shadow_calibrator_version": self.shadow_calibrator_version,
+            "shadow_confidences": None
+            if self.shadow_confidences is None
+            else self.shadow_confidences.tolist(),
+            "shadow_statuses": None
+            if self.shadow_review is None
+            else ["review" if r else "auto" for r in self.shadow_review.tolist()],
         }
 
     @classmethod
@@ -193,6 +215,14 @@ class DecisionColumns:
             threshold_source=rec["threshold_source"],
             calibrator_version=rec["calibrator_version"],
             decided_at_ms=rec["decided_at_ms"],
+            calibrator_versions=rec.get("calibrator_versions"),
+            shadow_calibrator_version=rec.get("shadow_calibrator_version"),
+            shadow_confidences=None
+            if rec.get("shadow_confidences") is None
+            else _floats(rec["shadow_confidences"]),
+            shadow_review=None
+            if rec.get("shadow_statuses") is None
+            else np.asarray([s == "review" for s in rec["shadow_statuses"]], dtype=np.bool_),
         )
 
 

@@ -33,6 +33,10 @@ class RegisteredVersion:
     abstain_threshold: float
     calibrator_version: str
     calibrator: str | None
+    candidate_version: str | None = None
+    candidate_calibrator: str | None = None
+    rollout_stage: str | None = None
+    canary_share: float = 0.0
 
     @property
     def key(self) -> str:
@@ -73,6 +77,10 @@ class RegistryView:
             abstain_threshold=r["abstain_threshold"],
             calibrator_version=r["calibrator_version"],
             calibrator=r["calibrator"],
+            candidate_version=r.get("candidate_version"),
+            candidate_calibrator=r.get("candidate_calibrator"),
+            rollout_stage=r.get("rollout_stage"),
+            canary_share=float(r.get("canary_share") or 0.0),
         )
 
     async def run(self, stopping: asyncio.Event) -> None:
