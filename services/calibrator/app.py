@@ -76,6 +76,7 @@ def rollout_config(settings: CalibratorSettings) -> RolloutConfig:
         shadow_min_labeled=settings.rollout_shadow_min_labeled,
         canary_share=settings.rollout_canary_share,
         auto_start=settings.rollout_auto_start,
+        canary_min_labeled=settings.rollout_canary_min_labeled,
     )
 
 

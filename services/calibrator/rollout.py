@@ -7,7 +7,8 @@ calibrator, and moves every open rollout on from the paired statistics the aggre
 
 - shadow: rolled back when the candidate is shown worse (or its review rate leaves the
   band); on to canary once ``shadow_min_labeled`` paired labeled events arrived;
-- canary: promoted when shown better, rolled back when shown worse, ``inconclusive``
+- canary: promoted when shown better (once the canary arm itself has
+  ``canary_min_labeled`` labeled events), rolled back when shown worse, ``inconclusive``
   (the active map stays) at the test's maximum of labeled events.
 
 Every transition is a row of ``rollout_transitions`` (the numbers that decided it), which
@@ -51,6 +52,9 @@ class RolloutConfig:
     shadow_min_labeled: int = 100
     canary_share: float = 0.1
     auto_start: bool = True
+    canary_min_labeled: int = 100
+    """Labeled events the canary arm itself decided before a promotion: the candidate has
+    served real traffic, not only run beside it."""
 
 
 def numbers_of(stats: RolloutStats, verdict: Verdict | None) -> dict[str, Any]:
@@ -96,6 +100,8 @@ def next_move(rollout: Rollout, stats: RolloutStats, config: RolloutConfig) -> T
             )  # fmt: skip
         return None
     if verdict.decision == PROMOTE:
+        if stats.canary.labeled < config.canary_min_labeled:
+            return None
         return Transition("promoted", "auto", verdict.reason, numbers)
     if verdict.decision == INCONCLUSIVE:
         return Transition("inconclusive", "auto", verdict.reason, numbers)

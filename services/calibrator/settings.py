@@ -63,6 +63,9 @@ class CalibratorSettings(Settings):
     rollout_canary_share: float = Field(
         default=0.1, gt=0, le=1, description="share of events a canary decides (stable hash)"
     )
+    rollout_canary_min_labeled: int = Field(
+        default=100, ge=0, description="labeled canary-arm events before a promotion"
+    )
     rollout_alpha: float = Field(
         default=0.05, gt=0, lt=1, description="false-decision rate of the promote/rollback test"
     )

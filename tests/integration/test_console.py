@@ -349,6 +349,10 @@ def test_a_reviewer_reads_the_ece_resolves_one_and_the_feed_moves(
     assert browser.find_elements(By.CSS_SELECTOR, "#risk-chart svg path.area")
     _until(browser, lambda d: "length_cm" in _text(d, "#alerts-table"), "v1's drift alert")
     assert "length_cm" in _text(browser, "#drift-scores"), "the drifted feature's score"
+    # The rollout card: the active calibrator, and no candidate yet.
+    _until(browser, lambda d: "active identity" in _text(d, "#rollout-note"), "the rollout card")
+    assert "no rollout yet" in _text(browser, "#rollout-metrics-box")
+    assert "no transitions yet" in _text(browser, "#rollout-log-box")
 
     before = len(env.queued)
     _until(browser, lambda d: _text(d, "#queue-count") == str(before), f"{before} queued")

@@ -53,6 +53,7 @@ CALIBRATOR_ENV = {
     "CALIBER_CALIBRATOR_MIN_SAMPLES": "200",
     "CALIBER_ROLLOUT_SHADOW_MIN_LABELED": "300",
     "CALIBER_ROLLOUT_MIN_LABELED": "200",
+    "CALIBER_ROLLOUT_CANARY_MIN_LABELED": "60",
     "CALIBER_ROLLOUT_TUNED_FOR": "400",
     "CALIBER_ROLLOUT_MAX_LABELED": "20000",
     # A right map legitimately withholds many more of an over-confident model's events.
