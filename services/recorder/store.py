@@ -205,7 +205,7 @@ def decision_columns(decisions: Sequence[DecisionColumns]) -> list[list[Any]]:
             p.confidences.tolist(),
             d.calibrated_confidences.tolist(),
             [d.threshold] * n,
-            [d.calibrator_version] * n,
+            d.calibrator_versions or [d.calibrator_version] * n,  # the map that decided each
             np.where(d.review, "review", "auto").tolist(),
             _probabilities(d),
             _features(d),

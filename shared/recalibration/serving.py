@@ -133,9 +133,8 @@ def canary_mask(event_ids: list[str], share: float, salt: str) -> BoolArray:
     if cut >= SHARE_RESOLUTION:
         return np.ones(len(event_ids), dtype=np.bool_)
     seed = zlib.crc32(salt.encode())
-    hashes = np.fromiter(
-        (zlib.crc32(e.encode(), seed) for e in event_ids), dtype=np.int64, count=len(event_ids)
-    )
+    crc = zlib.crc32
+    hashes = np.array([crc(e.encode(), seed) for e in event_ids], dtype=np.int64)
     mask: BoolArray = (hashes % SHARE_RESOLUTION) < cut
     return mask
 
@@ -197,8 +196,8 @@ def serve(
     served.review = np.where(mask, other_review, active_review)
     served.shadow_confidences = np.where(mask, active, other)
     served.shadow_review = np.where(mask, active_review, other_review)
-    versions = np.where(mask, cand.map.version, plan.active.version)
-    served.calibrator_versions = versions.tolist()
+    cv, av = cand.map.version, plan.active.version
+    served.calibrator_versions = [cv if m else av for m in mask.tolist()]
     return served
 
 
