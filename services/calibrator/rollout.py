@@ -183,7 +183,15 @@ class RolloutManager:
     async def advance(self) -> int:
         moved = 0
         for rollout in await self.store.open_rollouts():
-            move = next_move(rollout, await self.stats(rollout), self.config)
+            stats = await self.stats(rollout)
+            if rollout.active_version == rollout.candidate_version:
+                # Activated directly (POST /api/models/{id}/calibrator): the rollout is over.
+                move: Transition | None = Transition(
+                    "promoted", "manual", "activated directly through the registry",
+                    numbers_of(stats, None),
+                )  # fmt: skip
+            else:
+                move = next_move(rollout, stats, self.config)
             if move is not None and await self.store.move(rollout, move) is not None:
                 logger.info(
                     "rollout of %s on %s: %s → %s (%s)", rollout.candidate_version,

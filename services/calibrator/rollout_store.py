@@ -35,6 +35,8 @@ class Rollout:
     previous_version: str
     stage: str
     canary_share: float
+    active_version: str = ""
+    """The model version's active calibrator now (the registry's)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +51,8 @@ class Transition:
 
 _ROLLOUT = (
     "SELECT r.id, r.tenant_id, r.model_version_id, m.tenant_id || '/' || m.name || '/' || "
-    "m.version AS model_key, r.candidate_version, r.previous_version, r.stage, r.canary_share "
+    "m.version AS model_key, r.candidate_version, r.previous_version, r.stage, r.canary_share, "
+    "m.calibrator_version AS active_version "
     "FROM calibrator_rollouts r JOIN model_versions m ON m.id = r.model_version_id "
 )
 
@@ -58,6 +61,7 @@ def _rollout(row: asyncpg.Record) -> Rollout:
     return Rollout(
         row["id"], row["tenant_id"], row["model_version_id"], row["model_key"],
         row["candidate_version"], row["previous_version"], row["stage"], row["canary_share"],
+        row["active_version"],
     )  # fmt: skip
 
 
