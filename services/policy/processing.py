@@ -72,6 +72,7 @@ class _Tally:
     """Counts of one iteration, published only once its transaction has committed."""
 
     decisions: dict[tuple[str, str], int] = field(default_factory=dict)
+    arms: dict[tuple[str, str], int] = field(default_factory=dict)
     unregistered: int = 0
     dead_letters: dict[str, int] = field(default_factory=dict)
     latencies: list[FloatArray] = field(default_factory=list)
@@ -140,6 +141,12 @@ class PolicyProcessor:
         n_review = int(decision.review.sum())
         for status, n in (("review", n_review), ("auto", len(decision) - n_review)):
             tally.decisions[(model, status)] = tally.decisions.get((model, status), 0) + n
+        candidate = decision.shadow_calibrator_version
+        if candidate is not None:
+            versions = decision.calibrator_versions or ()
+            n_canary = sum(1 for v in versions if v == candidate)
+            for arm, n in (("canary", n_canary), ("control", len(decision) - n_canary)):
+                tally.arms[(model, arm)] = tally.arms.get((model, arm), 0) + n
         if decision.threshold_source == "default":
             tally.unregistered += len(decision)
         tally.latencies.append(
@@ -155,6 +162,9 @@ class PolicyProcessor:
         for (model, status), n in tally.decisions.items():
             if n:
                 self._metrics.decisions.labels(model, status).inc(n)
+        for (model, arm), n in tally.arms.items():
+            if n:
+                self._metrics.arm_decisions.labels(model, arm).inc(n)
         if tally.unregistered:
             self._metrics.unregistered.inc(tally.unregistered)
         for code, n in tally.dead_letters.items():
