@@ -31,6 +31,7 @@ from services.gateway.openapi_errors import document_errors
 from services.gateway.outbox import Relay
 from services.gateway.rollouts import follow_transitions
 from services.gateway.routes import (
+    calibrate,
     calibration,
     console,
     drift,
@@ -60,6 +61,7 @@ ROUTERS = (
     estimation,
     recalibration,
     rollout,
+    calibrate,
     routing,
     calibration,
     drift,
