@@ -7,10 +7,14 @@ read_committed consumer. Latency of an event = the moment its decision is readab
 its event time (milliseconds; event times are whole milliseconds, so figures read up to
 1 ms high). ``--direct`` skips ingest: it sends PredictionBatch messages of the events of
 each 5 ms tick straight to <ns>.predictions, which measures the policy hop alone.
+``--rollout shadow`` (or ``canary``) registers the version with an active temperature map
+and a second one beside it (canary: deciding 10 % of events), ``--rollout active`` with the
+active map alone: the cost of running a candidate is the difference.
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import socket
 import time
@@ -91,7 +95,34 @@ def _read_back(
     )
 
 
-def _register(settings: Settings, topics: Topics, spec: ModelSpec, threshold: float) -> None:
+ACTIVE_MAP = {"format": 1, "kind": "temperature", "input": "confidence",
+              "params": {"beta": 0.8, "temperature": 1.25}}  # fmt: skip
+CANDIDATE_MAP = {"format": 1, "kind": "temperature", "input": "confidence",
+                 "params": {"beta": 0.6, "temperature": 1.0 / 0.6}}  # fmt: skip
+
+
+def _calibrators(rollout: str) -> dict[str, Any]:
+    """Registry fields: ``none`` (identity), ``active`` (a temperature map), ``shadow`` or
+    ``canary`` (that map with a second temperature map beside it, canary at 10 %)."""
+    if rollout == "none":
+        return {}
+    fields: dict[str, Any] = {
+        "calibrator_version": "temperature-active",
+        "calibrator": json.dumps(ACTIVE_MAP),
+    }
+    if rollout in ("shadow", "canary"):
+        fields.update(
+            candidate_version="temperature-candidate",
+            candidate_calibrator=json.dumps(CANDIDATE_MAP),
+            rollout_stage=rollout,
+            canary_share=0.1 if rollout == "canary" else 0.0,
+        )
+    return fields
+
+
+def _register(
+    settings: Settings, topics: Topics, spec: ModelSpec, threshold: float, rollout: str = "none"
+) -> None:
     now = int(time.time() * 1000)
     record = {
         "id": 1,
@@ -105,6 +136,7 @@ def _register(settings: Settings, topics: Topics, spec: ModelSpec, threshold: fl
         "calibrator": None,
         "created_at_ms": now,
         "updated_at_ms": now,
+        **_calibrators(rollout),
     }
     producer = make_producer(settings)
     producer.produce(
@@ -128,12 +160,17 @@ def main(
     direct: bool = typer.Option(False, help="PredictionBatch straight to <ns>.predictions"),
     verbose: bool = typer.Option(False, help="also print latency per second of the run"),
     env: list[str] = typer.Option([], help="KEY=VALUE setting for the workers (repeatable)"),
+    rollout: str = typer.Option(
+        "none", help="none | active (a temperature map) | shadow | canary (a second map beside)"
+    ),
 ) -> None:
     """Steady traffic through ingest → policy; print latency percentiles and memory."""
     settings = bench_settings()
     topics = Topics.for_namespace(settings.topic_namespace)
     spec = ModelSpec(name="latency", version="v1", numeric_features=4)
-    _register(settings, topics, spec, threshold=0.7)
+    if rollout not in ("none", "active", "shadow", "canary"):
+        raise typer.BadParameter(f"--rollout must be none, active, shadow or canary: {rollout!r}")
+    _register(settings, topics, spec, threshold=0.7, rollout=rollout)
     log_dir = Settings().logs_dir
     services = ["policy"] if direct else ["ingest", "policy"]
     ports = {"ingest": "0", "policy": str(_free_port())}

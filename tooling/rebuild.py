@@ -128,14 +128,18 @@ class _Ticker:
 UPSERT_TENANT = "INSERT INTO tenants (id, name) VALUES ($1, $1) ON CONFLICT (id) DO NOTHING"
 UPSERT_MODEL = """
 INSERT INTO model_versions (id, tenant_id, name, version, stage, parent_id, abstain_threshold,
-    calibrator_version, calibrator, created_at, updated_at, segment_key)
+    calibrator_version, calibrator, created_at, updated_at, candidate_version,
+    candidate_calibrator, rollout_stage, canary_share, segment_key)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb,
     TIMESTAMPTZ 'epoch' + $10 * INTERVAL '1 millisecond',
-    TIMESTAMPTZ 'epoch' + $11 * INTERVAL '1 millisecond', $12)
+    TIMESTAMPTZ 'epoch' + $11 * INTERVAL '1 millisecond', $12, $13::jsonb, $14, $15, $16)
 ON CONFLICT (id) DO UPDATE SET stage = EXCLUDED.stage, parent_id = EXCLUDED.parent_id,
     abstain_threshold = EXCLUDED.abstain_threshold,
     calibrator_version = EXCLUDED.calibrator_version, calibrator = EXCLUDED.calibrator,
-    updated_at = EXCLUDED.updated_at, segment_key = EXCLUDED.segment_key
+    updated_at = EXCLUDED.updated_at, candidate_version = EXCLUDED.candidate_version,
+    candidate_calibrator = EXCLUDED.candidate_calibrator,
+    rollout_stage = EXCLUDED.rollout_stage, canary_share = EXCLUDED.canary_share,
+    segment_key = EXCLUDED.segment_key
 """
 # Never back: the next id is past every id the registry ever gave (and the log still shows).
 MOVE_SEQUENCE = """
@@ -193,6 +197,10 @@ async def _registry(conn: asyncpg.Connection, codec: AvroCodec, settings: Settin
                 r["calibrator"],
                 int(r["created_at_ms"]),
                 int(r["updated_at_ms"]),
+                r.get("candidate_version"),
+                r.get("candidate_calibrator"),
+                r.get("rollout_stage"),
+                float(r.get("canary_share") or 0.0),
                 r.get("segment_key"),
             )
         await conn.execute(MOVE_SEQUENCE, highest)

@@ -33,9 +33,11 @@ from shared.contracts.codec import AvroCodec, Decoded
 from shared.contracts.dead_letters import dead_letter
 from shared.contracts.topics import Topics
 from shared.recalibration.segments import encode_pair, segment_id
+from shared.recalibration.serving import Paired, paired
 from shared.runtime import clock
 from shared.runtime.offset_fence import fresh
 from shared.runtime.pipeline import Output
+from shared.windows.rollout import decision_fields, label_fields
 
 logger = logging.getLogger(__name__)
 LABELED = "L"
@@ -65,6 +67,14 @@ class PredictionRecord:
     """Auto-accepted (not withheld for review)."""
     segment: str = ""
     """``<segment key>=<value>`` of its calibration segment; empty when it has none."""
+    shadow_version: str = ""
+    """Calibrator under rollout that ran beside the deciding map ("" = none)."""
+    active: float | None = None
+    """The active map's calibrated confidence (with a candidate beside it)."""
+    candidate: float | None = None
+    """The candidate map's calibrated confidence."""
+    canary: bool = False
+    """Decided by the candidate (canary arm)."""
 
     def encode(self) -> str:
         probs = "" if self.probabilities is None else ",".join(repr(p) for p in self.probabilities)
@@ -81,11 +91,22 @@ class PredictionRecord:
                 "1" if self.auto else "0",
                 self.segment,
             ]
+            + (
+                [
+                    self.shadow_version,
+                    repr(self.active),
+                    repr(self.candidate),
+                    "1" if self.canary else "0",
+                ]
+                if self.shadow_version
+                else []
+            )
         )
 
     @classmethod
     def decode(cls, raw: str) -> PredictionRecord:
         model, ms, conf, predicted, classes, probs, *rest = raw.split(FIELD_SEP)
+        shadow = rest[4:8] if len(rest) >= 8 else None
         return cls(
             model,
             int(ms),
@@ -97,6 +118,7 @@ class PredictionRecord:
             float(rest[1]) if len(rest) > 1 and rest[1] else None,
             len(rest) > 2 and rest[2] == "1",
             rest[3] if len(rest) > 3 else "",
+            *((shadow[0], float(shadow[1]), float(shadow[2]), shadow[3] == "1") if shadow else ()),
         )
 
 
@@ -197,6 +219,7 @@ class AggregatorProcessor:
                     plan.inc, p.key, p.event_time_ms, d.calibrated_confidences, d.review
                 )
             plan.add_predictions(d, waiting)
+            plan.add_rollout_decisions(d)
         # Labels: find their prediction in this batch or in Redis, else wait for it.
         label_ids = [(lbl.tenant, eid) for lbl in labels for eid in lbl.event_ids]
         known = dict(
@@ -207,6 +230,7 @@ class AggregatorProcessor:
         plan.store_unlabeled()
         for ev in _labeled_events(plan.joined):
             labeled_increments(plan.inc, ev, self._estimate)
+        plan.add_rollout_labels()
         applied = await store.apply(
             messages,
             plan.inc,
@@ -215,6 +239,7 @@ class AggregatorProcessor:
             plan.counts,
             now_s,
             segment_windows(plan.joined),
+            plan.rollout,
         )
         if applied:
             self._count_applied(len(all_ids), plan.joined)
@@ -242,22 +267,38 @@ def _prediction_records(d: DecisionColumns) -> Iterator[tuple[str, PredictionRec
         if key is not None and values is not None and len(values) == len(p)
         else [""] * len(p)
     )
+    pair = decision_pair(d)
     for i, eid in enumerate(p.event_ids):
         row = probs[i] if probs is not None and probs[i] and probs[i][0] == probs[i][0] else None
-        yield (
-            eid,
-            PredictionRecord(
-                p.key,
-                int(p.event_time_ms[i]),
-                float(p.confidences[i]),
-                p.predicted_labels[i],
-                p.class_labels if row else [],
-                row,
-                calibrated=calibrated[i],
-                auto=auto[i],
-                segment=segments[i],
-            ),
+        rec = PredictionRecord(
+            p.key,
+            int(p.event_time_ms[i]),
+            float(p.confidences[i]),
+            p.predicted_labels[i],
+            p.class_labels if row else [],
+            row,
+            calibrated=calibrated[i],
+            auto=auto[i],
+            segment=segments[i],
         )
+        if pair is not None:
+            rec.shadow_version = pair.candidate_version
+            rec.active = float(pair.active[i])
+            rec.candidate = float(pair.candidate[i])
+            rec.canary = bool(pair.canary[i])
+        yield eid, rec
+
+
+def decision_pair(d: DecisionColumns) -> Paired | None:
+    """Both maps' outputs on every event of a decision batch with a candidate beside."""
+    return paired(
+        d.calibrated_confidences,
+        d.review,
+        d.calibrator_versions,
+        d.shadow_calibrator_version,
+        d.shadow_confidences,
+        d.shadow_review,
+    )
 
 
 @dataclass(slots=True)
@@ -272,6 +313,8 @@ class _JoinPlan:
     deletes: list[str] = field(default_factory=list)
     counts: dict[tuple[str, int], int] = field(default_factory=dict)
     joined: list[Joined] = field(default_factory=list)
+    rollout: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
+    """Increments of the rollout hashes, by (model key, candidate version)."""
     batch_preds: dict[tuple[str, str], PredictionRecord] = field(default_factory=dict)
     labeled_now: set[tuple[str, str]] = field(default_factory=set)
 
@@ -314,6 +357,34 @@ class _JoinPlan:
             elif raw != LABELED:
                 value = encode_pending_label(truth, label_ms)
                 self.sets.append((store.pending_key(*scoped), value, store.horizon))
+
+    def _merge_rollout(self, model: str, candidate: str, fields: dict[str, int]) -> None:
+        into = self.rollout.setdefault((model, candidate), {})
+        for f, v in fields.items():
+            into[f] = into.get(f, 0) + v
+
+    def add_rollout_decisions(self, d: DecisionColumns) -> None:
+        pair = decision_pair(d)
+        if pair is not None:
+            fields = decision_fields(
+                pair.active_review, pair.candidate_review, pair.canary, d.review
+            )
+            self._merge_rollout(d.key, pair.candidate_version, fields)
+
+    def add_rollout_labels(self) -> None:
+        """Paired losses of the joined events that ran with a candidate beside."""
+        groups: dict[tuple[str, str], list[Joined]] = {}
+        for j in self.joined:
+            if j.record.shadow_version and j.record.active is not None:
+                groups.setdefault((j.record.model, j.record.shadow_version), []).append(j)
+        for (model, candidate), items in groups.items():
+            fields = label_fields(
+                np.array([j.record.active for j in items], dtype=np.float64),
+                np.array([j.record.candidate for j in items], dtype=np.float64),
+                np.array([j.truth == j.record.predicted for j in items]),
+                np.array([j.record.canary for j in items]),
+            )
+            self._merge_rollout(model, candidate, fields)
 
     def store_unlabeled(self) -> None:
         """The batch's predictions no label joined wait in Redis, counted in their slot."""

@@ -18,6 +18,7 @@ from shared.windows.calibration import (
     split_fine,
     unlabeled_key,
 )
+from shared.windows.rollout import ROLLOUT_TTL_S, rollout_key
 from shared.windows.segments import OVERFLOW, SEGMENT_TTL_SECONDS, SegmentLayout
 
 
@@ -31,6 +32,7 @@ class AggregatorStore:
         segment_cap: int = 1_000,
     ) -> None:
         self.r = client
+        self.prefix = prefix
         self.p = f"{prefix}agg:"
         self.horizon = horizon_s
         self.segments = SegmentLayout(prefix)
@@ -51,6 +53,9 @@ class AggregatorStore:
     def slot_width(self) -> int:
         return pending_slot_seconds(self.horizon)
 
+    def rollout_key(self, model: str, candidate: str) -> str:
+        return rollout_key(self.prefix, model, candidate)
+
     def unlabeled_key(self, model: str) -> str:
         return unlabeled_key(self.p, model)
 
@@ -69,6 +74,7 @@ class AggregatorStore:
         unlabeled: dict[tuple[str, int], int],
         now_s: int,
         segment_windows: dict[tuple[str, str], list[int]] | None = None,
+        rollout: dict[tuple[str, str], dict[str, int]] | None = None,
     ) -> bool:
         """Apply one part of a batch for ``messages``; False when their offsets already
         cover it (nothing is written).
@@ -99,6 +105,9 @@ class AggregatorStore:
             effect.incr.append((key, self.horizon + 2 * self.slot_width, deltas))
             effect.hdel_below.append((key, oldest))
         self._segment_writes(effect, segment_windows or {})
+        for (model, candidate), fields in (rollout or {}).items():
+            if fields:
+                effect.incr.append((self.rollout_key(model, candidate), ROLLOUT_TTL_S, fields))
         return await self.fence.apply(messages, effect)
 
     def _segment_writes(self, effect: Effect, windows: dict[tuple[str, str], list[int]]) -> None:

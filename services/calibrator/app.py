@@ -6,15 +6,19 @@ import asyncio
 
 import asyncpg
 import faust
+import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from services.calibrator.metrics import CalibratorMetrics
+from services.calibrator.rollout import RolloutConfig, RolloutManager
+from services.calibrator.rollout_store import RolloutStore
 from services.calibrator.runner import Runner
 from services.calibrator.settings import CalibratorSettings
 from services.calibrator.store import CalibratorStore
 from services.calibrator.triggers import AlertTriggers
 from shared.contracts.codec import AvroCodec
 from shared.contracts.topics import Topics
+from shared.recalibration.sequential import SequentialConfig
 from shared.runtime.kafka import make_producer
 from shared.runtime.observability import configure_logging, serve_metrics
 from shared.runtime.pipeline import Pipeline, PipelineConfig
@@ -31,7 +35,13 @@ def build_app(settings: CalibratorSettings) -> faust.App:
         pool = await asyncpg.create_pool(settings.postgres_url, min_size=1, max_size=3)
         assert pool is not None
         store = CalibratorStore(pool)
-        runner = Runner(settings, store, make_producer(settings), codec, topics.alerts, metrics)
+        producer = make_producer(settings)
+        redis = aioredis.Redis.from_url(settings.redis_dsn)
+        rollouts = RolloutManager(
+            RolloutStore(pool), redis, settings.redis_prefix, rollout_config(settings),
+            producer, codec, topics.alerts,
+        )  # fmt: skip
+        runner = Runner(settings, store, producer, codec, topics.alerts, metrics, rollouts)
         triggers = AlertTriggers(codec, store, metrics)
         pipeline = Pipeline(
             settings,
@@ -48,9 +58,26 @@ def build_app(settings: CalibratorSettings) -> faust.App:
             await run_beside(pipeline.run, runner.run, stopping)
         finally:
             await pool.close()
+            await redis.aclose()
 
     serve_metrics(settings.metrics_port, registry, settings.metrics_host)
     return create_app("calibrator", settings, loop)
+
+
+def rollout_config(settings: CalibratorSettings) -> RolloutConfig:
+    return RolloutConfig(
+        SequentialConfig(
+            alpha=settings.rollout_alpha,
+            min_events=settings.rollout_min_labeled,
+            max_events=max(settings.rollout_max_labeled, settings.rollout_min_labeled),
+            tuned_for=settings.rollout_tuned_for,
+            review_band=settings.rollout_review_band,
+        ),
+        shadow_min_labeled=settings.rollout_shadow_min_labeled,
+        canary_share=settings.rollout_canary_share,
+        auto_start=settings.rollout_auto_start,
+        canary_min_labeled=settings.rollout_canary_min_labeled,
+    )
 
 
 def main() -> None:

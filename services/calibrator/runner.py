@@ -20,6 +20,7 @@ from confluent_kafka import Producer
 
 from services.calibrator.metrics import CalibratorMetrics
 from services.calibrator.processing import RunConfig, current_map, run_calibration
+from services.calibrator.rollout import RolloutManager
 from services.calibrator.settings import CalibratorSettings
 from services.calibrator.store import (
     CalibratorStore,
@@ -87,6 +88,7 @@ class Runner:
         codec: AvroCodec,
         alerts_topic: str,
         metrics: CalibratorMetrics | None = None,
+        rollouts: RolloutManager | None = None,
     ) -> None:
         unknown = sorted(set(settings.calibrator_methods) - set(METHODS))
         if unknown:
@@ -100,6 +102,7 @@ class Runner:
         self.codec = codec
         self.alerts_topic = alerts_topic
         self.metrics = metrics
+        self.rollouts = rollouts
 
     def config(self, methods: list[str] | None) -> RunConfig:
         s = self.settings
@@ -200,6 +203,8 @@ class Runner:
                 )  # fmt: skip
             ran = True
         await self.announce()
+        if self.rollouts is not None:
+            await self.rollouts.step()
         return ran
 
     async def run(self, stopping: asyncio.Event) -> None:

@@ -54,3 +54,30 @@ class CalibratorSettings(Settings):
     calibrator_max_messages: int = Field(
         default=500, ge=1, description="alert messages fetched per batch"
     )
+    rollout_auto_start: bool = Field(
+        default=True, description="open a shadow rollout for every newly staged calibrator"
+    )
+    rollout_shadow_min_labeled: int = Field(
+        default=500, ge=1, description="paired labeled events in shadow before canary"
+    )
+    rollout_canary_share: float = Field(
+        default=0.1, gt=0, le=1, description="share of events a canary decides (stable hash)"
+    )
+    rollout_canary_min_labeled: int = Field(
+        default=100, ge=0, description="labeled canary-arm events before a promotion"
+    )
+    rollout_alpha: float = Field(
+        default=0.05, gt=0, lt=1, description="false-decision rate of the promote/rollback test"
+    )
+    rollout_min_labeled: int = Field(
+        default=1000, ge=10, description="paired labeled events before the test may decide"
+    )
+    rollout_max_labeled: int = Field(
+        default=50_000, ge=10, description="paired labeled events after which a canary stops"
+    )
+    rollout_tuned_for: int = Field(
+        default=5000, ge=10, description="labeled events where the test's interval is tightest"
+    )
+    rollout_review_band: float = Field(
+        default=0.1, gt=0, le=1, description="largest review-rate change a candidate may cause"
+    )

@@ -31,7 +31,9 @@ from services.gateway.metrics import GatewayMetrics
 from services.gateway.middleware import RequestMetrics
 from services.gateway.openapi_errors import document_errors
 from services.gateway.outbox import Relay
+from services.gateway.rollouts import follow_transitions
 from services.gateway.routes import (
+    calibrate,
     calibration,
     console,
     drift,
@@ -44,6 +46,7 @@ from services.gateway.routes import (
     recalibration,
     registry,
     reviews,
+    rollout,
     routing,
     segments,
 )
@@ -63,6 +66,8 @@ ROUTERS = (
     estimation,
     recalibration,
     segments,
+    rollout,
+    calibrate,
     routing,
     calibration,
     drift,
@@ -115,7 +120,16 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         stop = asyncio.Event()
         loops: dict[str, Callable[[], Awaitable[None]]] = {
             "registry view": lambda: view.run(stop),
+            "segment maps": lambda: state.segment_maps.run(stop),
             "outbox relay": lambda: relay.run(stop),
+            "rollout transitions": lambda: follow_transitions(
+                pool,
+                codec,
+                state.topics.model_updates,
+                settings.outbox_poll_seconds,
+                stop,
+                state.models.forget,
+            ),
             "live feed": lambda: follow(
                 settings, state.hub, codec, state.models.id_of, stop, state.live_ready
             ),

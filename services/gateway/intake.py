@@ -21,6 +21,8 @@ from shared.contracts.codec import AvroCodec
 from shared.contracts.errors import ErrorCode, Fault
 from shared.contracts.limits import DEFAULT_LIMITS, Limits, int64_fault, string_fault
 from shared.contracts.validation import Rows, group_events, validate_columns
+from shared.recalibration.segments import segment_values
+from shared.recalibration.serving import serve
 
 REST_FIELD_NAMES = {"event_time_ms": "event_time"}
 """Record fields whose REST name differs."""
@@ -175,13 +177,33 @@ def prepare(
 
 
 def decide(cols: PredictionColumns, model: ModelRef) -> list[Decided]:
-    """The policy's rule: calibrated confidence >= threshold is auto, below is review."""
-    calibrated = model.calibration.apply(
-        cols.confidences, cols.probabilities, cols.logits, cols.class_labels
+    """The policy's rule, by the policy's own serve-time choice (segment maps, candidate and
+    canary arm included): calibrated confidence >= threshold is auto, below is review."""
+    segments = (
+        None
+        if model.segment_key is None
+        else segment_values(
+            model.segment_key,
+            len(cols),
+            cols.numeric_features,
+            cols.categorical_features,
+            cols.metadata,
+        )
     )
-    review = calibrated < model.abstain_threshold
+    served = serve(
+        model.plan(),
+        cols.event_ids,
+        cols.confidences,
+        cols.probabilities,
+        cols.logits,
+        cols.class_labels,
+        segments,
+    )
     t = float(model.abstain_threshold)
-    return [Decided(c, t, r) for c, r in zip(calibrated.tolist(), review.tolist(), strict=True)]
+    return [
+        Decided(c, t, r)
+        for c, r in zip(served.confidences.tolist(), served.review.tolist(), strict=True)
+    ]
 
 
 def batch_messages(

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 
 from shared.contracts.batches import model_key
 from shared.recalibration.maps import IDENTITY, CalibrationMap, CalibratorError, from_registry
+from shared.recalibration.serving import Candidate, ServePlan, candidate_of
+from shared.registry.segment_maps import SegmentMapView
 from shared.registry.view import RegisteredVersion, RegistryView
 
 logger = logging.getLogger(__name__)
@@ -27,7 +30,10 @@ FALLBACK_TTL_SECONDS = 1.0
 _CACHE_LIMIT = 10_000
 _SELECT = (
     "SELECT id, tenant_id AS tenant, name, version, stage, parent_id, abstain_threshold, "
-    "calibrator_version, calibrator::text AS calibrator FROM model_versions "
+    "calibrator_version, calibrator::text AS calibrator, candidate_version, "
+    "candidate_calibrator::text AS candidate_calibrator, rollout_stage, canary_share, "
+    "segment_key "
+    "FROM model_versions "
 )
 
 
@@ -41,10 +47,22 @@ class ModelRef:
     version: str
     abstain_threshold: float
     calibration: CalibrationMap
+    candidate: Candidate | None = None
+    """The calibrator under rollout beside the active map, as the policy sees it."""
+    segment_key: str | None = None
+    """The feature or metadata key whose values have maps of their own, if any."""
+    segment_maps: Mapping[str, CalibrationMap] = field(default_factory=dict)
+    """Segment value → map, as the policy follows them from ``<ns>.segment-maps``."""
 
     @property
     def key(self) -> str:
         return model_key(self.tenant, self.name, self.version)
+
+    def plan(self) -> ServePlan:
+        """What :func:`shared.recalibration.serving.serve` needs for this version."""
+        return ServePlan(
+            self.abstain_threshold, self.calibration, self.candidate, self.segment_maps
+        )
 
     def __getitem__(self, field: str) -> Any:
         """Record-style access (``ref["name"]``) for callers written against table rows."""
@@ -69,13 +87,24 @@ class RegistryIndex(RegistryView):
 
 
 class ModelCache:
-    def __init__(self, pool: asyncpg.Pool, view: RegistryIndex | None = None) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        view: RegistryIndex | None = None,
+        segments: SegmentMapView | None = None,
+    ) -> None:
         self._pool = pool
         self._view = view
+        self._segments = segments
         self._fallback: dict[tuple[Any, ...], tuple[float, ModelRef | None]] = {}
         self._maps: dict[tuple[str, str | None], CalibrationMap] = {}
 
     def _ref(self, v: RegisteredVersion) -> ModelRef:
+        segment_maps = (
+            self._segments.maps_for(v.key, v.segment_key)
+            if self._segments is not None and v.segment_key is not None
+            else {}
+        )
         return ModelRef(
             v.id,
             v.tenant,
@@ -83,6 +112,9 @@ class ModelCache:
             v.version,
             v.abstain_threshold,
             self._calibration(v.calibrator_version, v.calibrator),
+            candidate_of(v),
+            v.segment_key,
+            segment_maps,
         )
 
     def _calibration(self, version: str, calibrator: str | None) -> CalibrationMap:

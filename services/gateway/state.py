@@ -25,6 +25,7 @@ from services.gateway.ratelimit import TokenBuckets
 from services.gateway.settings import GatewaySettings
 from shared.contracts.codec import AvroCodec
 from shared.contracts.topics import Topics
+from shared.registry.segment_maps import SegmentMapView
 from shared.runtime.kafka import make_producer
 
 PUBLISH_TIMEOUT_MS = 15_000
@@ -45,6 +46,8 @@ class GatewayState:
     once)."""
     publisher: Publisher
     view: RegistryIndex
+    segment_maps: SegmentMapView
+    """Per-segment calibration maps, followed like the registry (``POST /api/calibrate``)."""
     models: ModelCache
     keys: KeyStore
     hub: Hub
@@ -62,6 +65,9 @@ async def open_state(settings: GatewaySettings, metrics: GatewayMetrics) -> Gate
         settings.postgres_url, min_size=2, max_size=settings.gateway_db_pool_size
     )
     view = RegistryIndex(settings, topics.model_updates, codec)
+    segment_maps = SegmentMapView(
+        settings, topics.segment_maps, codec, settings.segment_max_per_version
+    )
     anonymous = anonymous_principal(settings)
     if anonymous is not None:  # its tenant must exist for what it registers or reviews
         await pool.execute(
@@ -84,7 +90,8 @@ async def open_state(settings: GatewaySettings, metrics: GatewayMetrics) -> Gate
         ),
         publisher=Publisher(make_producer(settings, **{"message.timeout.ms": PUBLISH_TIMEOUT_MS})),
         view=view,
-        models=ModelCache(pool, view),
+        segment_maps=segment_maps,
+        models=ModelCache(pool, view, segment_maps),
         keys=KeyStore(pool, settings.gateway_key_cache_seconds, anonymous),
         hub=Hub(settings.gateway_ws_queue, metrics),
         event_rate=TokenBuckets(

@@ -2,7 +2,8 @@
 
 Label values are bounded: ``model`` is a registered model name (bounded by the registry;
 every model version missing from it shares the value ``unregistered``), ``status`` is
-``auto`` or ``review``, ``code`` an :class:`shared.contracts.errors.ErrorCode`.
+``auto`` or ``review``, ``arm`` ``control`` or ``canary``, ``code`` an
+:class:`shared.contracts.errors.ErrorCode`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,13 @@ class PolicyMetrics(PipelineMetrics):
             "caliber_policy_decisions_total",
             "Predictions decided, by registered model name and status (auto | review)",
             ["model", "status"],
+            registry=registry,
+        )
+        self.arm_decisions = Counter(
+            "caliber_policy_arm_decisions_total",
+            "Predictions decided with a candidate calibrator beside the active one, by model "
+            "and arm (control: the active map decided; canary: the candidate did)",
+            ["model", "arm"],
             registry=registry,
         )
         self.unregistered = Counter(

@@ -21,8 +21,9 @@ from shared.contracts.dead_letters import dead_letter
 from shared.contracts.errors import ErrorCode
 from shared.contracts.topics import Topics
 from shared.contracts.validation import DEFAULT_LIMITS, Limits, check_batch_record
-from shared.recalibration.maps import CalibrationMap, CalibratorError
-from shared.recalibration.segments import calibrate_segments, segment_values
+from shared.recalibration.maps import CalibrationMap
+from shared.recalibration.segments import segment_values
+from shared.recalibration.serving import Candidate, ServePlan, serve
 from shared.runtime import clock
 from shared.runtime.pipeline import Output
 
@@ -35,73 +36,59 @@ def _no_segment_maps(model: str, segment_key: str) -> Mapping[str, CalibrationMa
     return {}
 
 
-def decide_by_segment(
-    cols: PredictionColumns,
-    threshold: float,
-    calibration: CalibrationMap,
-    threshold_source: str,
-    now_ms: int,
-    segment_key: str,
-    segment_maps: Mapping[str, CalibrationMap],
-) -> DecisionColumns:
-    """:func:`decide` for a model version with segments: each event is calibrated by its
-    segment's map, or falls back (``shared.recalibration.segments``); the decision records
-    each event's segment and, when any differs from the batch's, the map of each event."""
-    segments = segment_values(
-        segment_key, len(cols), cols.numeric_features, cols.categorical_features, cols.metadata
-    )
-    got = calibrate_segments(
-        calibration,
-        segment_maps,
-        segments,
-        cols.confidences,
-        cols.probabilities,
-        cols.logits,
-        cols.class_labels,
-    )
-    return DecisionColumns(
-        predictions=cols,
-        calibrated_confidences=got.confidences,
-        review=~(got.confidences >= threshold),
-        threshold=threshold,
-        threshold_source=threshold_source,
-        calibrator_version=calibration.version,
-        decided_at_ms=now_ms,
-        calibrator_versions=got.versions,
-        segment_key=segment_key,
-        segments=segments,
-    )
-
-
 def decide(
     cols: PredictionColumns,
     threshold: float,
     calibration: CalibrationMap,
     threshold_source: str,
     now_ms: int,
+    candidate: Candidate | None = None,
+    segment_key: str | None = None,
+    segment_maps: Mapping[str, CalibrationMap] | None = None,
 ) -> DecisionColumns:
     """Status ``auto`` where calibrated confidence >= threshold, else ``review``.
 
     A calibrated confidence that is not a number is withheld too: only a confidence shown
-    to reach the threshold is let through.
+    to reach the threshold is let through. A ``candidate`` under rollout runs beside the
+    active map (and decides the canary arm): the choice is
+    :func:`shared.recalibration.serving.serve`, the one the gateway makes too. With a
+    ``segment_key``, each event's segment is recorded and its segment's map (of
+    ``segment_maps``) decides it where there is one.
     """
-    calibrated = np.asarray(
-        calibration.apply(cols.confidences, cols.probabilities, cols.logits, cols.class_labels),
-        dtype=np.float64,
-    )
-    if calibrated.shape != cols.confidences.shape:
-        raise CalibratorError(
-            f"calibration map {calibration.version!r} returned shape {calibrated.shape} "
-            f"for {cols.confidences.shape} confidences"
+    segments = (
+        None
+        if segment_key is None
+        else segment_values(
+            segment_key,
+            len(cols),
+            cols.numeric_features,
+            cols.categorical_features,
+            cols.metadata,
         )
+    )
+    served = serve(
+        ServePlan(threshold, calibration, candidate, segment_maps or {}),
+        cols.event_ids,
+        cols.confidences,
+        cols.probabilities,
+        cols.logits,
+        cols.class_labels,
+        segments,
+    )
     return DecisionColumns(
         predictions=cols,
-        calibrated_confidences=calibrated,
-        review=~(calibrated >= threshold),
+        calibrated_confidences=served.confidences,
+        review=served.review,
         threshold=threshold,
         threshold_source=threshold_source,
-        calibrator_version=calibration.version,
+        calibrator_version=served.calibrator_version,
         decided_at_ms=now_ms,
+        calibrator_versions=served.calibrator_versions,
+        segment_key=segment_key,
+        segments=segments,
+        shadow_calibrator_version=served.shadow_calibrator_version,
+        shadow_confidences=served.shadow_confidences,
+        shadow_review=served.shadow_review,
     )
 
 
@@ -110,6 +97,7 @@ class _Tally:
     """Counts of one iteration, published only once its transaction has committed."""
 
     decisions: dict[tuple[str, str], int] = field(default_factory=dict)
+    arms: dict[tuple[str, str], int] = field(default_factory=dict)
     unregistered: int = 0
     dead_letters: dict[str, int] = field(default_factory=dict)
     latencies: list[FloatArray] = field(default_factory=list)
@@ -139,18 +127,19 @@ class PolicyProcessor:
         rule = self._registry.rule(cols.key)
         if cols.model_version_id is None and rule.model_version_id is not None:
             cols.model_version_id = rule.model_version_id
-        if rule.segment_key is not None:
-            decision = decide_by_segment(
-                cols,
-                rule.threshold,
-                rule.calibration,
-                rule.threshold_source,
-                now_ms,
-                rule.segment_key,
-                self._segment_maps(cols.key, rule.segment_key),
-            )
-        else:
-            decision = decide(cols, rule.threshold, rule.calibration, rule.threshold_source, now_ms)
+        segment_maps = (
+            None if rule.segment_key is None else self._segment_maps(cols.key, rule.segment_key)
+        )
+        decision = decide(
+            cols,
+            rule.threshold,
+            rule.calibration,
+            rule.threshold_source,
+            now_ms,
+            rule.candidate,
+            rule.segment_key,
+            segment_maps,
+        )
         self._count(decision, rule.model_label)
         return decision
 
@@ -189,6 +178,12 @@ class PolicyProcessor:
         n_review = int(decision.review.sum())
         for status, n in (("review", n_review), ("auto", len(decision) - n_review)):
             tally.decisions[(model, status)] = tally.decisions.get((model, status), 0) + n
+        candidate = decision.shadow_calibrator_version
+        if candidate is not None:
+            versions = decision.calibrator_versions or ()
+            n_canary = sum(1 for v in versions if v == candidate)
+            for arm, n in (("canary", n_canary), ("control", len(decision) - n_canary)):
+                tally.arms[(model, arm)] = tally.arms.get((model, arm), 0) + n
         if decision.threshold_source == "default":
             tally.unregistered += len(decision)
         tally.latencies.append(
@@ -204,6 +199,9 @@ class PolicyProcessor:
         for (model, status), n in tally.decisions.items():
             if n:
                 self._metrics.decisions.labels(model, status).inc(n)
+        for (model, arm), n in tally.arms.items():
+            if n:
+                self._metrics.arm_decisions.labels(model, arm).inc(n)
         if tally.unregistered:
             self._metrics.unregistered.inc(tally.unregistered)
         for code, n in tally.dead_letters.items():

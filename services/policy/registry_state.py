@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from shared.recalibration.maps import IDENTITY, CalibrationMap, CalibratorError, from_registry
+from shared.recalibration.serving import Candidate, candidate_of
 from shared.registry.view import RegisteredVersion, RegistryView
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,8 @@ class Rule:
     model_version_id: int | None = None
     segment_key: str | None = None
     """Feature or metadata key whose values are calibrated by segment maps, if any."""
+    candidate: Candidate | None = None
+    """A calibrator under rollout beside the active map (shadow or canary)."""
 
 
 class RegistryState:
@@ -71,9 +74,13 @@ class RegistryState:
             model_label=entry.name,
             model_version_id=entry.id,
             segment_key=entry.segment_key,
+            candidate=self._candidate(entry),
         )
         self._rules[key] = (entry, rule)
         return rule
+
+    def _candidate(self, entry: RegisteredVersion) -> Candidate | None:
+        return candidate_of(entry)
 
     def _calibration(self, entry: RegisteredVersion) -> CalibrationMap:
         spec = (entry.calibrator_version, entry.calibrator)

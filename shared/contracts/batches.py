@@ -162,6 +162,12 @@ class DecisionColumns:
     """The model version's segment key (per-segment recalibration), when it has one."""
     segments: list[str | None] | None = None
     """Each event's value of ``segment_key`` (None = the event has none)."""
+    shadow_calibrator_version: str | None = None
+    """The calibrator under rollout that ran beside the active one (None = none)."""
+    shadow_confidences: FloatArray | None = None
+    """Per event, the output of the map that did not decide it (see
+    ``shared.recalibration.serving``)."""
+    shadow_review: BoolArray | None = None
 
     def __len__(self) -> int:
         return len(self.predictions)
@@ -172,15 +178,18 @@ class DecisionColumns:
 
     def take(self, rows: npt.ArrayLike) -> DecisionColumns:
         idx = np.asarray(rows, dtype=np.int64)
+        versions = self.calibrator_versions
         return replace(
             self,
             predictions=self.predictions.take(idx),
             calibrated_confidences=self.calibrated_confidences[idx],
             review=self.review[idx],
-            calibrator_versions=None
-            if self.calibrator_versions is None
-            else [self.calibrator_versions[i] for i in idx.tolist()],
+            calibrator_versions=None if versions is None else [versions[i] for i in idx.tolist()],
             segments=None if self.segments is None else [self.segments[i] for i in idx.tolist()],
+            shadow_confidences=None
+            if self.shadow_confidences is None
+            else self.shadow_confidences[idx],
+            shadow_review=None if self.shadow_review is None else self.shadow_review[idx],
         )
 
     def to_record(self) -> Record:
@@ -195,6 +204,13 @@ class DecisionColumns:
             "calibrator_versions": self.calibrator_versions,
             "segment_key": self.segment_key,
             "segments": self.segments,
+            "shadow_calibrator_version": self.shadow_calibrator_version,
+            "shadow_confidences": None
+            if self.shadow_confidences is None
+            else self.shadow_confidences.tolist(),
+            "shadow_statuses": None
+            if self.shadow_review is None
+            else ["review" if r else "auto" for r in self.shadow_review.tolist()],
         }
 
     @classmethod
@@ -210,6 +226,13 @@ class DecisionColumns:
             calibrator_versions=rec.get("calibrator_versions"),
             segment_key=rec.get("segment_key"),
             segments=rec.get("segments"),
+            shadow_calibrator_version=rec.get("shadow_calibrator_version"),
+            shadow_confidences=None
+            if rec.get("shadow_confidences") is None
+            else _floats(rec["shadow_confidences"]),
+            shadow_review=None
+            if rec.get("shadow_statuses") is None
+            else np.asarray([s == "review" for s in rec["shadow_statuses"]], dtype=np.bool_),
         )
 
 

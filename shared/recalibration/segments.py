@@ -61,6 +61,22 @@ def segment_values(
     return [None] * n
 
 
+def segment_of(
+    key: str,
+    features: Mapping[str, float | str] | None,
+    metadata: Mapping[str, str] | None,
+) -> str | None:
+    """One event's segment value under ``key``, by :func:`segment_values`' rule, from an
+    event given as mappings (``POST /api/calibrate``): a category as it is, a number as
+    ``3`` or ``0.5``, else the metadata value; None where the event has none."""
+    value = (features or {}).get(key)
+    if isinstance(value, str):
+        return value or None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return _category(float(value))
+    return (metadata or {}).get(key) or None
+
+
 # --- the labeled window ---------------------------------------------------------------------
 
 

@@ -19,13 +19,23 @@ MODEL_VERSION = "ModelVersion"
 
 REGISTRY_COLUMNS = (
     "id, tenant_id, name, version, stage, parent_id, abstain_threshold, calibrator_version, "
-    "calibrator::text AS calibrator, created_at, updated_at, segment_key"
+    "calibrator::text AS calibrator, candidate_version, "
+    "candidate_calibrator::text AS candidate_calibrator, rollout_stage, canary_share, "
+    "created_at, updated_at, segment_key"
 )
 """The ``model_versions`` columns :func:`model_version_record` needs, for a SELECT or RETURNING."""
 
 
 def _ms(value: datetime | int) -> int:
     return value if isinstance(value, int) else int(value.timestamp() * 1000)
+
+
+def _get(row: Mapping[str, Any], field: str) -> Any:
+    """A rollout field of a row (None when the row predates them)."""
+    try:
+        return row[field]
+    except KeyError:
+        return None
 
 
 def model_version_record(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -43,6 +53,10 @@ def model_version_record(row: Mapping[str, Any]) -> dict[str, Any]:
         "abstain_threshold": float(row["abstain_threshold"]),
         "calibrator_version": row["calibrator_version"],
         "calibrator": row["calibrator"],
+        "candidate_version": _get(row, "candidate_version"),
+        "candidate_calibrator": _get(row, "candidate_calibrator"),
+        "rollout_stage": _get(row, "rollout_stage"),
+        "canary_share": float(_get(row, "canary_share") or 0.0),
         "created_at_ms": _ms(row["created_at"]),
         "updated_at_ms": _ms(row["updated_at"]),
         "segment_key": row.get("segment_key"),

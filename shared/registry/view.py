@@ -35,6 +35,10 @@ class RegisteredVersion:
     calibrator: str | None
     segment_key: str | None = None
     """Feature or metadata key whose values get a calibrator each; None = no segments."""
+    candidate_version: str | None = None
+    candidate_calibrator: str | None = None
+    rollout_stage: str | None = None
+    canary_share: float = 0.0
 
     @property
     def key(self) -> str:
@@ -81,6 +85,10 @@ class RegistryView:
             calibrator_version=r["calibrator_version"],
             calibrator=r["calibrator"],
             segment_key=r.get("segment_key"),
+            candidate_version=r.get("candidate_version"),
+            candidate_calibrator=r.get("candidate_calibrator"),
+            rollout_stage=r.get("rollout_stage"),
+            canary_share=float(r.get("canary_share") or 0.0),
         )
 
     async def run(self, stopping: asyncio.Event) -> None:

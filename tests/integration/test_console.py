@@ -349,6 +349,10 @@ def test_a_reviewer_reads_the_ece_resolves_one_and_the_feed_moves(
     assert browser.find_elements(By.CSS_SELECTOR, "#risk-chart svg path.area")
     _until(browser, lambda d: "length_cm" in _text(d, "#alerts-table"), "v1's drift alert")
     assert "length_cm" in _text(browser, "#drift-scores"), "the drifted feature's score"
+    # The rollout card: the active calibrator, and no candidate yet.
+    _until(browser, lambda d: "active identity" in _text(d, "#rollout-note"), "the rollout card")
+    assert "no rollout yet" in _text(browser, "#rollout-metrics-box")
+    assert "no transitions yet" in _text(browser, "#rollout-log-box")
 
     before = len(env.queued)
     _until(browser, lambda d: _text(d, "#queue-count") == str(before), f"{before} queued")
@@ -408,3 +412,87 @@ def test_a_reviewer_reads_the_ece_resolves_one_and_the_feed_moves(
     _until(browser, lambda d: not d.find_element(By.ID, "toast").is_displayed(), "the toast gone")
     SCREENSHOT.parent.mkdir(exist_ok=True)
     assert browser.save_screenshot(str(SCREENSHOT))
+
+
+def _seed_rollout(env: Env, model_id: int) -> str:
+    """A canary of v1 as the calibrator and the aggregator leave it: an artifact, the rollout
+    and its two transitions in PostgreSQL, the paired statistics in Redis."""
+    import hashlib
+
+    import numpy as np
+    import redis
+
+    from shared.recalibration.artifact import artifact_version, canonical, make_artifact
+    from shared.windows.rollout import decision_fields, label_fields, rollout_key
+
+    art = make_artifact("temperature", "confidence", {"beta": 0.5, "temperature": 2.0})
+    version = artifact_version(art)
+    set_hash = hashlib.sha256(version.encode()).hexdigest()
+    registry = (
+        '{"candidate_version": "%s", "candidate_calibrator": %s, "rollout_stage": "%s", '
+        '"canary_share": %s}'
+    )
+    with psycopg.connect(env.settings.postgres_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO calibration_sets (hash, tenant_id, model_version_id, manifest, "
+            "rows_blob) VALUES (%s, 'acme', %s, '{}'::jsonb, ''::bytea)",
+            (set_hash, model_id),
+        )
+        conn.execute(
+            "INSERT INTO calibration_artifacts (tenant_id, version, model_version_id, kind, "
+            "artifact, set_hash) VALUES ('acme', %s, %s, 'temperature', %s, %s)",
+            (version, model_id, canonical(art).decode(), set_hash),
+        )
+        rid = conn.execute(
+            "INSERT INTO calibrator_rollouts (tenant_id, model_version_id, candidate_version, "
+            "previous_version, stage, canary_share) VALUES ('acme', %s, %s, 'identity', "
+            "'canary', 0.1) RETURNING id",
+            (model_id, version),
+        ).fetchone()[0]  # type: ignore[index]
+        quoted = '"' + canonical(art).decode().replace('"', '\\"') + '"'
+        for frm, to, share in (("staged", "shadow", 0.0), ("shadow", "canary", 0.1)):
+            conn.execute(
+                "INSERT INTO rollout_transitions (rollout_id, tenant_id, model_version_id, "
+                "candidate_version, from_stage, to_stage, trigger, reason, numbers, registry) "
+                "VALUES (%s, 'acme', %s, %s, %s, %s, 'auto', 'seeded', %s, %s)",
+                (rid, model_id, version, frm, to, '{"labeled": 400}',
+                 registry % (version, quoted, to, share)),
+            )  # fmt: skip
+    rng = np.random.default_rng(3)
+    n = 400
+    active = rng.uniform(0.55, 0.99, n)
+    candidate = 1 / (1 + np.exp(-0.5 * (np.log(active) - np.log1p(-active))))
+    correct = rng.random(n) < candidate
+    canary = rng.random(n) < 0.3
+    fields = label_fields(active, candidate, correct, canary)
+    fields.update(decision_fields(active < 0.6, candidate < 0.6, canary, active < 0.6))
+    client = redis.Redis.from_url(env.settings.redis_dsn)
+    try:
+        key = rollout_key(env.settings.redis_prefix, "acme/triage/v1", version)
+        client.hset(key, mapping=fields)  # type: ignore[arg-type]
+    finally:
+        client.close()
+    return version
+
+
+def test_the_rollout_card_shows_both_maps_each_arm_and_the_log(
+    env: Env, browser: WebDriver
+) -> None:
+    version = _seed_rollout(env, env.models["v1"])
+    _sign_in(browser, env.base, env.keys["viewer"])
+    _until(
+        browser,
+        lambda d: f"candidate {version} (canary at 10.0" in _text(d, "#rollout-note"),
+        "the canary on the rollout card (applied to the registry by the gateway)",
+    )
+    with env.client("viewer") as c:
+        paired = c.get(f"/api/models/{env.models['v1']}/rollout").json()["paired"]
+    _until(browser, lambda d: "candidate" in _text(d, "#rollout-metrics"), "the metrics table")
+    table = _text(browser, "#rollout-metrics")
+    assert f"{paired['active']['ece']:.3f}" in table
+    assert f"{paired['candidate']['ece']:.3f}" in table
+    assert paired["candidate"]["ece"] < paired["active"]["ece"]
+    arms = browser.find_elements(By.CSS_SELECTOR, "#rollout-arms svg")
+    assert len(arms) == 2, "a reliability diagram per arm"
+    log = _text(browser, "#rollout-log")
+    assert "shadow → canary" in log and "staged → shadow" in log

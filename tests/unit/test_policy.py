@@ -317,3 +317,32 @@ def test_a_fitted_artifact_in_the_registry_is_what_the_policy_applies() -> None:
     out = rule.calibration.apply(np.array([0.5, 0.9]), None, None, [])
     # σ(logit(c) − 1): 0.5 → σ(−1), 0.9 → σ(ln 9 − 1) = 9/(9 + e)
     np.testing.assert_allclose(out, [1 / (1 + np.e), 9 / (9 + np.e)])
+
+
+async def test_decisions_beside_a_candidate_are_counted_per_arm() -> None:
+    registry = CollectorRegistry()
+    spec = '{"kind": "temperature", "params": {"beta": 0.5}}'
+    state = RegistryState(
+        {"t/m/v1": entry("v1", threshold=0.6, candidate_version="temperature-c",
+                         candidate_calibrator=spec, rollout_stage="canary",
+                         canary_share=1.0)}.get,
+        0.7,
+    )  # fmt: skip
+    processor = PolicyProcessor(TOPICS, CODEC, state, PolicyMetrics(registry))
+    out = await processor(
+        [Msg(CODEC.encode("PredictionBatch", cols([0.9, 0.8], "v1").to_record()))]
+    )  # type: ignore[list-item]
+    decided = CODEC.decode(out[0].value)
+    assert isinstance(decided, Decoded)
+    # share 1.0: the candidate decides every event; the active map's output is the shadow
+    assert decided.record["calibrator_versions"] == ["temperature-c", "temperature-c"]
+    assert decided.record["shadow_confidences"] == [0.9, 0.8]
+    assert decided.record["calibrated_confidences"][0] == pytest.approx(0.75)
+    processor.batch_done(1, 0.001)
+    arms = {
+        arm: registry.get_sample_value(
+            "caliber_policy_arm_decisions_total", {"model": "m", "arm": arm}
+        )
+        for arm in ("canary", "control")
+    }
+    assert arms == {"canary": 2, "control": None}

@@ -14,7 +14,7 @@ import pytest
 from services.aggregator.processing import Joined, PredictionRecord, segment_windows
 from services.aggregator.refit import SegmentRefitter, segment_map_record
 from services.aggregator.settings import AggregatorSettings
-from services.policy.processing import decide_by_segment
+from services.policy.processing import decide
 from shared.contracts.batches import DecisionColumns, PredictionColumns
 from shared.contracts.codec import AvroCodec, Decoded
 from shared.recalibration.maps import IDENTITY, from_registry
@@ -230,8 +230,8 @@ def _predictions() -> PredictionColumns:
 
 
 def test_a_decision_records_each_events_segment_and_map() -> None:
-    d = decide_by_segment(
-        _predictions(), 0.5, constant("base", 0.7), "registry", 10, "sport",
+    d = decide(
+        _predictions(), 0.5, constant("base", 0.7), "registry", 10, None, "sport",
         {"golf": constant("golf-map", 0.2)},
     )  # fmt: skip
     assert d.calibrated_confidences.tolist() == [0.2, 0.7, 0.7]

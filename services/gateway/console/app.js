@@ -7,6 +7,7 @@ import * as advice from "./advice.js";
 import * as panels from "./panels.js";
 import * as queue from "./queue.js";
 import * as recalibration from "./recalibration.js";
+import * as rollout from "./rollout.js";
 import { loadRouting, renderRouting } from "./routing.js";
 
 const READ = ["viewer", "reviewer", "admin"];
@@ -104,6 +105,8 @@ async function refreshSelected() {
   renderAlerts();
   const recal = await recalibration.loadRecalibration(m.id).catch(() => ({ runs: [], detail: null }));
   if (m.id === state.selected) recalibration.renderRecalibration(recal);
+  const roll = await rollout.loadRollout(m.id).catch(() => null);
+  if (roll && m.id === state.selected) rollout.renderRollout(roll);
 }
 
 /** Make the advised threshold the version's abstain threshold (admins only). */
