@@ -184,6 +184,36 @@ def counts(r: redis.Redis, key: str) -> dict[str, int]:
     return {k.decode(): int(v) for k, v in r.hgetall(key).items()}
 
 
+def assert_calibrate_agrees(
+    base: str,
+    key: str,
+    model_id: int,
+    asked: list[tuple[Events, int]],
+    decided: dict[str, tuple[float, str, str | None]],
+) -> None:
+    """``POST /api/calibrate`` answers each event with the policy's confidence and map."""
+    body = {
+        "model_version_id": model_id,
+        "events": [
+            {"event_id": ev.ids[i], "confidence": float(ev.conf[i]),
+             "features": {"sport": ev.sport[i]}}
+            for ev, i in asked
+        ],
+    }  # fmt: skip
+    want = [(decided[ev.ids[i]][0], decided[ev.ids[i]][1]) for ev, i in asked]
+    with httpx.Client(base_url=base, headers={"X-API-Key": key}, timeout=30) as c:
+        deadline = time.monotonic() + 30
+        while True:  # the gateway follows the segment maps as the policy does
+            answer = c.post("/api/calibrate", json=body)
+            assert answer.status_code == 200, answer.text
+            got = [(x["calibrated_confidence"], x["calibrator_version"])
+                   for x in answer.json()["results"]]  # fmt: skip
+            if got == want or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    assert got == want
+
+
 @pytest.fixture(scope="module")
 def env(isolated_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     keys = make_keys(isolated_settings, {"admin": (TENANT, ["admin"])})
@@ -336,3 +366,7 @@ def test_segments_refit_and_beat_one_global_map(env: Any) -> None:
         assert version == "identity" and conf == fresh.conf[i]
         assert segment == (fresh.sport[i] or None)
     assert "sport=chess" not in counts(r, lay.fits(MODEL))
+
+    # POST /api/calibrate applies the map the policy applied to the same event.
+    asked = [(later, i) for i in range(10)] + [(fresh, i) for i in range(len(fresh.ids))]
+    assert_calibrate_agrees(base, keys["admin"], model["id"], asked, decided)

@@ -99,7 +99,7 @@ def test_registry_assignments_of_a_transition() -> None:
 
 
 def test_join_record_keeps_both_maps() -> None:
-    rec = PredictionRecord("acme/m/v1", 5, 0.9, "yes", [], None, 3, 0.8, True,
+    rec = PredictionRecord("acme/m/v1", 5, 0.9, "yes", [], None, 3, 0.8, True, "sport=golf",
                            "temperature-x", 0.9, 0.8, True)  # fmt: skip
     back = PredictionRecord.decode(rec.encode())
     assert back == rec

@@ -26,6 +26,7 @@ from shared.recalibration.segments import (
     encode_pair,
     fit_segment,
     refit_due,
+    segment_of,
     segment_values,
 )
 from shared.registry.segment_maps import SegmentMapView, build_segment_map
@@ -350,3 +351,27 @@ def test_a_refit_round_fits_the_due_segments_publishes_then_bookmarks() -> None:
             ).refit_all(1)
         )
     assert state.f["sport=golf"] == 60
+
+
+@pytest.mark.parametrize(
+    ("features", "metadata", "expected"),
+    [
+        ({"sport": "golf"}, None, "golf"),
+        ({"sport": ""}, {"sport": "polo"}, None),
+        ({"sport": 3.0}, None, "3"),
+        ({"sport": 0.5}, None, "0.5"),
+        ({"sport": float("nan")}, None, None),
+        ({"other": 1.0}, {"sport": "chess"}, "chess"),
+        (None, None, None),
+    ],
+)
+def test_one_events_segment_follows_the_columns_rule(
+    features: dict[str, float | str] | None, metadata: dict[str, str] | None, expected: str | None
+) -> None:
+    """``segment_of`` (POST /api/calibrate) gives what ``segment_values`` (the policy) gives
+    for the same event."""
+    assert segment_of("sport", features, metadata) == expected
+    f = features or {}
+    numeric = {k: np.array([v]) for k, v in f.items() if not isinstance(v, str)}
+    categorical = {k: [v] for k, v in f.items() if isinstance(v, str)}
+    assert segment_values("sport", 1, numeric, categorical, [metadata or {}]) == [expected]

@@ -142,3 +142,44 @@ def test_paired_fields_and_stats_by_hand() -> None:
 def test_an_empty_rollout_hash_reads_as_zeros() -> None:
     s = rollout_stats({})
     assert s.labeled == 0 and s.active.ece is None and s.review_rate_delta is None
+
+
+@dataclass(frozen=True)
+class Constant:
+    version: str
+    value: float
+
+    def apply(self, confidences, probabilities, logits, class_labels):  # type: ignore[no-untyped-def]
+        return np.full(len(confidences), self.value)
+
+
+def test_segment_maps_decide_the_active_arm_and_a_canary_keeps_its_events() -> None:
+    """The active arm is the version's map with its segment maps; the canary's events are
+    the candidate's whatever their segment, and paired() still finds them."""
+    events = ids(400, seed=3)
+    segments = ["golf" if i % 2 else None for i in range(400)]
+    plan = ServePlan(
+        0.5, Constant("base", 0.6), Candidate(Constant("cand", 0.9), "canary", 0.25),
+        {"golf": Constant("golf-map", 0.2)},
+    )  # fmt: skip
+    s = serve(plan, events, np.full(400, 0.7), segments=segments)
+    mask = canary_mask(events, 0.25, "cand")
+    assert 50 < mask.sum() < 150
+    expected = [0.9 if m else (0.2 if g else 0.6) for m, g in zip(mask, segments, strict=True)]
+    assert s.confidences.tolist() == expected
+    assert s.review.tolist() == [c < 0.5 for c in expected]
+    assert s.calibrator_versions == [
+        "cand" if m else ("golf-map" if g else "base") for m, g in zip(mask, segments, strict=True)
+    ]
+    # without a candidate the segment maps alone name each event's map
+    alone = serve(ServePlan(0.5, Constant("base", 0.6), None, plan.segment_maps), events[:4],
+                  np.full(4, 0.7), segments=segments[:4])  # fmt: skip
+    assert alone.calibrator_versions == ["base", "golf-map", "base", "golf-map"]
+    assert serve(ServePlan(0.5, Constant("base", 0.6)), events[:2], np.full(2, 0.7),
+                 segments=["golf", "golf"]).calibrator_versions is None  # fmt: skip
+    pair = paired(s.confidences, s.review, s.calibrator_versions, "cand",
+                  s.shadow_confidences, s.shadow_review)  # fmt: skip
+    assert pair is not None
+    assert pair.canary.tolist() == mask.tolist()
+    assert pair.candidate.tolist() == [0.9] * 400
+    assert pair.active.tolist() == [0.2 if g else 0.6 for g in segments]
