@@ -18,7 +18,6 @@ and a ``recalibration`` alert.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import uuid
@@ -28,6 +27,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from confluent_kafka import Producer
 
+from services.calibrator.announce import publish_alerts
 from services.calibrator.rollout_store import OPEN_STAGES, Rollout, RolloutStore, Transition
 from shared.contracts.batches import model_key
 from shared.contracts.codec import AvroCodec
@@ -237,21 +237,12 @@ class RolloutManager:
         rows = await self.store.unannounced()
         if not rows:
             return 0
-        errors: list[str] = []
-
-        def done(err: Any, _msg: Any) -> None:
-            if err is not None:
-                errors.append(str(err))
-
-        for row in rows:
-            key = model_key(row["tenant_id"], row["name"], row["version"]).encode()
-            self.producer.produce(
-                self.alerts_topic, self.codec.encode("Alert", transition_alert(row)), key,
-                on_delivery=done,
-            )  # fmt: skip
-        remaining = await asyncio.to_thread(self.producer.flush, 30.0)
-        if remaining or errors:
-            logger.warning("rollout alerts not delivered (%s); retrying", errors or remaining)
+        alerts = [
+            (model_key(r["tenant_id"], r["name"], r["version"]), transition_alert(r)) for r in rows
+        ]
+        if not await publish_alerts(
+            self.producer, self.alerts_topic, self.codec, alerts, "rollout alerts"
+        ):
             return 0
         await self.store.mark_announced([r["id"] for r in rows])
         return len(rows)

@@ -18,6 +18,7 @@ from typing import Any
 
 from confluent_kafka import Producer
 
+from services.calibrator.announce import publish_alerts
 from services.calibrator.metrics import CalibratorMetrics
 from services.calibrator.processing import RunConfig, current_map, run_calibration
 from services.calibrator.rollout import RolloutManager
@@ -167,21 +168,13 @@ class Runner:
         rows = await self.store.unannounced()
         if not rows:
             return 0
-        errors: list[str] = []
-
-        def done(err: Any, _msg: Any) -> None:
-            if err is not None:
-                errors.append(str(err))
-
-        for row in rows:
-            key = model_key(row["tenant_id"], row["model_name"], row["model_version"]).encode()
-            self.producer.produce(
-                self.alerts_topic, self.codec.encode("Alert", announcement(row)), key,
-                on_delivery=done,
-            )  # fmt: skip
-        remaining = await asyncio.to_thread(self.producer.flush, 30.0)
-        if remaining or errors:
-            logger.warning("announcements not delivered (%s); retrying", errors or remaining)
+        alerts = [
+            (model_key(r["tenant_id"], r["model_name"], r["model_version"]), announcement(r))
+            for r in rows
+        ]
+        if not await publish_alerts(
+            self.producer, self.alerts_topic, self.codec, alerts, "announcements"
+        ):
             return 0
         await self.store.mark_announced([r["run_id"] for r in rows])
         return len(rows)

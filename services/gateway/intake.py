@@ -21,7 +21,7 @@ from shared.contracts.codec import AvroCodec
 from shared.contracts.errors import ErrorCode, Fault
 from shared.contracts.limits import DEFAULT_LIMITS, Limits, int64_fault, string_fault
 from shared.contracts.validation import Rows, group_events, validate_columns
-from shared.recalibration.segments import segment_values
+from shared.recalibration.segments import batch_segments
 from shared.recalibration.serving import serve
 
 REST_FIELD_NAMES = {"event_time_ms": "event_time"}
@@ -179,17 +179,7 @@ def prepare(
 def decide(cols: PredictionColumns, model: ModelRef) -> list[Decided]:
     """The policy's rule, by the policy's own serve-time choice (segment maps, candidate and
     canary arm included): calibrated confidence >= threshold is auto, below is review."""
-    segments = (
-        None
-        if model.segment_key is None
-        else segment_values(
-            model.segment_key,
-            len(cols),
-            cols.numeric_features,
-            cols.categorical_features,
-            cols.metadata,
-        )
-    )
+    segments = batch_segments(model.segment_key, cols)
     served = serve(
         model.plan(),
         cols.event_ids,

@@ -22,7 +22,7 @@ from shared.contracts.errors import ErrorCode
 from shared.contracts.topics import Topics
 from shared.contracts.validation import DEFAULT_LIMITS, Limits, check_batch_record
 from shared.recalibration.maps import CalibrationMap
-from shared.recalibration.segments import segment_values
+from shared.recalibration.segments import batch_segments
 from shared.recalibration.serving import Candidate, ServePlan, serve
 from shared.runtime import clock
 from shared.runtime.pipeline import Output
@@ -55,17 +55,7 @@ def decide(
     ``segment_key``, each event's segment is recorded and its segment's map (of
     ``segment_maps``) decides it where there is one.
     """
-    segments = (
-        None
-        if segment_key is None
-        else segment_values(
-            segment_key,
-            len(cols),
-            cols.numeric_features,
-            cols.categorical_features,
-            cols.metadata,
-        )
-    )
+    segments = batch_segments(segment_key, cols)
     served = serve(
         ServePlan(threshold, calibration, candidate, segment_maps or {}),
         cols.event_ids,

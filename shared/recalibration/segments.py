@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from shared.contracts.batches import PredictionColumns
 from shared.recalibration.artifact import artifact_version, make_artifact
 from shared.recalibration.data import FitData, FitFailure, FloatArray
 from shared.recalibration.maps import IDENTITY, CalibrationMap
@@ -59,6 +60,15 @@ def segment_values(
     if metadata:
         return [m.get(key) or None for m in metadata]
     return [None] * n
+
+
+def batch_segments(key: str | None, cols: PredictionColumns) -> list[str | None] | None:
+    """:func:`segment_values` of a prediction batch under ``key``; None without a key."""
+    if key is None:
+        return None
+    return segment_values(
+        key, len(cols), cols.numeric_features, cols.categorical_features, cols.metadata
+    )
 
 
 def segment_of(
