@@ -113,6 +113,22 @@ class Settings(BaseSettings):
         description="a message on which a worker crashed this many times in a row at the same "
         "offset is dead-lettered with code worker_crash",
     )
+    idle_poll_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=30,
+        description="how long a worker's fetch waits while its input is empty; a message that "
+        "arrives ends the wait at once, so this costs no latency, only wake-ups (and is how "
+        "long a stop may wait)",
+    )
+    kafka_fetch_wait_ms: int = Field(
+        default=100,
+        ge=1,
+        le=10_000,
+        description="longest the broker holds a consumer's fetch while a partition has nothing "
+        "new (fetch.wait.max.ms); new records answer the fetch at once, but an offset commit "
+        "on the same connection waits behind a held fetch",
+    )
     fault_inject: str = Field(
         default="",
         description="TESTS ONLY: '<service>:<marker>' makes that worker crash on every message "

@@ -116,6 +116,7 @@ class Pipeline:
         self._redis: aioredis.Redis | None = None
         self._crashes: CrashRecord | None = None
         self._codec: AvroCodec | None = None
+        self._idle = False
         self.ready = asyncio.Event()
         """Set once the consumer has its first assignment."""
 
@@ -167,20 +168,29 @@ class Pipeline:
             await self._close()
 
     async def _fetch(self) -> list[Message]:
+        """The next batch. consume() with a timeout waits for a full batch; poll() returns
+        on the first message. Busy, a throughput-bound worker waits up to ``poll_timeout``
+        for a fuller batch. Idle (the last fetch found nothing), every worker blocks in one
+        long poll() and then takes what else is there, so a quiet worker wakes up once per
+        ``Settings.idle_poll_seconds`` instead of hundreds of times a second (the long poll
+        returns the moment a message arrives, so it adds no latency)."""
         assert self._consumer is not None
         cfg = self._config
-        if not cfg.eager:
-            return await self._consumer.consume(
+        if not cfg.eager and not self._idle:
+            batch = await self._consumer.consume(
                 num_messages=cfg.max_messages, timeout=cfg.poll_timeout
             )
-        # consume() with a timeout waits for a full batch; poll() returns on the first
-        # message, then consume(timeout=0) takes what has already been fetched.
-        first = await self._consumer.poll(cfg.poll_timeout)
-        if first is None:
-            return []
-        if cfg.max_messages == 1:
-            return [first]
-        return [first, *await self._consumer.consume(num_messages=cfg.max_messages - 1, timeout=0)]
+            self._idle = not batch
+            return batch
+        wait = self._settings.idle_poll_seconds if self._idle else cfg.poll_timeout
+        first = await self._consumer.poll(wait)
+        self._idle = first is None
+        if first is None or cfg.max_messages == 1:
+            return [] if first is None else [first]
+        rest = await self._consumer.consume(
+            num_messages=cfg.max_messages - 1, timeout=0 if cfg.eager else cfg.poll_timeout
+        )
+        return [first, *rest]
 
     async def _guard(self, messages: list[Message]) -> _Attempt:
         """The messages this attempt processes, marked in the crash record: all of them, or,
