@@ -121,6 +121,14 @@ class Settings(BaseSettings):
         "arrives ends the wait at once, so this costs no latency, only wake-ups (and is how "
         "long a stop may wait)",
     )
+    linger_max_seconds: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="longest a throughput-bound worker (not the policy) waits to fill its next "
+        "batch; it waits as long as its last batch took to process, so batches grow with the "
+        "load and a light load waits milliseconds",
+    )
     kafka_fetch_wait_ms: int = Field(
         default=100,
         ge=1,

@@ -117,6 +117,8 @@ class Pipeline:
         self._crashes: CrashRecord | None = None
         self._codec: AvroCodec | None = None
         self._idle = False
+        self._linger = config.poll_timeout
+        self._max_linger = max(config.poll_timeout, settings.linger_max_seconds)
         self.ready = asyncio.Event()
         """Set once the consumer has its first assignment."""
 
@@ -159,8 +161,14 @@ class Pipeline:
                 if real:
                     started = time.perf_counter()
                     await self._iteration(real)
+                    took = time.perf_counter() - started
+                    # Adaptive linger: collect the next batch for as long as this one took
+                    # to process (bounded), so batches, and the share of fixed cost per
+                    # iteration they carry, grow with the load while a light load waits
+                    # only a few milliseconds.
+                    self._linger = min(max(cfg.poll_timeout, took), self._max_linger)
                     if self._hooks:
-                        self._hooks.batch_done(len(real), time.perf_counter() - started)
+                        self._hooks.batch_done(len(real), took)
                 if self._hooks and time.monotonic() - last_lag > cfg.lag_every_seconds:
                     last_lag = time.monotonic()
                     self._hooks.lag(await self._lag())
@@ -169,16 +177,17 @@ class Pipeline:
 
     async def _fetch(self) -> list[Message]:
         """The next batch. consume() with a timeout waits for a full batch; poll() returns
-        on the first message. Busy, a throughput-bound worker waits up to ``poll_timeout``
-        for a fuller batch. Idle (the last fetch found nothing), every worker blocks in one
-        long poll() and then takes what else is there, so a quiet worker wakes up once per
-        ``Settings.idle_poll_seconds`` instead of hundreds of times a second (the long poll
-        returns the moment a message arrives, so it adds no latency)."""
+        on the first message. Busy, a throughput-bound worker waits for a fuller batch up to
+        its adaptive linger (as long as its last iteration took, from ``poll_timeout`` up to
+        ``Settings.linger_max_seconds``). Idle (the last fetch found nothing), every worker
+        blocks in one long poll() and then takes what else is there, so a quiet worker
+        wakes up once per ``Settings.idle_poll_seconds`` instead of hundreds of times a
+        second (the long poll returns the moment a message arrives: no latency)."""
         assert self._consumer is not None
         cfg = self._config
         if not cfg.eager and not self._idle:
             batch = await self._consumer.consume(
-                num_messages=cfg.max_messages, timeout=cfg.poll_timeout
+                num_messages=cfg.max_messages, timeout=self._linger
             )
             self._idle = not batch
             return batch
