@@ -32,6 +32,7 @@ def build_app(settings: AggregatorSettings) -> faust.App:
     async def loop(stopping: asyncio.Event) -> None:
         client = aioredis.Redis.from_url(settings.redis_dsn)
         store = AggregatorStore(client, settings.redis_prefix, settings.label_horizon_seconds)
+        processor = AggregatorProcessor(topics, codec, store, metrics, settings.estimate_enabled)
         evaluator = Evaluator(
             settings,
             WindowReader(client, settings.redis_prefix),
@@ -39,6 +40,7 @@ def build_app(settings: AggregatorSettings) -> faust.App:
             make_producer(settings),
             codec,
             metrics,
+            activity=lambda: processor.events_counted + processor.labels_joined,
         )
         pipeline = Pipeline(
             settings,
@@ -48,7 +50,7 @@ def build_app(settings: AggregatorSettings) -> faust.App:
                 transactional=False,
                 max_messages=settings.aggregator_max_messages,
             ),
-            AggregatorProcessor(topics, codec, store, metrics, settings.estimate_enabled),
+            processor,
             metrics,
         )
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import Producer
@@ -24,7 +25,12 @@ from shared.estimation.cbpe import ConfidenceSums, drop_in_bands, estimate
 from shared.estimation.report import report
 from shared.runtime.observability import RoundSeries
 from shared.runtime.rounds import TRANSIENT, run_rounds
-from shared.windows.calibration import Calibration, RiskCoverageAnswer, WindowReader
+from shared.windows.calibration import (
+    GRANULARITY,
+    Calibration,
+    RiskCoverageAnswer,
+    WindowReader,
+)
 from shared.windows.names import SNAPSHOT_WINDOWS, WINDOW_SECONDS
 
 logger = logging.getLogger(__name__)
@@ -46,8 +52,12 @@ class Evaluator:
         producer: Producer,
         codec: AvroCodec,
         metrics: AggregatorMetrics | None = None,
+        activity: Callable[[], int] | None = None,
     ) -> None:
         self.settings = settings
+        self.activity = activity
+        """Events and labels this process has counted so far; None: evaluate every round."""
+        self._last_mark: tuple[int, int] | None = None
         self.reader = reader
         self.state = state
         self.producer = producer
@@ -61,12 +71,26 @@ class Evaluator:
     async def run(self, stopping: asyncio.Event) -> None:
         await run_rounds(
             "evaluation",
-            self.evaluate,
+            self.evaluate_if_changed,
             self.settings.snapshot_interval_seconds,
             stopping,
             logger,
             (*TRANSIENT, RedisError),
         )
+
+    async def evaluate_if_changed(self, now_ms: int) -> list[dict[str, Any]]:
+        """:meth:`evaluate`, unless nothing was counted since the last round and the minute
+        is the same: every window sums minute (or coarser) buckets, so until one of the
+        two changes a round would compute, publish and export the same figures again. An
+        idle worker then evaluates once a minute instead of every round."""
+        mark = None
+        if self.activity is not None:
+            mark = (self.activity(), now_ms // 1000 // GRANULARITY["m"])
+            if mark == self._last_mark:
+                return []
+        alerts = await self.evaluate(now_ms)
+        self._last_mark = mark
+        return alerts
 
     async def evaluate(self, now_ms: int) -> list[dict[str, Any]]:
         """One round over every model version; returns the alerts it raised or resolved."""
