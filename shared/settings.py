@@ -130,7 +130,7 @@ class Settings(BaseSettings):
         "load and a light load waits milliseconds",
     )
     kafka_fetch_wait_ms: int = Field(
-        default=500,
+        default=100,
         ge=1,
         le=10_000,
         description="longest the broker holds a consumer's fetch while a partition has nothing "

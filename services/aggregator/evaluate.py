@@ -30,6 +30,7 @@ from shared.windows.calibration import (
     Calibration,
     RiskCoverageAnswer,
     WindowReader,
+    pending_slot_seconds,
 )
 from shared.windows.names import SNAPSHOT_WINDOWS, WINDOW_SECONDS
 
@@ -57,7 +58,7 @@ class Evaluator:
         self.settings = settings
         self.activity = activity
         """Events and labels this process has counted so far; None: evaluate every round."""
-        self._last_mark: tuple[int, int] | None = None
+        self._last_mark: tuple[int, int, int] | None = None
         self.reader = reader
         self.state = state
         self.producer = producer
@@ -79,13 +80,19 @@ class Evaluator:
         )
 
     async def evaluate_if_changed(self, now_ms: int) -> list[dict[str, Any]]:
-        """:meth:`evaluate`, unless nothing was counted since the last round and the minute
-        is the same: every window sums minute (or coarser) buckets, so until one of the
-        two changes a round would compute, publish and export the same figures again. An
-        idle worker then evaluates once a minute instead of every round."""
+        """:meth:`evaluate`, unless nothing was counted since the last round and no time
+        boundary that changes a figure has passed: every window sums minute (or coarser)
+        buckets, a pending count drops a whole arrival slot at once, and an alert's cooldown
+        is tracked to within a minute, or to within the cooldown when that is shorter.
+        Until one of these changes, a round would compute, publish and export the same
+        figures again; an idle worker then evaluates about once a minute, not every round."""
         mark = None
         if self.activity is not None:
-            mark = (self.activity(), now_ms // 1000 // GRANULARITY["m"])
+            s = self.settings
+            now_s = now_ms // 1000
+            period = max(1, int(min(GRANULARITY["m"], s.alert_cooldown_seconds)))
+            slot = pending_slot_seconds(s.label_horizon_seconds)
+            mark = (self.activity(), now_s // period, (now_s - s.label_horizon_seconds) // slot)
             if mark == self._last_mark:
                 return []
         alerts = await self.evaluate(now_ms)

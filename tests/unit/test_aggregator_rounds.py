@@ -6,12 +6,16 @@ import asyncio
 from typing import Any
 
 from services.aggregator.evaluate import Evaluator
+from services.aggregator.settings import AggregatorSettings
 
 
 class _Recorded(Evaluator):
     """An evaluator whose full evaluation only records when it ran."""
 
-    def __init__(self, counted: list[int]) -> None:
+    def __init__(self, counted: list[int], horizon_s: int = 7 * 86_400) -> None:
+        self.settings = AggregatorSettings(
+            alert_cooldown_seconds=600, label_horizon_seconds=horizon_s
+        )
         self.activity = lambda: counted[0]
         self._last_mark = None
         self.ran: list[int] = []
@@ -37,6 +41,18 @@ def test_a_round_runs_when_something_was_counted_or_the_minute_changed() -> None
 
     asyncio.run(rounds())
     assert ev.ran == [600_000, 620_000, 660_000]
+
+
+def test_a_short_label_horizon_evaluates_when_a_pending_slot_expires() -> None:
+    """Horizon 168 s: slots of 1 s, so the pending count may drop at any second."""
+    ev = _Recorded([0], horizon_s=168)
+
+    async def rounds() -> None:
+        for now_ms in (600_000, 600_400, 601_000, 601_900, 603_000):
+            await ev.evaluate_if_changed(now_ms)
+
+    asyncio.run(rounds())
+    assert ev.ran == [600_000, 601_000, 603_000]
 
 
 def test_without_an_activity_count_every_round_runs() -> None:
