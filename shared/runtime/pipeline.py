@@ -68,6 +68,9 @@ class PipelineConfig:
     """Start an iteration as soon as one message is there, with whatever else has arrived
     (latency-bound workers). Otherwise each fetch waits up to ``poll_timeout`` for
     ``max_messages`` (throughput-bound workers: fuller batches)."""
+    max_linger: float | None = None
+    """Bound of the adaptive linger of a throughput-bound worker; None:
+    ``Settings.linger_max_seconds``. A worker on the decision path keeps it short."""
     quarantine: bool = True
     """Count crashes per offset in Redis and set a poison message aside after
     ``Settings.quarantine_after_crashes`` of them (see :mod:`shared.runtime.quarantine`)."""
@@ -118,7 +121,8 @@ class Pipeline:
         self._codec: AvroCodec | None = None
         self._idle = False
         self._linger = config.poll_timeout
-        self._max_linger = max(config.poll_timeout, settings.linger_max_seconds)
+        bound = settings.linger_max_seconds if config.max_linger is None else config.max_linger
+        self._max_linger = max(config.poll_timeout, min(bound, settings.linger_max_seconds))
         self.ready = asyncio.Event()
         """Set once the consumer has its first assignment."""
 
