@@ -1,27 +1,38 @@
 """The whole pipeline under load on the real stack: how far Caliber goes on this machine.
 
-``python -m bench.pipeline`` starts ingest, policy, aggregator, drift, recorder
-and the gateway (with one ``/ws/live`` client) on a fresh topic namespace, Redis prefix and
-scratch database, registers four model versions, and then:
+``python -m bench.pipeline`` first times a fixed CPU-bound loop (20 M additions in
+CPython) so runs on different machines, or on one machine under other load, can be
+compared; then it starts ingest, policy, aggregator, drift, recorder and the gateway (with
+one ``/ws/live`` client) on a fresh topic namespace, Redis prefix and scratch database,
+registers four model versions and a probe version, and then:
 
-1. **Rate steps.** It sends PredictionBatch messages (the form the SDK and simulator send;
-   event time = send time, one message per model version every 10 ms) to
-   caliber.inference.raw at each rate of ``--rates`` for ``--step-seconds``, and labels for
-   half of the events, as LabelBatch messages, a second later. When a step ends it measures
-   how long every worker's consumer group takes to reach the end of its input (committed
-   offsets at the high watermarks). A rate is *sustained* when that drain takes at most
+1. **Rate steps**, lowest first (from 500 events/s, so a sustained rate is always found).
+   It sends PredictionBatch messages (the form the SDK and simulator send; event time =
+   send time, one message per model version every 10 ms) to caliber.inference.raw at each
+   rate of ``--rates`` for ``--step-seconds``, and labels for half of the events, as
+   LabelBatch messages, a second later. When a step ends it measures how long every
+   worker's consumer group takes to reach the end of its input (committed offsets at the
+   high watermarks). A rate is *sustained* when that drain takes at most
    ``--max-drain-seconds``: a pipeline that falls behind by a share ``x`` of the rate ends
    a step of T seconds with ``x·T`` seconds of backlog, so a 20 s step detects an overload
-   of 10 % or more. It stops at the first rate that is not sustained.
-2. **Latency and freshness at half the highest sustained rate.** Produce → decision
-   latency is the time a decision becomes readable (read_committed, in a reader process of
-   its own) minus its event time. Metric freshness is measured with probe events: a labeled
-   prediction of a probe version, then ``GET /api/calibration`` polled until it counts it.
+   of 10 % or more. It stops at the first rate that is not sustained, and names the
+   process that bounds the rate: one whose busy thread is full, else the largest share of
+   a machine whose cores are.
+2. **Latency and freshness** at each rate of ``--latency-rates`` (capped at the highest
+   sustained). Produce → decision latency is the time a decision becomes readable
+   (read_committed, in a reader process of its own) minus its event time. Metric freshness
+   is measured with probe events: a labeled prediction of the probe version, then
+   ``GET /api/calibration`` polled until it counts it.
+3. **Idle**: nothing produced for ``--idle-seconds``; each process's share of a core; then
+   the decision latency and freshness of the first event after the quiet period.
 
-The report (Markdown and JSON, in ``--out``) also holds CPU seconds per 1,000 events of
-each service at the highest sustained rate and each process's peak memory. The load
-generator, the reader and the WebSocket client share the machine's cores with the
-pipeline, as a client on the same host would.
+CPU is charged per process: each service, the load generator (this process, with the
+WebSocket client and the probes) and the decision reader apart, and Kafka, Redis and
+PostgreSQL (its postmaster and every backend) when they run on this host; the rest of the
+machine's busy time is the kernel's and other processes'. The report (Markdown and JSON, in
+``--out``) holds CPU seconds per 1,000 events at the highest sustained rate, each step's
+machine load, and each process's peak memory. The benchmark's own processes share the
+machine's cores with the pipeline, as a client on the same host would.
 """
 
 from __future__ import annotations
@@ -46,6 +57,7 @@ import numpy as np
 import typer
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
+from bench.processes import Meter, machine_seconds, stack_pids
 from services.gateway.auth import create_key
 from shared.contracts.batches import LabelColumns, PredictionColumns
 from shared.contracts.codec import AvroCodec, Decoded
@@ -54,13 +66,7 @@ from shared.runtime.kafka import consumer_config, make_producer
 from shared.settings import Settings
 from simulator.gateway_client import GatewayClient, wait_ready
 from simulator.generator import ModelSpec, generate
-from tooling.benchmarking import (
-    bench_settings,
-    cpu_seconds,
-    peak_rss_mb,
-    scratch_database,
-    start_service,
-)
+from tooling.benchmarking import bench_settings, peak_rss_mb, scratch_database, start_service
 
 app = typer.Typer(add_completion=False)
 
@@ -68,7 +74,6 @@ WORKERS = ("ingest", "policy", "aggregator", "drift", "recorder")
 TICK_S = 0.01
 VERSIONS = ("v1", "v2", "v3", "v4")
 TENANT = "load"
-OTHERS = "Kafka, Redis, PostgreSQL, the kernel"
 MODEL = "load"
 
 
@@ -86,11 +91,7 @@ def _read_decisions(servers: str, topic: str, partitions: int, conn: Connection)
     to stop; then sends both arrays."""
     codec = AvroCodec()
     settings = Settings(kafka_bootstrap=servers)
-    consumer = Consumer(
-        consumer_config(
-            settings, f"bench-reader-{uuid.uuid4().hex[:6]}", **{"fetch.wait.max.ms": 2}
-        )
-    )
+    consumer = Consumer(consumer_config(settings, f"bench-reader-{uuid.uuid4().hex[:6]}"))
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
     consumer.consume(1, timeout=1.0)
     conn.send("ready")
@@ -181,6 +182,7 @@ class Step:
     sustained: bool = False
     machine_busy: float = 0.0
     """Share of the machine's CPU time (all cores, every process) busy during the step."""
+    load_average: str = ""
 
 
 class Load:
@@ -272,47 +274,58 @@ def _labels(pool: PredictionColumns, rows: np.ndarray, now_ms: int) -> LabelColu
 
 # ---------------------------------------------------------------- freshness probes
 
+PROBE_WINDOW = "1h"
+"""Long enough that no probe of the run leaves it before the run ends."""
+
+
+class Probes:
+    """Labeled probe predictions of their own model version, one at a time: each is sent,
+    then ``/api/calibration`` is polled until it counts it; event time → counted, ms."""
+
+    def __init__(self, settings: Settings, topics: Topics, client: GatewayClient, mid: int):
+        self.load = Load(settings, topics, seed=991)
+        self.client, self.mid = client, mid
+        spec = ModelSpec(name=MODEL, version="probe", tenant=TENANT)
+        self.pool = generate(spec, 5000, 4242, 0).predictions
+        self.sent = 0
+        self.last_event_ms = 0
+
+    def one(self) -> float | None:
+        """Send the next probe; its freshness in ms, or None when not counted in 30 s."""
+        i = self.sent
+        self.sent += 1
+        now_ms = int(time.time() * 1000)
+        self.last_event_ms = now_ms
+        cols = self.pool.take([i])
+        cols.event_time_ms = np.array([now_ms], dtype=np.int64)
+        load = self.load
+        load._send(load.topics.inference_raw, cols.key, "PredictionBatch", cols.to_record())
+        labels = _labels(self.pool, np.array([i]), now_ms)
+        labels.label_time_ms = np.array([now_ms], dtype=np.int64)
+        load._send(load.topics.labels_raw, cols.key, "LabelBatch", labels.to_record())
+        load.producer.flush(5)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.client.calibration(self.mid, PROBE_WINDOW)["n_labeled"] >= self.sent:
+                return time.time() * 1000 - now_ms
+            time.sleep(0.005)
+        return None
+
 
 class Freshness(threading.Thread):
-    """Every ``every`` seconds: one labeled probe prediction, then /api/calibration polled
-    until it counts it; records event time → visible, ms."""
+    """A probe every ``every`` seconds until told to stop."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        topics: Topics,
-        client: GatewayClient,
-        mid: int,
-        every: float,
-        stop: threading.Event,
-    ) -> None:
+    def __init__(self, probes: Probes, every: float) -> None:
         super().__init__(daemon=True)
-        self.load = Load(settings, topics, seed=991)
-        self.client, self.mid, self.every, self.stop_event = client, mid, every, stop
+        self.probes, self.every = probes, every
+        self.stop_event = threading.Event()
         self.samples_ms: list[float] = []
 
     def run(self) -> None:
-        spec = ModelSpec(name=MODEL, version="probe", tenant=TENANT)
-        pool = generate(spec, 1000, 4242, 0).predictions
-        for i in range(1000):
-            if self.stop_event.is_set():
-                return
-            now_ms = int(time.time() * 1000)
-            cols = pool.take([i])
-            cols.event_time_ms = np.array([now_ms], dtype=np.int64)
-            self.load._send(
-                self.load.topics.inference_raw, cols.key, "PredictionBatch", cols.to_record()
-            )
-            labels = _labels(pool, np.array([i]), now_ms)
-            labels.label_time_ms = np.array([now_ms], dtype=np.int64)
-            self.load._send(self.load.topics.labels_raw, cols.key, "LabelBatch", labels.to_record())
-            self.load.producer.flush(5)
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                if self.client.calibration(self.mid, "5m")["n_labeled"] >= i + 1:
-                    self.samples_ms.append(time.time() * 1000 - now_ms)
-                    break
-                time.sleep(0.01)
+        while not self.stop_event.is_set() and self.probes.sent < len(self.probes.pool):
+            sample = self.probes.one()
+            if sample is not None:
+                self.samples_ms.append(sample)
             self.stop_event.wait(self.every)
 
 
@@ -349,13 +362,6 @@ class LiveClient(threading.Thread):
 # ---------------------------------------------------------------- the run
 
 
-def _cpu_times() -> tuple[int, int]:
-    """(busy, total) jiffies of every core since boot, from /proc/stat."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return sum(fields) - idle, sum(fields)
-
-
 def _pct(values: np.ndarray, q: float) -> float:
     return float(np.percentile(values, q)) if values.size else float("nan")
 
@@ -376,25 +382,40 @@ def _drain(lags: LagProbe, limit: float, verbose: bool = False) -> tuple[float, 
         time.sleep(0.2)
 
 
+DEFAULT_RATES = "500,1000,2000,5000,10000,15000,20000,25000,30000,40000,50000"
+
+
 @app.command()
 def main(
-    rates: str = typer.Option("2000,3000,4000,5000,6000,7000,8000,10000", help="events/s steps"),
+    rates: str = typer.Option(DEFAULT_RATES, help="events/s steps, lowest first"),
     step_seconds: float = typer.Option(20.0, min=5),
     max_drain_seconds: float = typer.Option(2.0, min=0.1),
+    latency_rates: str = typer.Option(
+        "500,10000", help="events/s of the latency phases (capped at the highest sustained)"
+    ),
     latency_seconds: float = typer.Option(30.0, min=5),
+    idle_seconds: float = typer.Option(60.0, min=1, help="length of the idle measurement"),
     out: Path = typer.Option(Path("reports"), help="folder of pipeline.md and pipeline.json"),
     verbose: bool = typer.Option(False, help="print every worker's lag while a step drains"),
 ) -> None:
-    """Run the rate steps, then latency and freshness at half the highest sustained rate."""
+    """Rate steps up to the first not sustained; latency and freshness at a low and a high
+    rate; then CPU at rest and the first event after the quiet period."""
+    speed = machine_seconds()
+    print(f"machine: {speed:.2f} s for 20 M additions; load average {_loadavg()}", flush=True)
     with scratch_database(bench_settings(), prefix="caliber_bench") as settings:
-        report = _run(
-            settings,
+        run = Run(settings, step_seconds, max_drain_seconds, verbose)
+        report = run.execute(
             [int(r) for r in rates.split(",")],
-            step_seconds,
-            max_drain_seconds,
+            [int(r) for r in latency_rates.split(",")],
             latency_seconds,
-            verbose,
+            idle_seconds,
         )
+    report["machine"] = {
+        "cores": mp.cpu_count(),
+        "seconds_for_20M_additions": round(speed, 3),
+        "load_average_before": run.load_before,
+        "load_average_after": _loadavg(),
+    }
     out.mkdir(parents=True, exist_ok=True)
     (out / "pipeline.json").write_text(json.dumps(report, indent=2, default=float))
     md = _markdown(report)
@@ -403,22 +424,72 @@ def main(
     print(f"written: {out / 'pipeline.md'}, {out / 'pipeline.json'}")
 
 
-def _run(
-    settings: Settings,
-    rates: list[int],
-    step_s: float,
-    max_drain: float,
-    latency_s: float,
-    verbose: bool,
-) -> dict[str, Any]:
-    topics = Topics.for_namespace(settings.topic_namespace)
-    logs = settings.logs_dir / f"bench-{settings.topic_namespace}"
-    key = asyncio.run(_admin_key(settings))
-    port = _free_port()
-    procs: dict[str, subprocess.Popen[bytes]] = {}
-    with ExitStack() as cleanup:
-        cleanup.callback(_stop, procs)
-        procs["gateway"] = start_service(
+def _loadavg() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+class Run:
+    """The services, the benchmark's clients and the meters of one run."""
+
+    def __init__(self, settings: Settings, step_s: float, max_drain: float, verbose: bool):
+        self.settings = settings
+        self.topics = Topics.for_namespace(settings.topic_namespace)
+        self.step_s, self.max_drain, self.verbose = step_s, max_drain, verbose
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.load_before = _loadavg()
+
+    def execute(
+        self, rates: list[int], latency_rates: list[int], latency_s: float, idle_s: float
+    ) -> dict[str, Any]:
+        with ExitStack() as cleanup:
+            self._start(cleanup)
+            self.load.run(Step(rate=1000, seconds=10))  # start-up and group joins behind us
+            _drain(self.lags, 60, self.verbose)
+            steps, best = self._steps(rates)
+            top = best.rate if best else rates[0]
+            lows = sorted({min(r, top) for r in latency_rates})
+            phases = [self._latency(r, latency_s) for r in lows]
+            idle = self._idle(idle_s)
+            self.parent.send("stop")
+            if not self.parent.poll(60):
+                raise RuntimeError("the decision reader sent nothing back")
+            event_ms, seen_ms = self.parent.recv()
+            self.live.stop_event.set()
+            self.live.join(5)
+            memory = {w: peak_rss_mb(p.pid) for w, p in self.procs.items()}
+        for phase in phases:
+            window = (event_ms >= phase.pop("started_ms")) & (event_ms <= phase.pop("ended_ms"))
+            phase["decision_latency_ms"] = _summary((seen_ms - event_ms)[window], "events")
+        after = event_ms >= idle.pop("probe_event_ms")
+        idle["first_event_decision_ms"] = (
+            float((seen_ms - event_ms)[after].min()) if after.any() else None
+        )
+        # At the highest sustained rate; when none was, at the lowest step (still a figure
+        # to compare runs by, though backlog left at the step's end is not in it).
+        at = best or (steps[0] if steps else None)
+        cpu_per_k = (
+            {w: round(1000 * c / at.events, 3) for w, c in at.cpu_seconds.items()} if at else {}
+        )
+        return {
+            "highest_sustained_rate": best.rate if best else None,
+            "steps": [asdict(s) for s in steps],
+            "verdict": _verdict(steps, self.step_s),
+            "latency": phases,
+            "idle": idle,
+            "cpu_seconds_per_1000_events": cpu_per_k,
+            "cpu_rate": at.rate if at else None,
+            "peak_rss_mb": {w: round(v, 1) for w, v in memory.items()},
+            "decisions_read": int(event_ms.size),
+            "live_feed": {"decisions_for_v1": self.live.decisions, "closed": self.live.closed},
+        }
+
+    def _start(self, cleanup: ExitStack) -> None:
+        settings = self.settings
+        logs = settings.logs_dir / f"bench-{settings.topic_namespace}"
+        key = asyncio.run(_admin_key(settings))
+        port = _free_port()
+        cleanup.callback(_stop, self.procs)
+        self.procs["gateway"] = start_service(
             "gateway",
             settings,
             logs / "gateway.log",
@@ -431,98 +502,123 @@ def _run(
         versions = (*VERSIONS, "probe")
         ids = {v: int(client.ensure_version(MODEL, v, "staging")["id"]) for v in versions}
         for w in WORKERS:
-            procs[w] = start_service(
+            self.procs[w] = start_service(
                 w,
                 settings,
                 logs / f"{w}.log",
                 CALIBER_METRICS_PORT="0",
                 CALIBER_POLICY_CATCH_UP_SECONDS="3",
             )
-        live = LiveClient(
+        self.live = LiveClient(
             f"ws://127.0.0.1:{port}/ws/live?api_key={key}&model_version_id={ids['v1']}"
         )
-        live.start()
-        cleanup.callback(live.stop_event.set)
-        lags = LagProbe(settings, topics)
-        cleanup.callback(lags.close)
+        self.live.start()
+        cleanup.callback(self.live.stop_event.set)
+        self.lags = LagProbe(settings, self.topics)
+        cleanup.callback(self.lags.close)
         ctx = mp.get_context("spawn")
-        parent, child = ctx.Pipe()
+        self.parent, child = ctx.Pipe()
         reader = ctx.Process(
             target=_read_decisions,
-            args=(settings.kafka_servers, topics.decisions, settings.topic_partitions, child),
+            args=(settings.kafka_servers, self.topics.decisions, settings.topic_partitions, child),
             daemon=True,
         )
         reader.start()
         cleanup.callback(reader.kill)
-        if not parent.poll(60) or parent.recv() != "ready":
+        if not self.parent.poll(60) or self.parent.recv() != "ready":
             raise RuntimeError("the decision reader did not start")
-        load = Load(settings, topics, seed=1)
-        # Warm-up: start-up, group joins and the drift worker's reference window behind us.
-        warm = Step(rate=2000, seconds=10)
-        load.run(warm)
-        _drain(lags, 60, verbose)
+        self.load = Load(settings, self.topics, seed=1)
+        self.probes = Probes(settings, self.topics, client, ids["probe"])
+        pids = {w: p.pid for w, p in self.procs.items()}
+        pids.update({"load generator": os.getpid(), "decision reader": int(reader.pid or 0)})
+        self.meter = Meter(pids, stack_pids(settings))
+
+    def _steps(self, rates: list[int]) -> tuple[list[Step], Step | None]:
         steps: list[Step] = []
         best: Step | None = None
         for rate in rates:
-            step = Step(rate=rate, seconds=step_s)
-            pids = {w: p.pid for w, p in procs.items()}
-            pids.update({"load generator": os.getpid(), "decision reader": int(reader.pid or 0)})
-            cpu0 = {w: cpu_seconds(pid) for w, pid in pids.items()}
-            busy0, total0 = _cpu_times()
-            load.run(step)
-            step.drain_seconds, step.peak_lag = _drain(lags, max(30.0, step_s), verbose)
-            busy1, total1 = _cpu_times()
-            step.machine_busy = (busy1 - busy0) / max(total1 - total0, 1)
-            step.cpu_seconds = {w: cpu_seconds(pid) - cpu0[w] for w, pid in pids.items()}
-            machine_s = (busy1 - busy0) / os.sysconf("SC_CLK_TCK")
-            step.cpu_seconds[OTHERS] = max(machine_s - sum(step.cpu_seconds.values()), 0.0)
-            step.sustained = step.drain_seconds <= max_drain
+            step = Step(rate=rate, seconds=self.step_s)
+            self.meter.start()
+            self.load.run(step)
+            step.drain_seconds, step.peak_lag = _drain(
+                self.lags, max(30.0, self.step_s), self.verbose
+            )
+            step.cpu_seconds, _, step.machine_busy = self.meter.stop()
+            step.sustained = step.drain_seconds <= self.max_drain
+            step.load_average = _loadavg()
             steps.append(step)
             verdict = "sustained" if step.sustained else "NOT sustained"
             print(
                 f"rate {rate:>6}/s: sent {step.events} events, {step.labels} labels; "
-                f"drained in {step.drain_seconds:.1f} s -> {verdict}",
+                f"drained in {step.drain_seconds:.1f} s -> {verdict} "
+                f"(machine {step.machine_busy:.0%} busy, load average {step.load_average})",
                 flush=True,
             )
             if not step.sustained:
-                _drain(lags, 300, verbose)
+                _drain(self.lags, 300, self.verbose)
                 break
             best = step
-        half = Step(rate=max(int((best.rate if best else rates[0]) / 2), 100), seconds=latency_s)
-        stop = threading.Event()
-        fresh = Freshness(settings, topics, client, ids["probe"], 1.0, stop)
+        return steps, best
+
+    def _latency(self, rate: int, seconds: float) -> dict[str, Any]:
+        step = Step(rate=rate, seconds=seconds)
+        fresh = Freshness(self.probes, 1.0)
         fresh.start()
-        load.run(half)
-        stop.set()
+        self.load.run(step)
+        fresh.stop_event.set()
         fresh.join(35)
-        _drain(lags, 60, verbose)
-        parent.send("stop")
-        if not parent.poll(60):
-            raise RuntimeError("the decision reader sent nothing back")
-        event_ms, seen_ms = parent.recv()
-        live.stop_event.set()
-        live.join(5)
-        memory = {w: peak_rss_mb(p.pid) for w, p in procs.items()}
-    in_half = (event_ms >= half.started_ms) & (event_ms <= half.ended_ms)
-    latency = (seen_ms - event_ms)[in_half]
-    fresh_ms = np.asarray(fresh.samples_ms)
-    total_events = warm.events + sum(s.events for s in steps) + half.events
-    cpu_per_k = (
-        {w: round(1000 * c / best.events, 3) for w, c in best.cpu_seconds.items()} if best else {}
+        _drain(self.lags, 60, self.verbose)
+        print(f"latency phase at {rate}/s done (load average {_loadavg()})", flush=True)
+        return {
+            "rate": rate,
+            "started_ms": step.started_ms,
+            "ended_ms": step.ended_ms,
+            "freshness_ms": _summary(np.asarray(fresh.samples_ms), "probes"),
+            "load_average": _loadavg(),
+        }
+
+    def _idle(self, seconds: float) -> dict[str, Any]:
+        """Nothing produced for ``seconds``: each process's share of a core; then the
+        freshness and decision latency of the first event after the quiet period."""
+        _drain(self.lags, 60, self.verbose)
+        self.meter.start()
+        time.sleep(seconds)
+        cpu, wall, busy = self.meter.stop()
+        freshness = self.probes.one()
+        print(f"idle {seconds:.0f} s done (load average {_loadavg()})", flush=True)
+        return {
+            "seconds": round(wall, 1),
+            "cores": {w: round(c / wall, 4) for w, c in cpu.items()},
+            "machine_busy": busy,
+            "load_average": _loadavg(),
+            "first_event_freshness_ms": freshness,
+            "probe_event_ms": self.probes.last_event_ms,
+        }
+
+
+SERVICES = ("gateway", *WORKERS)
+SERVERS = ("Kafka", "Redis", "PostgreSQL")
+
+
+def _verdict(steps: list[Step], step_s: float) -> str:
+    """The process that bounds the rate, from the last step run (the first not sustained,
+    or the highest if all were)."""
+    if not steps:
+        return "no step was run"
+    last = steps[-1]
+    wall = step_s + (last.drain_seconds if last.drain_seconds != float("inf") else 30.0)
+    cores = {w: c / wall for w, c in last.cpu_seconds.items() if w in (*SERVICES, *SERVERS)}
+    name, used = max(cores.items(), key=lambda kv: kv[1])
+    cpu = mp.cpu_count()
+    if used >= 0.9:
+        return (
+            f"bound by {name}: {used:.2f} of a core at {last.rate}/s, its one busy thread "
+            f"is full (machine {last.machine_busy:.0%} busy)"
+        )
+    return (
+        f"bound by the machine's {cpu} cores ({last.machine_busy:.0%} busy at {last.rate}/s); "
+        f"the largest share is {name}'s, {used:.2f} of a core"
     )
-    return {
-        "machine": {"cores": mp.cpu_count()},
-        "highest_sustained_rate": best.rate if best else None,
-        "steps": [asdict(s) for s in steps],
-        "latency_rate": half.rate,
-        "decision_latency_ms": _summary(latency, "events"),
-        "freshness_ms": _summary(fresh_ms, "probes"),
-        "cpu_seconds_per_1000_events": cpu_per_k,
-        "peak_rss_mb": {w: round(v, 1) for w, v in memory.items()},
-        "decisions_read": int(event_ms.size),
-        "events_sent": total_events,
-        "live_feed": {"decisions_for_v1": live.decisions, "closed": live.closed},
-    }
 
 
 def _summary(values: np.ndarray, what: str) -> dict[str, float]:
@@ -553,39 +649,61 @@ async def _admin_key(settings: Settings) -> str:
 
 
 def _markdown(r: dict[str, Any]) -> str:
-    lat, fr = r["decision_latency_ms"], r["freshness_ms"]
+    m = r["machine"]
     lines = [
         "# Caliber pipeline under load",
         "",
-        f"Machine: {r['machine']['cores']} cores. Workers: ingest, policy, aggregator, drift, "
+        f"Machine: {m['cores']} cores, {m['seconds_for_20M_additions']:.2f} s for 20 M "
+        f"additions in CPython; load average {m['load_average_before']} before, "
+        f"{m['load_average_after']} after. Workers: ingest, policy, aggregator, drift, "
         "recorder, gateway (one /ws/live client), one process each.",
         "",
         f"**Highest sustained rate: {r['highest_sustained_rate']} events/s** "
         "(PredictionBatch producers, half the events labeled).",
         "",
-        "| rate (events/s) | events | labels | drain after step (s) | machine CPU | sustained |",
-        "|---:|---:|---:|---:|---:|:---:|",
+        f"Verdict: {r['verdict']}.",
+        "",
+        "| rate (events/s) | events | labels | drain after step (s) | machine CPU "
+        "| load average | sustained |",
+        "|---:|---:|---:|---:|---:|---|:---:|",
     ]
     for s in r["steps"]:
         lines.append(
             f"| {s['rate']} | {s['events']} | {s['labels']} | {s['drain_seconds']:.1f} | "
-            f"{s['machine_busy']:.0%} | {'yes' if s['sustained'] else 'no'} |"
+            f"{s['machine_busy']:.0%} | {s['load_average']} | "
+            f"{'yes' if s['sustained'] else 'no'} |"
         )
+    lines.append("")
+    for phase in r["latency"]:
+        lat, fr = phase["decision_latency_ms"], phase["freshness_ms"]
+        lines += [
+            f"At {phase['rate']} events/s (load average {phase['load_average']}):",
+            "",
+            f"- produce → decision latency: p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms, "
+            f"max {lat['max']:.0f} ms ({lat['events']} events)",
+            f"- metric freshness (event time → counted by /api/calibration): "
+            f"p50 {fr['p50']:.0f} ms, p99 {fr['p99']:.0f} ms, max {fr['max']:.0f} ms "
+            f"({fr['probes']} probes)",
+            "",
+        ]
+    lines += _cpu_table(r)
+    idle = r["idle"]
+    first_d, first_f = idle["first_event_decision_ms"], idle["first_event_freshness_ms"]
     lines += [
         "",
-        f"At {r['latency_rate']} events/s (half of it):",
+        f"Idle: nothing produced for {idle['seconds']:.0f} s (load average "
+        f"{idle['load_average']}, machine {idle['machine_busy']:.0%} busy), share of a core:",
         "",
-        f"- produce → decision latency: p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms, "
-        f"max {lat['max']:.0f} ms ({lat['events']} events)",
-        f"- metric freshness (event time → counted by /api/calibration): p50 {fr['p50']:.0f} ms, "
-        f"p99 {fr['p99']:.0f} ms, max {fr['max']:.0f} ms ({fr['probes']} probes)",
+        "| process | cores |",
+        "|---|---:|",
+        *(f"| {w} | {c:.3f} |" for w, c in idle["cores"].items()),
         "",
-        "| process | CPU s per 1,000 events at the highest sustained rate | peak RSS (MB) |",
-        "|---|---:|---:|",
+        "First event after the quiet period: decision "
+        + ("not read" if first_d is None else f"{first_d:.0f} ms")
+        + ", counted by /api/calibration "
+        + ("not within 30 s" if first_f is None else f"{first_f:.0f} ms")
+        + ".",
     ]
-    for w, cpu in r["cpu_seconds_per_1000_events"].items():
-        mb = r["peak_rss_mb"].get(w)
-        lines.append(f"| {w} | {cpu:.3f} | {'' if mb is None else f'{mb:.0f}'} |")
     lf = r["live_feed"]
     lines += [
         "",
@@ -594,6 +712,17 @@ def _markdown(r: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _cpu_table(r: dict[str, Any]) -> list[str]:
+    lines = [
+        f"| process | CPU s per 1,000 events at {r['cpu_rate']} events/s | peak RSS (MB) |",
+        "|---|---:|---:|",
+    ]
+    for w, cpu in r["cpu_seconds_per_1000_events"].items():
+        mb = r["peak_rss_mb"].get(w)
+        lines.append(f"| {w} | {cpu:.3f} | {'' if mb is None else f'{mb:.0f}'} |")
+    return lines
 
 
 if __name__ == "__main__":

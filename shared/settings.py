@@ -120,6 +120,30 @@ class Settings(BaseSettings):
         description="a message on which a worker crashed this many times in a row at the same "
         "offset is dead-lettered with code worker_crash",
     )
+    idle_poll_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=30,
+        description="how long a worker's fetch waits while its input is empty; a message that "
+        "arrives ends the wait at once, so this costs no latency, only wake-ups (and is how "
+        "long a stop may wait)",
+    )
+    linger_max_seconds: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="longest a throughput-bound worker (not the policy) waits to fill its next "
+        "batch; it waits as long as its last batch took to process, so batches grow with the "
+        "load and a light load waits milliseconds",
+    )
+    kafka_fetch_wait_ms: int = Field(
+        default=100,
+        ge=1,
+        le=10_000,
+        description="longest the broker holds a consumer's fetch while a partition has nothing "
+        "new (fetch.wait.max.ms); new records answer the fetch at once, but an offset commit "
+        "on the same connection waits behind a held fetch",
+    )
     fault_inject: str = Field(
         default="",
         description="TESTS ONLY: '<service>:<marker>' makes that worker crash on every message "

@@ -60,6 +60,7 @@ def build_app(settings: AggregatorSettings) -> faust.App:
         async def beside(stopping: asyncio.Event) -> None:
             await asyncio.gather(evaluator.run(stopping), refitter.run(stopping))
 
+        processor = AggregatorProcessor(topics, codec, store, metrics, settings.estimate_enabled)
         evaluator = Evaluator(
             settings,
             WindowReader(client, settings.redis_prefix),
@@ -67,6 +68,7 @@ def build_app(settings: AggregatorSettings) -> faust.App:
             make_producer(settings),
             codec,
             metrics,
+            activity=lambda: processor.events_counted + processor.labels_joined,
         )
         pipeline = Pipeline(
             settings,
@@ -76,7 +78,7 @@ def build_app(settings: AggregatorSettings) -> faust.App:
                 transactional=False,
                 max_messages=settings.aggregator_max_messages,
             ),
-            AggregatorProcessor(topics, codec, store, metrics, settings.estimate_enabled),
+            processor,
             metrics,
         )
         try:

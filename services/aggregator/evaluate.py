@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import Producer
@@ -24,7 +25,13 @@ from shared.estimation.cbpe import ConfidenceSums, drop_in_bands, estimate
 from shared.estimation.report import report
 from shared.runtime.observability import RoundSeries
 from shared.runtime.rounds import TRANSIENT, run_rounds
-from shared.windows.calibration import Calibration, RiskCoverageAnswer, WindowReader
+from shared.windows.calibration import (
+    GRANULARITY,
+    Calibration,
+    RiskCoverageAnswer,
+    WindowReader,
+    pending_slot_seconds,
+)
 from shared.windows.names import SNAPSHOT_WINDOWS, WINDOW_SECONDS
 
 logger = logging.getLogger(__name__)
@@ -46,8 +53,12 @@ class Evaluator:
         producer: Producer,
         codec: AvroCodec,
         metrics: AggregatorMetrics | None = None,
+        activity: Callable[[], int] | None = None,
     ) -> None:
         self.settings = settings
+        self.activity = activity
+        """Events and labels this process has counted so far; None: evaluate every round."""
+        self._last_mark: tuple[int, int, int] | None = None
         self.reader = reader
         self.state = state
         self.producer = producer
@@ -61,12 +72,32 @@ class Evaluator:
     async def run(self, stopping: asyncio.Event) -> None:
         await run_rounds(
             "evaluation",
-            self.evaluate,
+            self.evaluate_if_changed,
             self.settings.snapshot_interval_seconds,
             stopping,
             logger,
             (*TRANSIENT, RedisError),
         )
+
+    async def evaluate_if_changed(self, now_ms: int) -> list[dict[str, Any]]:
+        """:meth:`evaluate`, unless nothing was counted since the last round and no time
+        boundary that changes a figure has passed: every window sums minute (or coarser)
+        buckets, a pending count drops a whole arrival slot at once, and an alert's cooldown
+        is tracked to within a minute, or to within the cooldown when that is shorter.
+        Until one of these changes, a round would compute, publish and export the same
+        figures again; an idle worker then evaluates about once a minute, not every round."""
+        mark = None
+        if self.activity is not None:
+            s = self.settings
+            now_s = now_ms // 1000
+            period = max(1, int(min(GRANULARITY["m"], s.alert_cooldown_seconds)))
+            slot = pending_slot_seconds(s.label_horizon_seconds)
+            mark = (self.activity(), now_s // period, (now_s - s.label_horizon_seconds) // slot)
+            if mark == self._last_mark:
+                return []
+        alerts = await self.evaluate(now_ms)
+        self._last_mark = mark
+        return alerts
 
     async def evaluate(self, now_ms: int) -> list[dict[str, Any]]:
         """One round over every model version; returns the alerts it raised or resolved."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from confluent_kafka import Message
 
 from services.aggregator.counters import (
@@ -211,13 +212,11 @@ class AggregatorProcessor:
         waiting = dict(
             zip(all_ids, await store.mget([store.pending_key(*e) for e in all_ids]), strict=True)
         )
-        for d in decisions:
-            p = d.predictions
-            decision_increments(plan.inc, p.key, p.event_time_ms, d.review)
+        for key, (event_ms, calibrated, review) in _by_model(decisions).items():
+            decision_increments(plan.inc, key, event_ms, review)
             if self._estimate:
-                estimate_increments(
-                    plan.inc, p.key, p.event_time_ms, d.calibrated_confidences, d.review
-                )
+                estimate_increments(plan.inc, key, event_ms, calibrated, review)
+        for d in decisions:
             plan.add_predictions(d, waiting)
             plan.add_rollout_decisions(d)
         # Labels: find their prediction in this batch or in Redis, else wait for it.
@@ -401,6 +400,26 @@ class _Part:
     decisions: list[DecisionColumns]
     labels: list[LabelColumns]
     events: int = 0
+
+
+def _by_model(
+    decisions: list[DecisionColumns],
+) -> dict[str, tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.bool_]]]:
+    """(event times, calibrated confidences, review flags) of every batch of each model
+    version, joined: the increments are sums, and one numpy grouping per model version
+    and iteration costs far less than one per message (a message holds a few events at
+    moderate rates)."""
+    grouped: dict[str, list[DecisionColumns]] = {}
+    for d in decisions:
+        grouped.setdefault(d.key, []).append(d)
+    return {
+        key: (
+            np.concatenate([d.predictions.event_time_ms for d in ds]),
+            np.concatenate([d.calibrated_confidences for d in ds]),
+            np.concatenate([d.review for d in ds]),
+        )
+        for key, ds in grouped.items()
+    }
 
 
 def _parts(

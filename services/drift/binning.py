@@ -80,34 +80,56 @@ def bucketed_counts(
     profile: ReferenceProfile, batches: Sequence[PredictionColumns], bucket_s: int
 ) -> Counts:
     """Counts of every part of ``profile`` per event-time bucket over ``batches`` (all of
-    the profile's model version). A feature missing from a batch counts nothing there."""
+    the profile's model version). A feature missing from a batch counts nothing there.
+
+    The batches are joined per part first: one binning and one ``bincount`` per part and
+    call, not per batch (a batch holds a few events at moderate rates, and the numpy calls'
+    fixed cost would dominate)."""
+    batches = [cols for cols in batches if len(cols)]
+    if not batches:
+        return {}
+    starts = np.concatenate([(c.event_time_ms // 1000) // bucket_s * bucket_s for c in batches])
+    uniq, pos = np.unique(starts, return_inverse=True)
+    bounds = np.cumsum([0, *(len(c) for c in batches)]).tolist()
+    nb = uniq.size
     out: Counts = {}
-    for cols in batches:
-        if not len(cols):
+    for part in parts(profile):
+        cells, where = _part_cells(part, batches, pos, bounds)
+        if cells is None:
             continue
-        starts = (cols.event_time_ms // 1000) // bucket_s * bucket_s
-        uniq, pos = np.unique(starts, return_inverse=True)
-        nb = uniq.size
-        for part in parts(profile):
-            values = _part_values(part, cols)
-            if values is None:
-                continue
-            feature = part.profile
-            if isinstance(feature, NumericProfile):
-                cells = numeric_cells(feature, values)
-            else:
-                cells = categorical_cells(feature, list(values))  # type: ignore[arg-type]
-            width = feature.n_cells
-            for row in cells:
-                ok = row >= 0
-                flat = np.bincount(pos[ok] * width + row[ok], minlength=nb * width)
-                for b, counts in enumerate(flat.reshape(nb, width)):
-                    if not counts.any():
-                        continue
-                    slot = out.setdefault(int(uniq[b]), {})
-                    prev = slot.get(part.index)
-                    slot[part.index] = counts if prev is None else prev + counts
+        width = part.profile.n_cells
+        for row in cells:
+            ok = row >= 0
+            flat = np.bincount(where[ok] * width + row[ok], minlength=nb * width)
+            for b, counts in enumerate(flat.reshape(nb, width)):
+                if not counts.any():
+                    continue
+                slot = out.setdefault(int(uniq[b]), {})
+                prev = slot.get(part.index)
+                slot[part.index] = counts if prev is None else prev + counts
     return out
+
+
+def _part_cells(
+    part: Part, batches: Sequence[PredictionColumns], pos: IntArray, bounds: list[int]
+) -> tuple[IntArray | None, IntArray]:
+    """(cells of the part's values over every batch that has the part, (rows, n)) and the
+    bucket position of each of those values."""
+    values: list[npt.ArrayLike | Sequence[str]] = []
+    where: list[IntArray] = []
+    for i, cols in enumerate(batches):
+        v = _part_values(part, cols)
+        if v is not None:
+            values.append(v)
+            where.append(pos[bounds[i] : bounds[i + 1]])
+    if not values:
+        return None, pos[:0]
+    feature = part.profile
+    if isinstance(feature, NumericProfile):
+        joined = np.concatenate([np.asarray(v, dtype=np.float64) for v in values])
+        return numeric_cells(feature, joined), np.concatenate(where)
+    strings = [x for v in values for x in v]  # type: ignore[union-attr]
+    return categorical_cells(feature, strings), np.concatenate(where)  # type: ignore[arg-type]
 
 
 def encode_fields(parts_counts: dict[int, IntArray]) -> dict[str, int]:

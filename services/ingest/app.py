@@ -20,6 +20,8 @@ from shared.runtime.observability import configure_logging, serve_metrics
 from shared.runtime.pipeline import Pipeline, PipelineConfig
 from shared.runtime.worker import create_app, run
 
+INGEST_MAX_LINGER_SECONDS = 0.01
+
 
 def build_app(settings: IngestSettings) -> faust.App:
     registry = CollectorRegistry()
@@ -46,6 +48,9 @@ def build_app(settings: IngestSettings) -> faust.App:
                 topics=[topics.inference_raw, topics.labels_raw],
                 transactional_id=f"{group}.{settings.instance_id}",
                 max_messages=settings.ingest_max_messages,
+                # On the decision path: a longer linger would be added to every decision
+                # at low rates, where it saves nothing.
+                max_linger=INGEST_MAX_LINGER_SECONDS,
             ),
             processor,
             metrics,

@@ -11,7 +11,12 @@ from confluent_kafka import Message
 from services.ingest.dedupe import Claim, Deduper
 from services.ingest.metrics import IngestMetrics
 from services.ingest.parsing import Parsed, Source, parse
-from shared.contracts.batches import LabelColumns, PredictionColumns, split_model_key
+from shared.contracts.batches import (
+    LabelColumns,
+    PredictionColumns,
+    join_runs,
+    split_model_key,
+)
 from shared.contracts.codec import AvroCodec
 from shared.contracts.dead_letters import dead_letter_record
 from shared.contracts.errors import Fault
@@ -69,7 +74,10 @@ class IngestProcessor:
             )
         outputs = self._dead_letters(sources, parsed)
         predictions = await self._unique_predictions(sources, parsed, outcome)
-        for cols, _ in predictions:
+        # One output message per model version and iteration (up to the batch bound), not
+        # one per input message: producers flush small messages at moderate rates, and every
+        # message costs each later hop a decode, an encode and a numpy pass of fixed cost.
+        for cols in join_runs([cols for cols, _ in predictions]):
             for chunk in _chunks(cols, self._batch_max):
                 outputs.append(
                     Output(

@@ -143,6 +143,76 @@ class PredictionColumns:
         )
 
 
+def _shape(cols: PredictionColumns) -> tuple[Any, ...]:
+    """What batches must share to be joined into one: the model version and which
+    optional columns and features they carry."""
+    return (
+        cols.key,
+        cols.model_version_id,
+        tuple(cols.class_labels),
+        cols.probabilities is None,
+        cols.logits is None,
+        tuple(cols.numeric_features),
+        tuple(cols.categorical_features),
+        cols.ground_truths is None,
+        cols.uncertainties is None,
+        cols.metadata is None,
+    )
+
+
+def concat_predictions(parts: list[PredictionColumns]) -> PredictionColumns:
+    """The rows of ``parts`` (all of one :func:`_shape`) in order, as one batch."""
+    first = parts[0]
+    if len(parts) == 1:
+        return first
+
+    def stacked(arrays: list[FloatArray | None]) -> FloatArray | None:
+        present = [a for a in arrays if a is not None]
+        return np.concatenate(present) if present else None
+
+    return replace(
+        first,
+        event_ids=[e for c in parts for e in c.event_ids],
+        event_time_ms=np.concatenate([c.event_time_ms for c in parts]),
+        predicted_labels=[v for c in parts for v in c.predicted_labels],
+        confidences=np.concatenate([c.confidences for c in parts]),
+        probabilities=stacked([c.probabilities for c in parts]),
+        logits=stacked([c.logits for c in parts]),
+        numeric_features={
+            k: np.concatenate([c.numeric_features[k] for c in parts])
+            for k in first.numeric_features
+        },
+        categorical_features={
+            k: [v for c in parts for v in c.categorical_features[k]]
+            for k in first.categorical_features
+        },
+        ground_truths=None
+        if first.ground_truths is None
+        else [g for c in parts for g in c.ground_truths or ()],
+        uncertainties=stacked([c.uncertainties for c in parts]),
+        metadata=None if first.metadata is None else [m for c in parts for m in c.metadata or ()],
+    )
+
+
+def join_runs(batches: list[PredictionColumns]) -> list[PredictionColumns]:
+    """Consecutive batches of each model version joined into one where their shapes match.
+
+    The events of one model version keep their order (a batch of another shape ends the run
+    and starts a new one after it), so what a reader of one key sees is the same rows in the
+    same order, in fewer and larger messages."""
+    runs: list[list[PredictionColumns]] = []
+    open_runs: dict[str, tuple[tuple[Any, ...], int]] = {}
+    for cols in batches:
+        shape = _shape(cols)
+        current = open_runs.get(cols.key)
+        if current is not None and current[0] == shape:
+            runs[current[1]].append(cols)
+        else:
+            open_runs[cols.key] = (shape, len(runs))
+            runs.append([cols])
+    return [concat_predictions(run) for run in runs]
+
+
 @dataclass(slots=True)
 class DecisionColumns:
     """The policy's decisions on one batch of predictions."""

@@ -60,7 +60,9 @@ def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict
         "partition.assignment.strategy": "cooperative-sticky",
         "fetch.max.bytes": 64 * 1024 * 1024,
         "max.partition.fetch.bytes": 8 * 1024 * 1024,
-        "fetch.wait.max.ms": 10,
+        # A fetch is answered as soon as a record arrives; the wait only bounds how often
+        # an idle consumer asks again (each ask is a wake-up in the client and the broker).
+        "fetch.wait.max.ms": settings.kafka_fetch_wait_ms,
         "session.timeout.ms": 10_000,
         "heartbeat.interval.ms": 2_000,
     }

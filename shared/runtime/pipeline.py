@@ -68,6 +68,9 @@ class PipelineConfig:
     """Start an iteration as soon as one message is there, with whatever else has arrived
     (latency-bound workers). Otherwise each fetch waits up to ``poll_timeout`` for
     ``max_messages`` (throughput-bound workers: fuller batches)."""
+    max_linger: float | None = None
+    """Bound of the adaptive linger of a throughput-bound worker; None:
+    ``Settings.linger_max_seconds``. A worker on the decision path keeps it short."""
     quarantine: bool = True
     """Count crashes per offset in Redis and set a poison message aside after
     ``Settings.quarantine_after_crashes`` of them (see :mod:`shared.runtime.quarantine`)."""
@@ -119,6 +122,10 @@ class Pipeline:
         self._redis: aioredis.Redis | None = None
         self._crashes: CrashRecord | None = None
         self._codec: AvroCodec | None = None
+        self._idle = False
+        self._linger = config.poll_timeout
+        bound = settings.linger_max_seconds if config.max_linger is None else config.max_linger
+        self._max_linger = max(config.poll_timeout, min(bound, settings.linger_max_seconds))
         self.ready = asyncio.Event()
         """Set once the consumer has its first assignment."""
 
@@ -166,8 +173,14 @@ class Pipeline:
                 if real:
                     started = time.perf_counter()
                     await self._iteration(real)
+                    took = time.perf_counter() - started
+                    # Adaptive linger: collect the next batch for as long as this one took
+                    # to process (bounded), so batches, and the share of fixed cost per
+                    # iteration they carry, grow with the load while a light load waits
+                    # only a few milliseconds.
+                    self._linger = min(max(cfg.poll_timeout, took), self._max_linger)
                     if self._hooks:
-                        self._hooks.batch_done(len(real), time.perf_counter() - started)
+                        self._hooks.batch_done(len(real), took)
                 if self._hooks and time.monotonic() - last_lag > cfg.lag_every_seconds:
                     last_lag = time.monotonic()
                     self._hooks.lag(await self._lag())
@@ -175,20 +188,30 @@ class Pipeline:
             await self._close()
 
     async def _fetch(self) -> list[Message]:
+        """The next batch. consume() with a timeout waits for a full batch; poll() returns
+        on the first message. Busy, a throughput-bound worker waits for a fuller batch up to
+        its adaptive linger (as long as its last iteration took, from ``poll_timeout`` up to
+        ``Settings.linger_max_seconds``). Idle (the last fetch found nothing), every worker
+        blocks in one long poll() and then takes what else is there, so a quiet worker
+        wakes up once per ``Settings.idle_poll_seconds`` instead of hundreds of times a
+        second (the long poll returns the moment a message arrives: no latency)."""
         assert self._consumer is not None
         cfg = self._config
-        if not cfg.eager:
-            return await self._consumer.consume(
-                num_messages=cfg.max_messages, timeout=cfg.poll_timeout
+        if not cfg.eager and not self._idle:
+            batch = await self._consumer.consume(
+                num_messages=cfg.max_messages, timeout=self._linger
             )
-        # consume() with a timeout waits for a full batch; poll() returns on the first
-        # message, then consume(timeout=0) takes what has already been fetched.
-        first = await self._consumer.poll(cfg.poll_timeout)
-        if first is None:
-            return []
-        if cfg.max_messages == 1:
-            return [first]
-        return [first, *await self._consumer.consume(num_messages=cfg.max_messages - 1, timeout=0)]
+            self._idle = not batch
+            return batch
+        wait = self._settings.idle_poll_seconds if self._idle else cfg.poll_timeout
+        first = await self._consumer.poll(wait)
+        self._idle = first is None
+        if first is None or cfg.max_messages == 1:
+            return [] if first is None else [first]
+        rest = await self._consumer.consume(
+            num_messages=cfg.max_messages - 1, timeout=0 if cfg.eager else cfg.poll_timeout
+        )
+        return [first, *rest]
 
     async def _guard(self, messages: list[Message]) -> _Attempt:
         """The messages this attempt processes, marked in the crash record: all of them, or,

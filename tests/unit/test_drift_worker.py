@@ -77,6 +77,38 @@ def test_bucketed_counts_equal_the_profile_counts_per_bucket() -> None:
     assert summed[x_part][: profile.features["x"].n_bins].sum() == n_x  # type: ignore[union-attr]
 
 
+def test_bucketed_counts_of_many_batches_are_the_sums_of_each_batch_alone() -> None:
+    """Joined per part, a feature missing from one batch still counts only where it is."""
+    ref = columns(3000, 1)
+    profile = build_profile(
+        "t/m/v1",
+        ref.confidences,
+        ref.predicted_labels,
+        {"x": ref.numeric_features["x"], "c": ref.categorical_features["c"]},
+    )
+    no_x = columns(40, 5, start_ms=1_020_000)
+    no_x.numeric_features = {}
+    cur = [columns(7, 2), no_x, columns(0, 4), columns(300, 3, start_ms=1_025_000)]
+    joined = bucketed_counts(profile, cur, bucket_s=30)
+    alone: dict[int, dict[int, np.ndarray]] = {}
+    for c in cur:
+        for start, by_part in bucketed_counts(profile, [c], bucket_s=30).items():
+            slot = alone.setdefault(start, {})
+            for part, counts in by_part.items():
+                slot[part] = slot.get(part, 0) + counts
+    assert sorted(joined) == sorted(alone) == [990, 1020, 1050]
+    for start, by_part in alone.items():
+        assert sorted(joined[start]) == sorted(by_part)
+        for part, counts in by_part.items():
+            np.testing.assert_array_equal(joined[start][part], counts)
+    x_part = next(p.index for p in parts(profile) if p.name == "x")
+    n_x = int(np.isfinite(cur[0].numeric_features["x"]).sum()) + int(
+        np.isfinite(cur[3].numeric_features["x"]).sum()
+    )
+    n_bins = profile.features["x"].n_bins  # type: ignore[union-attr]
+    assert sum(int(b[x_part][:n_bins].sum()) for b in joined.values()) == n_x
+
+
 def test_reference_from_chunks_is_the_profile_of_the_first_events() -> None:
     cols = columns(1000, 4)
     chunks = [json.loads(json.dumps(chunk(cols, slice(0, 400)))), chunk(cols, slice(400, 1000))]

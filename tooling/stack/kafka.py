@@ -71,6 +71,9 @@ def render_properties(settings: Settings, data_dir: Path) -> str:
             "log.retention.hours=168",
             "log.segment.bytes=268435456",
             "message.max.bytes=10485760",
+            # At rest the controller appended a no-op record to the metadata log every
+            # 500 ms (the default); a single-node cluster has no follower to reassure.
+            "metadata.max.idle.interval.ms=5000",
             "",
         ]
     )
