@@ -203,7 +203,11 @@ def serve(
     cand = plan.candidate
     if cand is None:
         return Served(active, active_review, plan.active.version, active_versions)
-    other = _apply(cand.map, confidences, probabilities, logits, labels)
+    try:
+        other = _apply(cand.map, confidences, probabilities, logits, labels)
+    except Exception:  # a candidate's fault must never reach the serve path
+        logger.exception("candidate map %s failed; serving the active map alone", cand.map.version)
+        return Served(active, active_review, plan.active.version, active_versions)
     other_review = withheld(other, plan.threshold)
     served = Served(
         active,
