@@ -105,3 +105,16 @@ def test_join_record_keeps_both_maps() -> None:
     assert back == rec
     old = PredictionRecord("acme/m/v1", 5, 0.9, "yes", [], None, 3, 0.8, True)
     assert PredictionRecord.decode(old.encode()) == old and old.shadow_version == ""
+
+
+def test_a_segment_holding_the_field_separator_survives_the_join_record() -> None:
+    """A segment value is the caller's text (a category, a metadata value): a unit
+    separator or a percent sign in it neither shifts the candidate's fields after it (which
+    made every later join of the event raise, a batch the aggregator could never pass) nor
+    changes the segment the label is counted in."""
+    for segment in ("sport=go\x1flf", "sport=100%1F", "k=%25\x1f%"):
+        rec = PredictionRecord("acme/m/v1", 5, 0.9, "yes", [], None, 3, 0.8, True, segment,
+                               "platt-2", 0.7, 0.6, True)  # fmt: skip
+        assert PredictionRecord.decode(rec.encode()) == rec
+        plain = PredictionRecord("acme/m/v1", 5, 0.9, "yes", [], None, 3, 0.8, True, segment)
+        assert PredictionRecord.decode(plain.encode()).segment == segment
