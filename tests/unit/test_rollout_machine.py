@@ -4,11 +4,12 @@ of a transition, and the aggregator's join record with a candidate beside."""
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 
 import numpy as np
 
 from services.aggregator.processing import PredictionRecord
-from services.calibrator.rollout import RolloutConfig, next_move, transition_alert
+from services.calibrator.rollout import RolloutConfig, next_move, registry_move, transition_alert
 from services.calibrator.rollout_store import Rollout
 from services.gateway.rollouts import _assignments
 from shared.recalibration.sequential import SequentialConfig
@@ -118,3 +119,23 @@ def test_a_segment_holding_the_field_separator_survives_the_join_record() -> Non
         assert PredictionRecord.decode(rec.encode()) == rec
         plain = PredictionRecord("acme/m/v1", 5, 0.9, "yes", [], None, 3, 0.8, True, segment)
         assert PredictionRecord.decode(plain.encode()).segment == segment
+
+
+def test_an_activation_through_the_registry_ends_the_open_rollout() -> None:
+    """The candidate activated directly is promoted; another map activated directly (an
+    operator's rollback, say) aborts the rollout, whose statistics compared the candidate
+    with the map it replaced, so that no later promotion undoes the operator's choice."""
+    s = stats(300, 0.2, canary_share=0.2)
+    unchanged = replace(rollout("canary"), active_version="identity")
+    assert registry_move(unchanged, s) is None
+    assert registry_move(rollout("canary"), s) is None  # the registry's map unknown
+    took = registry_move(replace(rollout("shadow"), active_version="temperature-x"), s)
+    assert took is not None and (took.to_stage, took.trigger) == ("promoted", "manual")
+    other = replace(rollout("canary"), active_version="platt-9")
+    move = registry_move(other, s)
+    assert move is not None and (move.to_stage, move.trigger) == ("aborted", "manual")
+    assert "platt-9" in move.reason and "identity" in move.reason
+    assert move.numbers["labeled"] == 300
+    # next_move alone would have promoted it over the operator's map
+    promoted = next_move(other, s, CONFIG)
+    assert promoted is not None and promoted.to_stage == "promoted"
