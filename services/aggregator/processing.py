@@ -47,6 +47,9 @@ FIELD_SEP = "\x1f"
 """Separates the fields of a prediction or pending-label record (unit separator)."""
 CLASS_SEP = "\x1e"
 """Separates the class labels inside a prediction record (record separator)."""
+_SEGMENT_ESCAPES = (("%", "%25"), (FIELD_SEP, "%1F"))
+"""A segment is the caller's text (a category or metadata value): escaped in a record, so a
+separator inside it cannot shift the fields after it."""
 MAX_APPLY_EVENTS = 5_000
 """Events (predictions and labels) per Lua call: Redis runs one script at a time, so a
 bigger call would hold up every other client, the gateway's reads included."""
@@ -90,7 +93,7 @@ class PredictionRecord:
                 str(self.slot),
                 "" if self.calibrated is None else repr(self.calibrated),
                 "1" if self.auto else "0",
-                self.segment,
+                _escape_segment(self.segment),
             ]
             + (
                 [
@@ -118,9 +121,21 @@ class PredictionRecord:
             int(rest[0]) if rest else -1,
             float(rest[1]) if len(rest) > 1 and rest[1] else None,
             len(rest) > 2 and rest[2] == "1",
-            rest[3] if len(rest) > 3 else "",
+            _unescape_segment(rest[3]) if len(rest) > 3 else "",
             *((shadow[0], float(shadow[1]), float(shadow[2]), shadow[3] == "1") if shadow else ()),
         )
+
+
+def _escape_segment(segment: str) -> str:
+    for raw, escaped in _SEGMENT_ESCAPES:
+        segment = segment.replace(raw, escaped)
+    return segment
+
+
+def _unescape_segment(text: str) -> str:
+    for raw, escaped in reversed(_SEGMENT_ESCAPES):
+        text = text.replace(escaped, raw)
+    return text
 
 
 def encode_pending_label(truth: str, label_ms: int) -> str:

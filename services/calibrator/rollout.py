@@ -108,6 +108,30 @@ def next_move(rollout: Rollout, stats: RolloutStats, config: RolloutConfig) -> T
     return None
 
 
+def registry_move(rollout: Rollout, stats: RolloutStats) -> Transition | None:
+    """The end of an open rollout whose model version's active calibrator was set directly
+    (``POST /api/models/{id}/calibrator``), or None when it was not.
+
+    Activating the candidate promotes it. Activating another calibrator aborts the rollout:
+    the paired statistics compare the candidate with the map that was active when it
+    started, and a later promotion would silently undo the operator's choice.
+    """
+    active = rollout.active_version
+    if active == rollout.candidate_version:
+        return Transition(
+            "promoted", "manual", "activated directly through the registry",
+            numbers_of(stats, None),
+        )  # fmt: skip
+    if not active or active == rollout.previous_version:
+        return None
+    return Transition(
+        "aborted", "manual",
+        f"{active} was activated directly through the registry in place of "
+        f"{rollout.previous_version}, the map the candidate was compared with",
+        numbers_of(stats, None),
+    )  # fmt: skip
+
+
 def transition_alert(row: Any) -> dict[str, Any]:
     """The ``recalibration`` Alert of one recorded transition."""
     numbers = json.loads(row["numbers"]) if row["numbers"] else {}
@@ -184,14 +208,7 @@ class RolloutManager:
         moved = 0
         for rollout in await self.store.open_rollouts():
             stats = await self.stats(rollout)
-            if rollout.active_version == rollout.candidate_version:
-                # Activated directly (POST /api/models/{id}/calibrator): the rollout is over.
-                move: Transition | None = Transition(
-                    "promoted", "manual", "activated directly through the registry",
-                    numbers_of(stats, None),
-                )  # fmt: skip
-            else:
-                move = next_move(rollout, stats, self.config)
+            move = registry_move(rollout, stats) or next_move(rollout, stats, self.config)
             if move is not None and await self.store.move(rollout, move) is not None:
                 logger.info(
                     "rollout of %s on %s: %s → %s (%s)", rollout.candidate_version,

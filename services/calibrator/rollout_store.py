@@ -127,7 +127,8 @@ class RolloutStore:
 
     async def staged_waiting(self) -> list[asyncpg.Record]:
         """Staged calibrators never rolled out, of model versions with no open rollout and
-        another active map."""
+        another active map, whose registry has every transition applied (the active map a
+        rollout starts from, and is compared with, is then the one the policy runs)."""
         return list(
             await self.pool.fetch(
                 "SELECT s.tenant_id, s.model_version_id, s.artifact_version, s.run_id "
@@ -135,7 +136,10 @@ class RolloutStore:
                 "WHERE m.calibrator_version <> s.artifact_version AND NOT EXISTS (SELECT 1 "
                 "FROM calibrator_rollouts r WHERE r.tenant_id = s.tenant_id AND "
                 "r.model_version_id = s.model_version_id AND (r.candidate_version = "
-                "s.artifact_version OR r.stage IN ('shadow', 'canary'))) ORDER BY s.staged_at"
+                "s.artifact_version OR r.stage IN ('shadow', 'canary'))) AND NOT EXISTS "
+                "(SELECT 1 FROM rollout_transitions t WHERE t.tenant_id = s.tenant_id AND "
+                "t.model_version_id = s.model_version_id AND t.id > m.rollout_applied) "
+                "ORDER BY s.staged_at"
             )
         )
 

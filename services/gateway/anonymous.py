@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 from services.gateway.auth import Principal
 from services.gateway.settings import GatewaySettings
@@ -89,12 +90,33 @@ def origin_allowed(headers: Mapping[str, str], allowed: list[str]) -> bool:
 
     A request without ``Origin`` (a script, curl, a same-origin GET) is allowed: only
     browsers send it, and they always do on cross-origin requests and WebSockets.
+
+    The gateway's own origin is one whose host is the request's ``Host`` and is a loopback
+    name or an address: a name of another site could resolve to this gateway (DNS
+    rebinding), and its page would then send an ``Origin`` equal to its ``Host``. A page
+    served under such a name is listed in ``CALIBER_GATEWAY_CORS_ORIGINS``.
     """
     origin = headers.get("origin")
     if origin is None or "*" in allowed or origin in allowed:
         return True
     host = headers.get("host")
-    return host is not None and origin.split("://", 1)[-1] == host
+    if host is None or origin.split("://", 1)[-1] != host:
+        return False
+    try:
+        name = urlsplit(f"//{host}").hostname or ""
+    except ValueError:  # a malformed Host (an unclosed IPv6 bracket)
+        return False
+    return _is_address_or_loopback(name)
+
+
+def _is_address_or_loopback(name: str) -> bool:
+    if name.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def refusal_detail(origin: str | None) -> str:

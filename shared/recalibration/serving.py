@@ -36,7 +36,7 @@ from typing import Protocol
 import numpy as np
 
 from shared.contracts.batches import BoolArray, FloatArray
-from shared.recalibration.maps import CalibrationMap, CalibratorError, from_registry
+from shared.recalibration.maps import IDENTITY, CalibrationMap, CalibratorError, from_registry
 from shared.recalibration.segments import calibrate_segments
 
 logger = logging.getLogger(__name__)
@@ -177,9 +177,17 @@ def _active(
     logits: FloatArray | None,
     labels: list[str],
 ) -> tuple[FloatArray, list[str] | None]:
-    """The active arm's output and, where segment maps decided some events, each event's map."""
+    """The active arm's output and, where another map than the version's decided some events
+    (a segment's, or identity where the version's map failed), each event's map."""
     if segments is None or not plan.segment_maps:
-        return _apply(plan.active, confidences, probabilities, logits, labels), None
+        try:
+            return _apply(plan.active, confidences, probabilities, logits, labels), None
+        except Exception:  # a map's fault must never reach the serve path
+            logger.exception(
+                "calibration map %s failed; deciding with identity", plan.active.version
+            )
+            n = confidences.shape[0]
+            return np.array(confidences, dtype=np.float64, copy=True), [IDENTITY.version] * n
     got = calibrate_segments(
         plan.active, plan.segment_maps, segments, confidences, probabilities, logits, labels
     )
@@ -203,7 +211,11 @@ def serve(
     cand = plan.candidate
     if cand is None:
         return Served(active, active_review, plan.active.version, active_versions)
-    other = _apply(cand.map, confidences, probabilities, logits, labels)
+    try:
+        other = _apply(cand.map, confidences, probabilities, logits, labels)
+    except Exception:  # a candidate's fault must never reach the serve path
+        logger.exception("candidate map %s failed; serving the active map alone", cand.map.version)
+        return Served(active, active_review, plan.active.version, active_versions)
     other_review = withheld(other, plan.threshold)
     served = Served(
         active,

@@ -558,3 +558,35 @@ def test_bad_rollout_requests_name_the_field(env: Env) -> None:
     # an admin role is needed to move a rollout
     with env.client("producer") as c:
         assert c.post(url, json={"action": "abort"}).status_code == 403
+
+
+def test_another_calibrator_activated_directly_aborts_the_open_rollout(env: Env) -> None:
+    """An operator who activates a calibrator through the registry while a candidate is in
+    shadow ends its rollout: the candidate was being compared with the map replaced, and a
+    later promotion must not undo the operator's choice."""
+    with env.client() as c:
+        model = register(c, "overruled")
+    mid = model["id"]
+    candidate = add_artifact(env.settings, "acme", mid, 0.5)
+    chosen = add_artifact(env.settings, "acme", mid, 0.8)
+    with env.client() as c:
+        r = c.post(f"/api/models/{mid}/rollout",
+                   json={"action": "shadow", "artifact_version": candidate})  # fmt: skip
+        assert r.status_code == 202, r.text
+        wait_until(env, lambda: rollout(env, mid)["candidate"] == candidate, 60, "the shadow")
+        r = c.post(f"/api/models/{mid}/calibrator", json={"artifact_version": chosen})
+        assert r.status_code == 200, r.text
+
+    def ended() -> dict[str, Any] | None:
+        got = rollout(env, mid)
+        return got if got["rollout"]["stage"] == "aborted" and got["candidate"] is None else None
+
+    got = wait_until(env, ended, 60, "the rollout aborted and the candidate cleared")
+    assert got["active"] == chosen and got["stage"] is None
+    last = got["transitions"][0]
+    assert (last["from_stage"], last["to_stage"], last["trigger"]) == (
+        "shadow",
+        "aborted",
+        "manual",
+    )
+    assert chosen in last["reason"]

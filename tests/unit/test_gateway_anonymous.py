@@ -115,6 +115,12 @@ def test_bad_settings_name_the_value(field: str, value: object, message: str) ->
         ({"origin": "http://evil.test", "host": "127.0.0.1:8000"}, [PAGE], False),
         ({"origin": "http://127.0.0.1:8000", "host": "127.0.0.1:8000"}, [], True),  # own
         ({"origin": "http://evil.test", "host": "127.0.0.1:8000"}, ["*"], True),
+        ({"origin": "http://localhost:8000", "host": "localhost:8000"}, [], True),  # own
+        ({"origin": "http://[::1]:8000", "host": "[::1]:8000"}, [], True),  # own
+        # DNS rebinding: another site's name resolved to the gateway; its page sends an
+        # Origin equal to its Host, which is still not the gateway's own.
+        ({"origin": "http://evil.test:8000", "host": "evil.test:8000"}, [], False),
+        ({"origin": "http://[::1", "host": "[::1"}, [], False),
     ],
 )
 def test_origin_allowed(headers: dict[str, str], allowed: list[str], ok: bool) -> None:
@@ -146,6 +152,9 @@ async def test_anonymous_roles_and_origins_are_enforced() -> None:
         r = await c.post("/api/predictions", json={}, headers={"origin": PAGE})
         assert r.status_code == 403 and "needs one of" in r.json()["detail"]
         r = await c.get("/api/me", headers={"origin": "http://evil.test"})
+        assert r.status_code == 403 and "CALIBER_GATEWAY_CORS_ORIGINS" in r.json()["detail"]
+        rebound = {"origin": "http://evil.test:8000", "host": "evil.test:8000"}
+        r = await c.get("/api/me", headers=rebound)
         assert r.status_code == 403 and "CALIBER_GATEWAY_CORS_ORIGINS" in r.json()["detail"]
         r = await c.get("/api/me", headers={"origin": PAGE})
         assert r.status_code == 200

@@ -129,9 +129,15 @@ def test_a_calibrated_confidence_that_is_not_a_number_is_withheld() -> None:
     assert decide(cols([0.9, 0.95]), 0.5, Broken(), "registry", 0).review.tolist() == [True, True]
 
 
-def test_a_map_returning_the_wrong_number_of_rows_is_refused() -> None:
-    with pytest.raises(CalibratorError, match="'broken' returned shape"):
-        decide(cols([0.9, 0.95]), 0.5, Broken(value=0.9, length=1), "registry", 0)
+def test_a_map_that_fails_to_apply_decides_with_identity_and_records_it() -> None:
+    """A map answering the wrong number of rows, or raising (a parameter missing from its
+    artifact), never stops the policy: identity decides, and each decision says so."""
+    missing = from_registry("platt-broken", {"kind": "platt", "params": {}})
+    for bad in (Broken(value=0.9, length=1), missing):
+        d = decide(cols([0.9, 0.3]), 0.5, bad, "registry", 0)
+        assert d.calibrated_confidences.tolist() == [0.9, 0.3]
+        assert d.review.tolist() == [False, True]
+        assert d.calibrator_versions == ["identity", "identity"]
 
 
 # --- the calibration-map factory ----------------------------------------------------------

@@ -4,11 +4,12 @@ of a transition, and the aggregator's join record with a candidate beside."""
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 
 import numpy as np
 
 from services.aggregator.processing import PredictionRecord
-from services.calibrator.rollout import RolloutConfig, next_move, transition_alert
+from services.calibrator.rollout import RolloutConfig, next_move, registry_move, transition_alert
 from services.calibrator.rollout_store import Rollout
 from services.gateway.rollouts import _assignments
 from shared.recalibration.sequential import SequentialConfig
@@ -105,3 +106,36 @@ def test_join_record_keeps_both_maps() -> None:
     assert back == rec
     old = PredictionRecord("acme/m/v1", 5, 0.9, "yes", [], None, 3, 0.8, True)
     assert PredictionRecord.decode(old.encode()) == old and old.shadow_version == ""
+
+
+def test_a_segment_holding_the_field_separator_survives_the_join_record() -> None:
+    """A segment value is the caller's text (a category, a metadata value): a unit
+    separator or a percent sign in it neither shifts the candidate's fields after it (which
+    made every later join of the event raise, a batch the aggregator could never pass) nor
+    changes the segment the label is counted in."""
+    for segment in ("sport=go\x1flf", "sport=100%1F", "k=%25\x1f%"):
+        rec = PredictionRecord("acme/m/v1", 5, 0.9, "yes", [], None, 3, 0.8, True, segment,
+                               "platt-2", 0.7, 0.6, True)  # fmt: skip
+        assert PredictionRecord.decode(rec.encode()) == rec
+        plain = PredictionRecord("acme/m/v1", 5, 0.9, "yes", [], None, 3, 0.8, True, segment)
+        assert PredictionRecord.decode(plain.encode()).segment == segment
+
+
+def test_an_activation_through_the_registry_ends_the_open_rollout() -> None:
+    """The candidate activated directly is promoted; another map activated directly (an
+    operator's rollback, say) aborts the rollout, whose statistics compared the candidate
+    with the map it replaced, so that no later promotion undoes the operator's choice."""
+    s = stats(300, 0.2, canary_share=0.2)
+    unchanged = replace(rollout("canary"), active_version="identity")
+    assert registry_move(unchanged, s) is None
+    assert registry_move(rollout("canary"), s) is None  # the registry's map unknown
+    took = registry_move(replace(rollout("shadow"), active_version="temperature-x"), s)
+    assert took is not None and (took.to_stage, took.trigger) == ("promoted", "manual")
+    other = replace(rollout("canary"), active_version="platt-9")
+    move = registry_move(other, s)
+    assert move is not None and (move.to_stage, move.trigger) == ("aborted", "manual")
+    assert "platt-9" in move.reason and "identity" in move.reason
+    assert move.numbers["labeled"] == 300
+    # next_move alone would have promoted it over the operator's map
+    promoted = next_move(other, s, CONFIG)
+    assert promoted is not None and promoted.to_stage == "promoted"

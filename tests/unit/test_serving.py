@@ -183,3 +183,26 @@ def test_segment_maps_decide_the_active_arm_and_a_canary_keeps_its_events() -> N
     assert pair.canary.tolist() == mask.tolist()
     assert pair.candidate.tolist() == [0.9] * 400
     assert pair.active.tolist() == [0.2 if g else 0.6 for g in segments]
+
+
+def test_a_candidate_that_fails_to_apply_leaves_the_active_map_serving_alone() -> None:
+    """A candidate that builds but raises (a missing parameter) or answers the wrong shape
+    never reaches the decision: the active map decides every event, nothing runs beside."""
+    missing = from_registry("platt-broken", {"kind": "platt", "params": {}})
+    conf = np.array([0.9, 0.6])
+    for bad in (missing, _Short()):
+        for stage, share in (("shadow", 0.0), ("canary", 1.0)):
+            s = serve(ServePlan(0.7, HALVE, Candidate(bad, stage, share)), ids(2), conf)
+            # σ(0.5·logit(c)) = √c / (√c + √(1 − c)): 0.75 and √0.6 / (√0.6 + √0.4)
+            assert s.confidences.tolist() == pytest.approx([0.75, 0.5505102572])
+            assert s.review.tolist() == [False, True]
+            assert s.shadow_calibrator_version is None and s.canary is None
+            assert s.calibrator_versions is None and s.arms() == ["active", "active"]
+
+
+@dataclass(frozen=True)
+class _Short:
+    version: str = "short"
+
+    def apply(self, confidences, probabilities, logits, class_labels):  # type: ignore[no-untyped-def]
+        return np.full(len(confidences) - 1, 0.9)

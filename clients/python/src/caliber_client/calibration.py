@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from caliber_client.appliers import ArtifactError, CalibrationMap, FloatArray
+from caliber_client.appliers import CalibrationMap, FloatArray
 from caliber_client.errors import CaliberError
 from caliber_client.http import Api
 
@@ -69,7 +69,8 @@ class LocalCalibrator:
             if active != IDENTITY:
                 body = self._api.request("GET", f"/api/calibration-artifacts/{active}", retries=0)
                 new = CalibrationMap(active, body["artifact"])
-        except (CaliberError, ArtifactError, KeyError, TypeError) as exc:
+        except (CaliberError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            # ValueError: a body that is not JSON (a proxy's page), or an unusable artifact
             logger.warning(
                 "caliber: calibrator of model version %s not refreshed (%s); keeping %s",
                 self.model_version_id, exc, self.version or "the raw confidence",
