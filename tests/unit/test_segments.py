@@ -196,7 +196,7 @@ def _map_record(segment: str, value: float | None, key: str = "sport") -> dict[s
 
 
 def test_the_policy_view_keeps_at_most_the_cap_of_segments() -> None:
-    view = SegmentMapView(Settings(), "x.segment-maps", CODEC, cap=2)
+    view = SegmentMapView(Settings(), "x.segment-maps", CODEC, cap=2, keep_records=True)
     for seg in ("golf", "polo", "chess"):
         view.put(_map_record(seg, 0.3))
     assert sorted(view.maps_for("t/m/v1", "sport")) == ["golf", "polo"]  # chess: beyond
@@ -220,6 +220,11 @@ def test_the_policy_view_keeps_at_most_the_cap_of_segments() -> None:
     view.apply(b"t/m/v1#sport=golf", value)
     assert sorted(view.maps_for("t/m/v1", "sport")) == ["golf", "polo"]
     assert sorted(view.entries_for("t/m/v1", "sport")) == ["golf", "polo"]
+    # the policy's view keeps the maps only
+    policy = SegmentMapView(Settings(), "x.segment-maps", CODEC, cap=2)
+    policy.apply(b"t/m/v1#sport=golf", value)
+    assert list(policy.maps_for("t/m/v1", "sport")) == ["golf"]
+    assert policy.entries_for("t/m/v1", "sport") == {}
 
 
 # --- the policy and the aggregator -----------------------------------------------------------
