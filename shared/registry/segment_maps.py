@@ -6,9 +6,10 @@ background exactly as it follows the registry, so deciding never waits on a stor
 built once, when its record arrives; a record that cannot be built, or whose fit failed
 (null calibrator), leaves its segment without a map, so it falls back to the model
 version's map. At most ``cap`` segments per model version and segment key are kept (the
-aggregator keeps no state beyond it either); later ones fall back. Beside each built map the
-view keeps the record's fields (:class:`SegmentEntry`), so the gateway can hand the maps to
-a client that applies them in its own process (``GET /api/models/{id}/segment-maps``).
+aggregator keeps no state beyond it either); later ones fall back. With ``keep_records``
+(the gateway) the view also keeps each built map's record fields (:class:`SegmentEntry`),
+so the gateway can hand the maps to a client that applies them in its own process
+(``GET /api/models/{id}/segment-maps``); the policy, which only applies them, does not.
 """
 
 from __future__ import annotations
@@ -66,12 +67,20 @@ def build_segment_map(record: Mapping[str, object]) -> CalibrationMap | None:
 class SegmentMapView(RegistryView):
     """Maps by model version key, segment key and segment value."""
 
-    def __init__(self, settings: Settings, topic: str, codec: AvroCodec, cap: int) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        topic: str,
+        codec: AvroCodec,
+        cap: int,
+        keep_records: bool = False,
+    ) -> None:
         super().__init__(settings, topic, codec)
         self.cap = cap
+        self.keep_records = keep_records
         self.maps: dict[str, dict[str, dict[str, CalibrationMap]]] = {}
         self.entries: dict[str, dict[str, dict[str, SegmentEntry]]] = {}
-        """The record of every map in ``maps``, by the same keys."""
+        """The record of every map in ``maps``, by the same keys (with ``keep_records``)."""
         self._segments: dict[tuple[str, str], set[str]] = {}
 
     @property
@@ -105,13 +114,20 @@ class SegmentMapView(RegistryView):
                 return  # beyond the cap: the segment falls back
             known.add(value)
         by_key = self.maps.setdefault(model, {}).setdefault(key, {})
-        records = self.entries.setdefault(model, {}).setdefault(key, {})
         built = build_segment_map(r)
         if built is None:
             by_key.pop(value, None)
+        else:
+            by_key[value] = built
+        if self.keep_records:
+            self._keep(model, key, value, r if built is not None else None)
+
+    def _keep(self, model: str, key: str, value: str, r: Mapping[str, object] | None) -> None:
+        """Keep (or, when ``r`` is None, drop) the record of a segment's map."""
+        records = self.entries.setdefault(model, {}).setdefault(key, {})
+        if r is None:
             records.pop(value, None)
             return
-        by_key[value] = built
         records[value] = SegmentEntry(
             value,
             str(r["calibrator_version"]),
