@@ -327,6 +327,19 @@ def test_segments_refit_and_beat_one_global_map(env: Any) -> None:
             }  # fmt: skip
             assert r.llen(lay.ring(MODEL, "sport=tennis")) == 500
             assert r.llen(lay.ring(MODEL, "sport=chess")) == 5
+
+            # Once no refit is due, the maps on the topic are final: probes decided now are
+            # decided with the maps POST /api/calibrate applies (asked below).
+            def no_refit_due() -> bool:
+                fits = counts(r, lay.fits(MODEL))
+                return all(2600 - fits.get(s, 0) < 10 for s in ("sport=tennis", "sport=golf"))
+
+            reader.wait_for(no_refit_due, 60, "the last refits", [agg, policy])
+            time.sleep(1)  # the policy follows the last maps within moments
+            probes = make_events(rng, {"tennis": 5, "golf": 5})
+            send_unlabeled(settings, probes)
+            wanted.update(probes.ids)
+            reader.wait_for(collect, 60, "the probe decisions", [agg, policy])
         finally:
             agg.terminate()
             agg.wait(30)
@@ -368,5 +381,5 @@ def test_segments_refit_and_beat_one_global_map(env: Any) -> None:
     assert "sport=chess" not in counts(r, lay.fits(MODEL))
 
     # POST /api/calibrate applies the map the policy applied to the same event.
-    asked = [(later, i) for i in range(10)] + [(fresh, i) for i in range(len(fresh.ids))]
+    asked = [(probes, i) for i in range(10)] + [(fresh, i) for i in range(len(fresh.ids))]
     assert_calibrate_agrees(base, keys["admin"], model["id"], asked, decided)
