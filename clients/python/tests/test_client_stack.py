@@ -289,7 +289,8 @@ def test_segment_maps_calibrate_as_the_gateway_does(env: Env) -> None:
     r = httpx.put(f"{env.base}/api/models/{model_id}/segments",
                   headers={"X-API-Key": env.admin}, json={"segment_key": "sport"})  # fmt: skip
     assert r.status_code == 200, r.text
-    _activate(env, model_id, _store_artifact(env, model_id, beta=2.0))
+    active = _store_artifact(env, model_id, beta=2.0)
+    _activate(env, model_id, active)
     golf, three = _isotonic_fit([0.5, 0.9], [0.0, 1.0]), _isotonic_fit([0.0, 1.0], [0.3, 0.6])
     failed = SegmentFit(None, None, 60, "too_few_samples: 60 < 100")  # falls back
     _publish_segment_maps(env, version, {"sport=golf": golf, "sport=3": three,
@@ -318,10 +319,15 @@ def test_segment_maps_calibrate_as_the_gateway_does(env: Env) -> None:
          **({"metadata": m} if m else {})}
         for i, (f, m, c) in enumerate(events)
     ]}  # fmt: skip
-    answer = httpx.post(env.base + "/api/calibrate", headers={"X-API-Key": env.producer},
-                        json=body, timeout=30)  # fmt: skip
-    assert answer.status_code == 200, answer.text
-    results = answer.json()["results"]
+
+    def answered() -> Any:  # once the gateway's registry view has the activation too
+        r = httpx.post(env.base + "/api/calibrate", headers={"X-API-Key": env.producer},
+                       json=body, timeout=30)  # fmt: skip
+        assert r.status_code == 200, r.text
+        results = r.json()["results"]
+        return results if results[-1]["calibrator_version"] == active else None
+
+    results = _wait(answered, 30, "POST /api/calibrate to apply the activated map")
     assert ours == one_by_one == [x["calibrated_confidence"] for x in results]
     assert [x["calibrator_version"] for x in results][:5] == [golf.version] * 2 + [
         three.version
