@@ -189,6 +189,23 @@ class ModelVersionOut(BaseModel):
     segment_key: str | None = None
 
 
+class SegmentMapOut(BaseModel):
+    segment: str = Field(description="the segment's value of the version's segment key")
+    calibrator_version: str
+    artifact: dict[str, Any] = Field(description="the calibrator artifact (JSON object)")
+    clip_low: float = Field(description="the map's outputs are clipped to [clip_low, clip_high]")
+    clip_high: float
+
+
+class SegmentMapsOut(BaseModel):
+    model_version_id: int
+    segment_key: str | None = Field(description="null: the version has no segments")
+    segment_maps: list[SegmentMapOut] = Field(
+        description="every segment with a map, as the policy applies them; other segments "
+        "(and events without a segment value) are decided by the version's calibrator"
+    )
+
+
 class StageChange(StrictIn):
     stage: Stage
 

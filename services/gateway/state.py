@@ -47,7 +47,8 @@ class GatewayState:
     publisher: Publisher
     view: RegistryIndex
     segment_maps: SegmentMapView
-    """Per-segment calibration maps, followed like the registry (``POST /api/calibrate``)."""
+    """Per-segment calibration maps, followed like the registry (``POST /api/calibrate``),
+    with their records (``GET /api/models/{id}/segment-maps``)."""
     models: ModelCache
     keys: KeyStore
     hub: Hub
@@ -66,7 +67,7 @@ async def open_state(settings: GatewaySettings, metrics: GatewayMetrics) -> Gate
     )
     view = RegistryIndex(settings, topics.model_updates, codec)
     segment_maps = SegmentMapView(
-        settings, topics.segment_maps, codec, settings.segment_max_per_version
+        settings, topics.segment_maps, codec, settings.segment_max_per_version, keep_records=True
     )
     anonymous = anonymous_principal(settings)
     if anonymous is not None:  # its tenant must exist for what it registers or reviews

@@ -196,7 +196,7 @@ def _map_record(segment: str, value: float | None, key: str = "sport") -> dict[s
 
 
 def test_the_policy_view_keeps_at_most_the_cap_of_segments() -> None:
-    view = SegmentMapView(Settings(), "x.segment-maps", CODEC, cap=2)
+    view = SegmentMapView(Settings(), "x.segment-maps", CODEC, cap=2, keep_records=True)
     for seg in ("golf", "polo", "chess"):
         view.put(_map_record(seg, 0.3))
     assert sorted(view.maps_for("t/m/v1", "sport")) == ["golf", "polo"]  # chess: beyond
@@ -207,11 +207,24 @@ def test_the_policy_view_keeps_at_most_the_cap_of_segments() -> None:
     assert polo.apply(np.array([0.5]), None, None, []).tolist() == [0.99]
     view.put(_map_record("golf", None))  # its fit failed: golf falls back
     assert sorted(view.maps_for("t/m/v1", "sport")) == ["polo"]
+    # the records of the maps are kept beside them, under the same cap (the segment-maps route)
+    assert list(view.entries_for("t/m/v1", "sport")) == ["polo"]
+    polo_entry = view.entries_for("t/m/v1", "sport")["polo"]
+    assert (polo_entry.segment, polo_entry.calibrator_version) == ("polo", "h-polo")
+    assert (polo_entry.clip_low, polo_entry.clip_high) == (0.01, 0.99)
+    assert json.loads(polo_entry.calibrator)["params"]["values"] == [1.5]
+    assert view.entries_for("t/m/v1", "league") == {}
     assert view.maps_for("t/m/v1", "league") == {}
     # Through Kafka bytes too.
     value = CODEC.encode("SegmentMap", _map_record("golf", 0.4))
     view.apply(b"t/m/v1#sport=golf", value)
     assert sorted(view.maps_for("t/m/v1", "sport")) == ["golf", "polo"]
+    assert sorted(view.entries_for("t/m/v1", "sport")) == ["golf", "polo"]
+    # the policy's view keeps the maps only
+    policy = SegmentMapView(Settings(), "x.segment-maps", CODEC, cap=2)
+    policy.apply(b"t/m/v1#sport=golf", value)
+    assert list(policy.maps_for("t/m/v1", "sport")) == ["golf"]
+    assert policy.entries_for("t/m/v1", "sport") == {}
 
 
 # --- the policy and the aggregator -----------------------------------------------------------

@@ -1,5 +1,6 @@
 """The client against the real stack: Kafka batches, the REST fallback, calibrator refresh
-after an activation, the router and its fallback.
+after an activation, segment maps applied as ``POST /api/calibrate`` applies them, the
+router and its fallback.
 
 Ingest, policy, recorder and router run as processes beside a gateway, on a topic
 namespace, Redis prefix and database of this module's own.
@@ -24,10 +25,14 @@ from caliber_client.http import Api
 from caliber_client.router import RouterClient
 from confluent_kafka import Consumer, TopicPartition
 
-from shared.contracts.batches import PredictionColumns
+from services.aggregator.refit import segment_map_record
+from shared.contracts.batches import PredictionColumns, model_key
 from shared.contracts.codec import AvroCodec, Decoded
 from shared.contracts.topics import Topics
 from shared.recalibration.artifact import artifact_version, canonical, make_artifact
+from shared.recalibration.segments import SegmentFit, SegmentFitOptions
+from shared.registry.segment_maps import SEGMENT_MAP, segment_map_key
+from shared.runtime.kafka import make_producer
 from shared.settings import Settings
 from tests.integration.conftest import start_service
 from tests.integration.gateway_client import make_keys, start_gateway
@@ -84,7 +89,7 @@ def env(isolated_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -
     procs: list[Any] = [gateway]
     try:
         models = {}
-        for version in ("kafka", "rest", "calibrated", "example"):
+        for version in ("kafka", "rest", "calibrated", "example", "segmented"):
             r = httpx.post(
                 base + "/api/models",
                 headers={"X-API-Key": keys["admin"]},
@@ -255,6 +260,99 @@ def test_calibrator_refresh_after_an_activation(env: Env) -> None:
         _activate(env, model_id, "identity")  # a rollback reaches the client too
         _wait(lambda: cal.version == "identity", 30, "the rollback to identity")
         assert cal.calibrate(0.9) == 0.9
+
+
+def _publish_segment_maps(env: Env, version: str, fits: dict[str, SegmentFit]) -> None:
+    """``SegmentMap`` records on ``<ns>.segment-maps``, as the aggregator's refit loop
+    publishes them."""
+    model = model_key(TENANT, "digits", version)
+    topic = Topics.for_namespace(env.settings.topic_namespace).segment_maps
+    producer, codec = make_producer(env.settings), AvroCodec()
+    opts = SegmentFitOptions(clip_low=0.2, clip_high=0.8)
+    for segment, fitted in fits.items():
+        record = segment_map_record(model, segment, fitted, 60, opts, int(time.time() * 1000))
+        key = segment_map_key(model, record["segment_key"], record["segment"])
+        producer.produce(topic, codec.encode(SEGMENT_MAP, record), key)
+    assert producer.flush(30) == 0
+
+
+def _isotonic_fit(x: list[float], y: list[float]) -> SegmentFit:
+    artifact = make_artifact("isotonic", "confidence", {"x": x, "y": y})
+    return SegmentFit(artifact_version(artifact), artifact, 60)
+
+
+def test_segment_maps_calibrate_as_the_gateway_does(env: Env) -> None:
+    model_id, version = env.models["segmented"], "segmented"
+    with env.client(transport="rest") as c:  # a recorded event names the key's feature
+        c.send("digits", version, "1", 0.9, features={"sport": "golf"})
+    _wait(lambda: _recorded(env, version)[0] == 1, WAIT_S, "the event in PostgreSQL")
+    r = httpx.put(f"{env.base}/api/models/{model_id}/segments",
+                  headers={"X-API-Key": env.admin}, json={"segment_key": "sport"})  # fmt: skip
+    assert r.status_code == 200, r.text
+    active = _store_artifact(env, model_id, beta=2.0)
+    _activate(env, model_id, active)
+    golf, three = _isotonic_fit([0.5, 0.9], [0.0, 1.0]), _isotonic_fit([0.0, 1.0], [0.3, 0.6])
+    failed = SegmentFit(None, None, 60, "too_few_samples: 60 < 100")  # falls back
+    _publish_segment_maps(env, version, {"sport=golf": golf, "sport=3": three,
+                                         "sport=polo": failed})  # fmt: skip
+    with (
+        Caliber(env.base, env.admin, transport="rest") as reader,
+        reader.calibrator(model_id, refresh_seconds=0.3) as cal,
+    ):
+        want = {"golf": golf.version, "3": three.version}
+        _wait(lambda: cal.segment_versions == want and cal.version != "identity", 30,
+              "the client to fetch the segment maps")  # fmt: skip
+        assert cal.segment_key == "sport"
+        events = [
+            ({"sport": "golf"}, None, 0.7), ({"sport": "golf"}, None, 0.95),
+            ({"sport": 3}, None, 0.5), ({"sport": 3.0}, {"sport": "golf"}, 0.9),
+            (None, {"sport": "golf"}, 0.8), ({"sport": "polo"}, None, 0.9),
+            ({"sport": ""}, {"sport": "golf"}, 0.9), (None, None, 0.6),
+        ]  # fmt: skip
+        features, metadata = [e[0] for e in events], [e[1] for e in events]
+        ours = cal.calibrate_batch(
+            [e[2] for e in events], segments=cal.segments(features, metadata)
+        ).tolist()
+        one_by_one = [cal.calibrate(c, features=f, metadata=m) for f, m, c in events]
+    body = {"model_version_id": model_id, "events": [
+        {"event_id": f"e{i}", "confidence": c, **({"features": f} if f else {}),
+         **({"metadata": m} if m else {})}
+        for i, (f, m, c) in enumerate(events)
+    ]}  # fmt: skip
+
+    def answered() -> Any:  # once the gateway's registry view has the activation too
+        r = httpx.post(env.base + "/api/calibrate", headers={"X-API-Key": env.producer},
+                       json=body, timeout=30)  # fmt: skip
+        assert r.status_code == 200, r.text
+        results = r.json()["results"]
+        return results if results[-1]["calibrator_version"] == active else None
+
+    results = _wait(answered, 30, "POST /api/calibrate to apply the activated map")
+    assert ours == one_by_one == [x["calibrated_confidence"] for x in results]
+    assert [x["calibrator_version"] for x in results][:5] == [golf.version] * 2 + [
+        three.version
+    ] * 2 + [golf.version]
+    # by hand: golf 0.7 → 0.5, 0.95 → 1.0 clipped to 0.8; "3" 0.5 → 0.45; 0.9 → 0.57;
+    # no map (polo, empty, none): temperature 2 on c is c² / (c² + (1 - c)²)
+    assert ours[:4] == pytest.approx([0.5, 0.8, 0.45, 0.57], abs=1e-12)
+    assert ours[5:] == pytest.approx([0.81 / 0.82, 0.81 / 0.82, 0.36 / 0.52], abs=1e-12)
+    r = httpx.get(f"{env.base}/api/models/{model_id}/segment-maps",
+                  headers={"X-API-Key": env.admin})  # fmt: skip
+    assert r.status_code == 200 and r.json()["segment_key"] == "sport"
+    got = {m["segment"]: (m["calibrator_version"], m["artifact"], m["clip_low"], m["clip_high"])
+           for m in r.json()["segment_maps"]}  # fmt: skip
+    assert got == {"golf": (golf.version, golf.artifact, 0.2, 0.8),
+                   "3": (three.version, three.artifact, 0.2, 0.8)}  # fmt: skip
+
+
+def test_segment_maps_of_an_unknown_or_other_tenants_version_are_404(env: Env) -> None:
+    keys = make_keys(env.settings, {"other": ("globex", ["viewer"])})
+    model_id = env.models["segmented"]
+    for key, path in ((keys["other"], model_id), (env.admin, 987654321)):
+        r = httpx.get(f"{env.base}/api/models/{path}/segment-maps", headers={"X-API-Key": key})
+        assert r.status_code == 404, r.text
+    r = httpx.get(f"{env.base}/api/models/{model_id}/segment-maps")
+    assert r.status_code == 401
 
 
 def test_calibrator_falls_back_to_the_raw_confidence(

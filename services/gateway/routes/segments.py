@@ -1,4 +1,5 @@
-"""Per-segment recalibration: an admin names the segment key of a model version.
+"""Per-segment recalibration: an admin names the segment key of a model version, and a
+reader fetches the version's segment maps.
 
 The key must be a feature or a metadata key of the version's events. The gateway knows a
 version's keys from two places it already reads: the features and metadata of its most
@@ -7,19 +8,30 @@ features of its drift reference profile. A key seen in neither is refused with a
 naming ``segment_key``; so is any key while the version has no recorded event and no
 reference yet. The change is a registry change: it reaches the policy and the aggregator's
 refits through the outbox and ``<ns>.model-updates``.
+
+The segment maps are those the gateway follows from ``<ns>.segment-maps`` exactly as the
+policy does (``SegmentMapView``, bounded by the same per-version cap), so a client applying
+them in its own process decides as the policy does.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 import asyncpg
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from pydantic import Field
 
-from services.gateway.auth import ADMIN, Principal, require
+from services.gateway.auth import ADMIN, READ, Principal, require
 from services.gateway.routes.registry import _owned, _publish, to_out
-from services.gateway.schemas import ModelVersionOut, PathId, StrictIn
+from services.gateway.schemas import (
+    ModelVersionOut,
+    PathId,
+    SegmentMapOut,
+    SegmentMapsOut,
+    StrictIn,
+)
 from services.gateway.state import state_of
 from shared.contracts.validation import DEFAULT_LIMITS
 from shared.registry.events import REGISTRY_COLUMNS
@@ -114,3 +126,36 @@ async def set_segment_key(
         await _publish(request, conn, row)
     state_of(request).models.forget()
     return to_out(row)
+
+
+@router.get(
+    "/{model_id}/segment-maps",
+    response_model=SegmentMapsOut,
+    responses={404: {"description": "no such model version in this tenant"}},
+)
+async def segment_maps(
+    model_id: PathId, request: Request, who: Annotated[Principal, Depends(require(READ))]
+) -> SegmentMapsOut:
+    """The version's segment key and the map of each of its segments that has one, as the
+    policy applies them (artifact, then clipped to [clip_low, clip_high])."""
+    state = state_of(request)
+    ref = await state.models.by_id(who.tenant, model_id)
+    if ref is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"model version {model_id} not found")
+    entries = (
+        {} if ref.segment_key is None else state.segment_maps.entries_for(ref.key, ref.segment_key)
+    )
+    return SegmentMapsOut(
+        model_version_id=ref.id,
+        segment_key=ref.segment_key,
+        segment_maps=[
+            SegmentMapOut(
+                segment=e.segment,
+                calibrator_version=e.calibrator_version,
+                artifact=json.loads(e.calibrator),
+                clip_low=e.clip_low,
+                clip_high=e.clip_high,
+            )
+            for e in entries.values()
+        ],
+    )

@@ -10,6 +10,7 @@ from caliber_client.client import Caliber
 from caliber_client.errors import CaliberError, DeliveryError, RejectedError
 from caliber_client.events import ROUTE_DECISION, Event, LabelEvent
 from caliber_client.router import Candidate, Decision, RouterClient
+from caliber_client.segments import segment_of
 
 __all__ = [
     "ROUTE_DECISION",
@@ -25,4 +26,5 @@ __all__ = [
     "LocalCalibrator",
     "RejectedError",
     "RouterClient",
+    "segment_of",
 ]
