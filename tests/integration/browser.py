@@ -21,9 +21,10 @@ CHROMEDRIVER = Path("/usr/bin/chromedriver")
 
 
 @contextmanager
-def headless_chromium() -> Iterator[WebDriver]:
+def headless_chromium(*extra_args: str, console_log: bool = False) -> Iterator[WebDriver]:
     """Debian's chromium and chromium-driver (installed with apt when missing), given the
-    driver's path explicitly so Selenium Manager never downloads anything."""
+    driver's path explicitly so Selenium Manager never downloads anything; ``extra_args``
+    (a window size, a language) go to Chromium, ``console_log`` keeps the page's console."""
     ensure_installed(
         lambda: CHROMIUM.is_file() and CHROMEDRIVER.is_file(),
         ["chromium", "chromium-driver"],
@@ -41,8 +42,11 @@ def headless_chromium() -> Iterator[WebDriver]:
         "--disable-background-networking",
         "--disable-component-update",
         "--disable-sync",
+        *extra_args,
     ):
         options.add_argument(arg)
+    if console_log:
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
     try:
         yield driver

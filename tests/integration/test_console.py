@@ -11,28 +11,23 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
-from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
 from shared.settings import Settings
+from tests.integration.browser import headless_chromium
 from tests.integration.conftest import start_service
 from tests.integration.gateway_client import make_keys, start_gateway
 from tooling.benchmarking import REPO_ROOT
-from tooling.stack.apt import ensure_installed
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 SCREENSHOT = REPO_ROOT / "reports" / "console.png"
 THRESHOLDS = {"v1": 0.6, "v2": 0.8}
 EVENTS_PER_VERSION = 300
@@ -210,34 +205,8 @@ def env(isolated_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[WebDriver]:
-    ensure_installed(
-        lambda: CHROMIUM.is_file() and CHROMEDRIVER.is_file(),
-        ["chromium", "chromium-driver"],
-        "headless Chromium",
-    )
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",  # the tests run as root
-        "--disable-dev-shm-usage",
-        "--disable-gpu",
-        "--window-size=1440,1000",
-        "--no-first-run",
-        "--disable-extensions",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--lang=en-GB",
-    ):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    # An explicit driver path: Selenium Manager never runs, so nothing is downloaded.
-    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
+    with headless_chromium("--window-size=1440,1000", "--lang=en-GB", console_log=True) as d:
+        yield d
 
 
 def _until(driver: WebDriver, condition: Callable[[WebDriver], Any], what: str) -> Any:
