@@ -8,7 +8,6 @@ screenshot of the run is saved as reports/console.png.
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +25,7 @@ from shared.settings import Settings
 from tests.integration.browser import headless_chromium
 from tests.integration.conftest import start_service
 from tests.integration.gateway_client import make_keys, start_gateway
+from tests.integration.polling import poll
 from tooling.benchmarking import REPO_ROOT
 
 SCREENSHOT = REPO_ROOT / "reports" / "console.png"
@@ -53,16 +53,6 @@ class Env:
 
     def client(self, who: str) -> httpx.Client:
         return httpx.Client(base_url=self.base, headers={"X-API-Key": self.keys[who]}, timeout=30)
-
-
-def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def _events(
@@ -133,7 +123,7 @@ def env(isolated_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -
                 parent = e.models[version] = r.json()["id"]
         with psycopg.connect(isolated_settings.postgres_url) as conn:
             # The registry reaches model-updates (via the outbox) before the policy starts.
-            _wait(
+            poll(
                 lambda: conn.execute(
                     "SELECT count(*) = 0 FROM outbox WHERE published_at IS NULL"
                 ).fetchone()[0],  # type: ignore[index]
@@ -164,7 +154,7 @@ def env(isolated_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -
                 }
         with e.client("viewer") as c:
             for version, model_id in e.models.items():
-                _wait(
+                poll(
                     lambda m=model_id, v=version: (
                         c.get("/api/calibration", params={"model_version_id": m}).json()[
                             "n_labeled"
@@ -174,7 +164,7 @@ def env(isolated_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -
                     WAIT_S,
                     f"{version}'s labels in the aggregator's windows",
                 )
-            _wait(
+            poll(
                 lambda: (
                     {
                         p["event_id"]
@@ -185,7 +175,7 @@ def env(isolated_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -
                 WAIT_S,
                 "the review queue to hold the unlabeled withheld predictions",
             )
-            _wait(
+            poll(
                 lambda: any(
                     a["feature"] == "length_cm" and a["severity"] != "resolved"
                     for a in c.get(

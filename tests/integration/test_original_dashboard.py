@@ -11,8 +11,7 @@ original React dashboard does: without a key and cross-origin, `/api/models`,
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from shared.settings import Settings
 from tests.integration.browser import headless_chromium, page_server
 from tests.integration.conftest import start_service
 from tests.integration.gateway_client import make_keys, start_gateway
+from tests.integration.polling import poll
 
 TENANT = "lab"
 FETCH = """
@@ -65,16 +65,6 @@ class Env:
     logs: Path
 
 
-def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 @pytest.fixture(scope="module")
 def env(isolated_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     logs = tmp_path_factory.mktemp("original")
@@ -107,7 +97,7 @@ def env(isolated_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -
             assert r.status_code == 201, r.text
             model_id = r.json()["id"]
             with psycopg.connect(isolated_settings.postgres_url) as conn:
-                _wait(
+                poll(
                     lambda: conn.execute(
                         "SELECT count(*) = 0 FROM outbox WHERE published_at IS NULL"
                     ).fetchone()[0],  # type: ignore[index]
@@ -185,7 +175,7 @@ def test_the_original_dashboard_flow(env: Env, browser: WebDriver) -> None:
     assert script.status_code == 202 and script.json()["status"] == "auto", script.text
 
     base, mid = env.open_base, env.model_id
-    queue = _wait(
+    queue = poll(
         lambda: [
             p
             for p in json.loads(_fetch(browser, env.page, base + "/api/review-queue")["body"])

@@ -12,7 +12,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from shared.runtime.kafka import make_producer
 from shared.settings import Settings
 from tests.integration.conftest import start_service
 from tests.integration.gateway_client import make_keys, start_gateway
+from tests.integration.polling import poll
 
 pytestmark = pytest.mark.integration
 
@@ -69,16 +70,6 @@ class Env:
             return conn.execute(query, args).fetchone()
 
 
-def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 @pytest.fixture(scope="module")
 def env(isolated_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     logs = tmp_path_factory.mktemp("client")
@@ -99,7 +90,7 @@ def env(isolated_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -
             assert r.status_code == 201, r.text
             models[version] = r.json()["id"]
         e = Env(isolated_settings, base, keys["admin"], keys["producer"], models, logs)
-        _wait(
+        poll(
             lambda: e.sql("SELECT count(*) = 0 FROM outbox WHERE published_at IS NULL")[0],
             30,
             "the outbox to be published",
@@ -168,7 +159,7 @@ def test_kafka_batches_with_a_size_bound(env: Env) -> None:
     assert sorted(len(b) for b in batches) == [50, 100, 100]
     assert [eid for b in batches for eid in b.event_ids] == ids
     assert all(b.tenant == TENANT and b.numeric_features["x"].size == len(b) for b in batches)
-    _wait(lambda: _recorded(env, "kafka") == (250, 250, 135), WAIT_S,
+    poll(lambda: _recorded(env, "kafka") == (250, 250, 135), WAIT_S,
           "the 250 events (125 + 10 labeled) in PostgreSQL")  # fmt: skip
 
 
@@ -201,7 +192,7 @@ def test_rest_fallback_without_kafka_never_doubles_an_event(env: Env) -> None:
         for eid in ids[:60]:
             again.send("digits", "rest", "1", 0.8, event_id=eid)
         again.flush()
-    _wait(lambda: _recorded(env, "rest") == (120, 120, 50), WAIT_S,
+    poll(lambda: _recorded(env, "rest") == (120, 120, 50), WAIT_S,
           "120 events (30 + 20 labeled) in PostgreSQL")  # fmt: skip
     time.sleep(3)  # anything doubled would land by now
     assert _recorded(env, "rest") == (120, 120, 50)
@@ -254,11 +245,11 @@ def test_calibrator_refresh_after_an_activation(env: Env) -> None:
         assert cal.status(0.65) == "review" and cal.status(0.7) == "auto"
         version = _store_artifact(env, model_id, beta=0.5)
         _activate(env, model_id, version)
-        _wait(lambda: cal.version == version, 30, "the client to apply the activated map")
+        poll(lambda: cal.version == version, 30, "the client to apply the activated map")
         # sigmoid(0.5 * ln 9) = 0.75, by hand
         assert cal.calibrate(0.9) == pytest.approx(0.75, abs=1e-12)
         _activate(env, model_id, "identity")  # a rollback reaches the client too
-        _wait(lambda: cal.version == "identity", 30, "the rollback to identity")
+        poll(lambda: cal.version == "identity", 30, "the rollback to identity")
         assert cal.calibrate(0.9) == 0.9
 
 
@@ -285,7 +276,7 @@ def test_segment_maps_calibrate_as_the_gateway_does(env: Env) -> None:
     model_id, version = env.models["segmented"], "segmented"
     with env.client(transport="rest") as c:  # a recorded event names the key's feature
         c.send("digits", version, "1", 0.9, features={"sport": "golf"})
-    _wait(lambda: _recorded(env, version)[0] == 1, WAIT_S, "the event in PostgreSQL")
+    poll(lambda: _recorded(env, version)[0] == 1, WAIT_S, "the event in PostgreSQL")
     r = httpx.put(f"{env.base}/api/models/{model_id}/segments",
                   headers={"X-API-Key": env.admin}, json={"segment_key": "sport"})  # fmt: skip
     assert r.status_code == 200, r.text
@@ -300,7 +291,7 @@ def test_segment_maps_calibrate_as_the_gateway_does(env: Env) -> None:
         reader.calibrator(model_id, refresh_seconds=0.3) as cal,
     ):
         want = {"golf": golf.version, "3": three.version}
-        _wait(lambda: cal.segment_versions == want and cal.version != "identity", 30,
+        poll(lambda: cal.segment_versions == want and cal.version != "identity", 30,
               "the client to fetch the segment maps")  # fmt: skip
         assert cal.segment_key == "sport"
         events = [
@@ -327,7 +318,7 @@ def test_segment_maps_calibrate_as_the_gateway_does(env: Env) -> None:
         results = r.json()["results"]
         return results if results[-1]["calibrator_version"] == active else None
 
-    results = _wait(answered, 30, "POST /api/calibrate to apply the activated map")
+    results = poll(answered, 30, "POST /api/calibrate to apply the activated map")
     assert ours == one_by_one == [x["calibrated_confidence"] for x in results]
     assert [x["calibrator_version"] for x in results][:5] == [golf.version] * 2 + [
         three.version
@@ -372,10 +363,10 @@ def test_router_decide_force_report_and_late_outcome(env: Env) -> None:
         chosen = _route(RouterClient(api))
     # the chosen decision counted once, whatever was sent after it; the forced one apart
     if chosen != "clf/v2":
-        _wait(lambda: _outcomes(env, chosen) == (1, 0), 30, "one counted outcome")
-        _wait(lambda: _outcomes(env, "clf/v2") == (0, 1), 30, "the forced outcome")
+        poll(lambda: _outcomes(env, chosen) == (1, 0), 30, "one counted outcome")
+        poll(lambda: _outcomes(env, "clf/v2") == (0, 1), 30, "the forced outcome")
     else:
-        _wait(lambda: _outcomes(env, "clf/v2") == (1, 1), 30, "one outcome of each kind")
+        poll(lambda: _outcomes(env, "clf/v2") == (1, 1), 30, "one outcome of each kind")
 
 
 def _route(router: RouterClient) -> str:
@@ -392,11 +383,11 @@ def _route(router: RouterClient) -> str:
             assert exc.status == 404
             return False
 
-    assert _wait(reported, 30, "the outcome to be accepted")
+    assert poll(reported, 30, "the outcome to be accepted")
     # once the router has counted it, another outcome of that decision is refused (409)
-    _wait(lambda: router.report(str(d.decision_id), success=False) is False, 30, "the 409")
+    poll(lambda: router.report(str(d.decision_id), success=False) is False, 30, "the 409")
     # a late outcome needs only the decision id
-    assert _wait(lambda: router.report(str(forced.decision_id), score=0.25), 30, "late outcome")
+    assert poll(lambda: router.report(str(forced.decision_id), score=0.25), 30, "late outcome")
     return d.path
 
 
