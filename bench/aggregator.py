@@ -36,6 +36,7 @@ import typer
 from shared.contracts.batches import DecisionColumns, LabelColumns
 from shared.contracts.codec import AvroCodec
 from shared.contracts.topics import Topics
+from shared.runtime import redis_client
 from shared.runtime.kafka import make_producer
 from shared.settings import Settings
 from shared.windows.calibration import GRANULARITY, RETENTION_S
@@ -261,7 +262,7 @@ def main(
     day = generate(spec, day_events, seed=21, start_ms=now - DAY_MS, rate_per_s=day_events / 86400)
     model = day.predictions.key
 
-    client = redis.Redis.from_url(settings.redis_dsn, socket_timeout=60)
+    client = redis_client.sync_client(settings.redis_dsn, socket_timeout=60)
     port = free_port()
     agg = start_service(
         "aggregator",

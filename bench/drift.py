@@ -19,8 +19,6 @@ import statistics
 import time
 
 import numpy as np
-import redis
-import redis.asyncio as aioredis
 import typer
 from confluent_kafka import Producer
 
@@ -31,6 +29,7 @@ from services.drift.store import DriftStore
 from shared.contracts.batches import PredictionColumns
 from shared.contracts.codec import AvroCodec
 from shared.contracts.topics import Topics
+from shared.runtime import redis_client
 from shared.runtime.kafka import make_producer
 from shared.settings import Settings
 from shared.windows.drift import DriftKeys
@@ -107,7 +106,7 @@ def steady_latency(
     topic = Topics.for_namespace(settings.topic_namespace).predictions
     codec = AvroCodec()
     producer: Producer = make_producer(settings)
-    client = redis.Redis.from_url(settings.redis_dsn)
+    client = redis_client.sync_client(settings.redis_dsn)
     watermarks = DriftKeys(settings.redis_prefix).watermarks
     rng = np.random.default_rng(8)
     start = int(time.time() * 1000)
@@ -147,7 +146,7 @@ def counted(text: str) -> float:
 
 
 async def evaluation_seconds(settings: DriftSettings, model: str, rounds: int) -> list[float]:
-    client = aioredis.Redis.from_url(settings.redis_dsn)
+    client = redis_client.async_client(settings.redis_dsn)
     try:
         store = DriftStore(client, settings.redis_prefix)
         evaluator = Evaluator(settings, store, ProfileCache(), None, None, AvroCodec())  # type: ignore[arg-type]
@@ -163,7 +162,7 @@ async def evaluation_seconds(settings: DriftSettings, model: str, rounds: int) -
 
 def redis_bytes(settings: Settings, delete: bool = True) -> int:
     """Memory of the worker's Redis keys (then removed, unless ``delete`` is False)."""
-    client = redis.Redis.from_url(settings.redis_dsn)
+    client = redis_client.sync_client(settings.redis_dsn)
     try:
         keys = list(client.scan_iter(match=f"{settings.redis_prefix}drift:*", count=1000))
         total = sum(int(client.memory_usage(k) or 0) for k in keys)

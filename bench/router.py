@@ -33,6 +33,7 @@ from services.gateway.auth import create_key
 from shared.contracts.codec import AvroCodec
 from shared.contracts.topics import Topics
 from shared.routing.state import DAY_MS, HOUR_MS, RouteKeys
+from shared.runtime import redis_client
 from shared.runtime.kafka import make_producer
 from shared.settings import Settings
 from tooling.benchmarking import (
@@ -170,7 +171,7 @@ def _run(base_settings: Settings, rate: float, seconds: float, outcomes: int, po
     with scratch_database(base_settings, prefix="caliber_benchrouter") as settings:
         join_identity(settings)  # its own Redis and database join the namespace's stack
         keys = RouteKeys(settings.redis_prefix)
-        r = redis.Redis.from_url(settings.redis_dsn)
+        r = redis_client.sync_client(settings.redis_dsn)
         for _ in range(100):
             try:
                 r.ping()

@@ -32,6 +32,7 @@ from shared.recalibration.segments import (
     encode_pair,
     fit_segment,
 )
+from shared.runtime import redis_client
 from shared.settings import Settings
 from shared.windows.segments import SegmentState
 from tooling.benchmarking import delete_redis_prefix
@@ -138,7 +139,7 @@ def serve_costs(fits: list[Any], repeat: int) -> tuple[list[float], list[float]]
 async def run(args: argparse.Namespace) -> None:
     base = Settings()
     settings = base.model_copy(update={"redis_prefix": f"bseg{uuid.uuid4().hex[:8]}:"})
-    client = aioredis.Redis.from_url(settings.redis_dsn)
+    client = redis_client.async_client(settings.redis_dsn)
     try:
         store = AggregatorStore(client, settings.redis_prefix, 3600, args.window, args.segments)
         state = SegmentState(client, settings.redis_prefix)

@@ -11,10 +11,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
-
 from shared.contracts.codec import AvroCodec
 from shared.contracts.topics import Topics
+from shared.runtime import redis_client
 from shared.runtime.kafka import make_producer
 from shared.settings import Settings
 from simulator.gateway_client import GatewayClient
@@ -180,7 +179,7 @@ def likely_causes(
     from shared.runtime import identity
 
     causes = [f"a store is out of step: {line}" for line in identity.check(settings)]
-    client = redis.Redis.from_url(settings.redis_dsn)
+    client = redis_client.sync_client(settings.redis_dsn)
     try:
         for p, o in differing:
             cols = p.generated.predictions

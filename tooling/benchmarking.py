@@ -15,12 +15,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
-import redis
 from psycopg import sql
 from pydantic import SecretStr
 
 from shared.db import migrate
-from shared.runtime import identity
+from shared.runtime import identity, redis_client
 from shared.settings import Settings
 from tooling.stack import delete_topics, ensure_topics
 
@@ -74,7 +73,7 @@ def _remove_namespace(settings: Settings) -> None:
 
 def delete_redis_prefix(settings: Settings) -> None:
     """Unlink every Redis key under ``settings.redis_prefix``."""
-    client = redis.Redis.from_url(settings.redis_dsn)
+    client = redis_client.sync_client(settings.redis_dsn)
     try:
         batch: list[bytes] = []
         for key in client.scan_iter(match=f"{settings.redis_prefix}*", count=1000):

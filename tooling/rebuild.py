@@ -29,8 +29,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
-import redis
-import redis.asyncio as aioredis
 from confluent_kafka import KafkaException, Message
 from prometheus_client import CollectorRegistry
 
@@ -47,9 +45,10 @@ from shared.contracts.batches import LabelColumns, PredictionColumns, model_key
 from shared.contracts.codec import AvroCodec, Decoded
 from shared.contracts.topics import Topics
 from shared.db import migrate
-from shared.runtime import identity
+from shared.runtime import identity, redis_client
 from shared.runtime.kafka import make_admin
 from shared.settings import Settings
+from shared.windows.calibration import alert_key
 from shared.windows.drift import DriftKeys
 from tooling.benchmarking import delete_redis_prefix
 from tooling.log_reader import LogReader, Progress
@@ -279,7 +278,7 @@ def _alert_state_keys(settings: Settings, rec: dict[str, Any]) -> tuple[str, dic
             "severity": rec["severity"] if active else None,
         }
         return key, state
-    key = f"{settings.redis_prefix}agg:alert:{model}:{rec['metric']}"
+    key = alert_key(f"{settings.redis_prefix}agg:", model, rec["metric"])
     state = {"active": active, "since": at, "cleared": 0 if active else at}
     if active:
         state["severity"] = rec["severity"]
@@ -297,7 +296,7 @@ async def rebuild_redis(
     out = Rebuilt("redis")
     started = time.monotonic()
     delete_redis_prefix(settings)  # also the identity: a half-rebuilt Redis is refused
-    client = aioredis.Redis.from_url(settings.redis_dsn)
+    client = redis_client.async_client(settings.redis_dsn)
     try:
         deduper = Deduper(client, settings.redis_prefix, settings.label_horizon_seconds)
         aggregator = AggregatorProcessor(
@@ -372,7 +371,7 @@ async def rebuild_redis(
             tick(reader.progress, out.events)
         tick(reader.progress, out.events, force=True)
         if alert_states:
-            await client.mset({k: json.dumps(v) for k, v in alert_states.items()})
+            await redis_client.mset(client, {k: json.dumps(v) for k, v in alert_states.items()})
         out.records = reader.progress.records
         out.truncated = _truncated(reader)
         out.counts = {
@@ -391,7 +390,7 @@ async def rebuild_redis(
 
 
 def redis_key_count(settings: Settings) -> int:
-    client = redis.Redis.from_url(settings.redis_dsn)
+    client = redis_client.sync_client(settings.redis_dsn)
     try:
         return sum(1 for _ in client.scan_iter(match=f"{settings.redis_prefix}*", count=1000))
     finally:

@@ -33,6 +33,8 @@ from shared.alerts.machine import AlertMachine
 from shared.contracts.batches import split_model_key
 from shared.drift.stats import severity
 from shared.estimation.cbpe import ConfidenceSums
+from shared.runtime import redis_client
+from shared.windows.calibration import alert_key
 
 ALERT_NAMESPACE = uuid.UUID("5d7c0b8e-6a57-4f36-9a3c-1f2b8c4f9e21")
 HYSTERESIS = 0.9
@@ -53,17 +55,17 @@ __all__ = ["AlertState", "Breach", "Transition", "alert_record", "severity"]
 class AlertState:
     def __init__(self, client: aioredis.Redis, prefix: str) -> None:
         self.r = client
-        self.p = f"{prefix}agg:alert:"
+        self.p = f"{prefix}agg:"
 
     async def baseline_brier(self, model: str, current: float) -> float:
-        key = f"{self.p}baseline:{model}"
+        key = alert_key(self.p, model, "", "baseline")
         await self.r.set(key, repr(current), nx=True)
         return float(await self.r.get(key) or current)
 
     async def reference_estimate(self, model: str, current: ConfidenceSums) -> ConfidenceSums:
         """The CBPE sums of the model's reference window: its first alert window with enough
         predictions, kept from then on (as the Brier baseline is)."""
-        key = f"{self.p}estimate-reference:{model}"
+        key = alert_key(self.p, model, "", "estimate-reference")
         await self.r.set(key, json.dumps([current.n, current.conf_sum, current.var_sum]), nx=True)
         raw = await self.r.get(key)
         if not raw:
@@ -73,7 +75,7 @@ class AlertState:
 
     async def control_limit(self, model: str, ece: float) -> float | None:
         """mean + 3σ of past ECE evaluations (before adding this one)."""
-        key = f"{self.p}history:{model}"
+        key = alert_key(self.p, model, "", "history")
         history = [float(v) for v in await self.r.lrange(key, 0, -1)]
         pipe = self.r.pipeline(transaction=False)
         pipe.rpush(key, repr(ece))
@@ -89,7 +91,7 @@ class AlertState:
         """What the breach does to the rule's state: raise, resolve or nothing. The new state
         is returned, not saved: the caller saves it (``save``) once the alert is delivered,
         so a failed delivery raises the same alert again next round instead of losing it."""
-        key = f"{self.p}{model}:{breach.metric}"
+        key = alert_key(self.p, model, breach.metric)
         raw = await self.r.get(key)
         state: dict[str, Any] = (
             json.loads(raw) if raw else {"active": False, "since": 0, "cleared": 0}
@@ -102,7 +104,7 @@ class AlertState:
 
     async def save(self, transitions: list[Transition]) -> None:
         if transitions:
-            await self.r.mset({t.key: t.state for t in transitions})
+            await redis_client.mset(self.r, {t.key: t.state for t in transitions})
 
 
 @dataclass(frozen=True, slots=True)

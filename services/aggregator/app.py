@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import faust
-import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from services.aggregator.alerts import AlertState
@@ -18,6 +17,7 @@ from services.aggregator.store import AggregatorStore
 from shared.contracts.codec import AvroCodec
 from shared.contracts.topics import Topics
 from shared.recalibration.segments import SegmentFitOptions
+from shared.runtime import redis_client
 from shared.runtime.kafka import make_producer
 from shared.runtime.observability import configure_logging, serve_metrics
 from shared.runtime.pipeline import Pipeline, PipelineConfig
@@ -33,7 +33,7 @@ def build_app(settings: AggregatorSettings) -> faust.App:
     codec = AvroCodec()
 
     async def loop(stopping: asyncio.Event) -> None:
-        client = aioredis.Redis.from_url(settings.redis_dsn)
+        client = redis_client.async_client(settings.redis_dsn)
         store = AggregatorStore(
             client,
             settings.redis_prefix,

@@ -36,7 +36,6 @@ from shared.contracts.topics import Topics
 from shared.recalibration.segments import encode_pair, segment_id
 from shared.recalibration.serving import Paired, paired
 from shared.runtime import clock
-from shared.runtime.offset_fence import fresh
 from shared.runtime.pipeline import Output
 from shared.windows.rollout import decision_fields, label_fields
 
@@ -175,7 +174,8 @@ class AggregatorProcessor:
         self.labels_joined = 0
 
     async def __call__(self, messages: Sequence[Message]) -> list[Output]:
-        todo = fresh(messages, await self._store.fence.done())
+        units = await self._store.fence.units(messages)
+        todo = [m for unit in units for m in unit]
         is_fresh = {id(m) for m in todo}
         now_ms = clock.now_ms()
         dead: list[Output] = []
@@ -207,8 +207,9 @@ class AggregatorProcessor:
         # Applied in parts of a bounded size, in offset order, each atomic with its own
         # offsets: one Lua call never holds Redis for long, and a replay skips what a part
         # already applied (the filter above) and applies the rest.
-        for part in _parts(todo, decoded_batch):
-            await self._apply(part.messages, part.decisions, part.labels)
+        for unit in units:
+            for part in _parts(unit, decoded_batch):
+                await self._apply(part.messages, part.decisions, part.labels)
         return dead
 
     async def _apply(

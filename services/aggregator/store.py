@@ -10,9 +10,13 @@ import redis.asyncio as aioredis
 from confluent_kafka import Message
 
 from services.aggregator.counters import Increments
+from shared.runtime import redis_client
 from shared.runtime.offset_fence import Effect, OffsetFence
 from shared.windows.calibration import (
     RETENTION_S,
+    bucket_key,
+    index_key,
+    join_key,
     pending_slot_seconds,
     split_calibrated,
     split_fine,
@@ -44,10 +48,10 @@ class AggregatorStore:
     # Join records are per (tenant, event_id): event ids are unique within a tenant only, and
     # one tenant's label must never find another tenant's prediction.
     def pred_key(self, tenant: str, event_id: str) -> str:
-        return f"{self.p}pred:{tenant}/{event_id}"
+        return join_key(self.p, "pred", tenant, event_id)
 
     def pending_key(self, tenant: str, event_id: str) -> str:
-        return f"{self.p}pending:{tenant}/{event_id}"
+        return join_key(self.p, "pending", tenant, event_id)
 
     @property
     def slot_width(self) -> int:
@@ -62,7 +66,7 @@ class AggregatorStore:
     async def mget(self, keys: Sequence[str]) -> list[str | None]:
         if not keys:
             return []
-        values = await self.r.mget(list(keys))
+        values = await redis_client.mget(self.r, keys)
         return [v.decode() if isinstance(v, bytes) else v for v in values]
 
     async def apply(
@@ -90,11 +94,11 @@ class AggregatorStore:
             main, fine = split_fine(rest)
             for suffix, part in (("", main), ("f", fine), ("q", calibrated)):
                 if part:
-                    key = f"{self.p}{granularity}{suffix}:{model}:{start}"
+                    key = bucket_key(self.p, granularity, model, start, suffix)
                     effect.incr.append((key, RETENTION_S[granularity], part))
             models.add(model)
             if granularity == "m":
-                effect.zadd.append((f"{self.p}idx:{model}", start, str(start), RETENTION_S["m"]))
+                effect.zadd.append((index_key(self.p, model), start, str(start), RETENTION_S["m"]))
         effect.sadd = [(f"{self.p}models", m) for m in sorted(models)]
         slots: dict[str, dict[str, int]] = {}
         for (model, slot), delta in unlabeled.items():

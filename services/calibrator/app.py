@@ -6,7 +6,6 @@ import asyncio
 
 import asyncpg
 import faust
-import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from services.calibrator.metrics import CalibratorMetrics
@@ -19,6 +18,7 @@ from services.calibrator.triggers import AlertTriggers
 from shared.contracts.codec import AvroCodec
 from shared.contracts.topics import Topics
 from shared.recalibration.sequential import SequentialConfig
+from shared.runtime import redis_client
 from shared.runtime.kafka import make_producer
 from shared.runtime.observability import configure_logging, serve_metrics
 from shared.runtime.pipeline import Pipeline, PipelineConfig
@@ -36,7 +36,7 @@ def build_app(settings: CalibratorSettings) -> faust.App:
         assert pool is not None
         store = CalibratorStore(pool)
         producer = make_producer(settings)
-        redis = aioredis.Redis.from_url(settings.redis_dsn)
+        redis = redis_client.async_client(settings.redis_dsn)
         rollouts = RolloutManager(
             RolloutStore(pool), redis, settings.redis_prefix, rollout_config(settings),
             producer, codec, topics.alerts,

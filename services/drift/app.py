@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 
 import faust
-import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from services.drift.evaluate import Evaluator
@@ -21,6 +20,7 @@ from services.drift.store import DriftStore
 from services.drift.uploads import UploadSource
 from shared.contracts.codec import AvroCodec
 from shared.contracts.topics import Topics
+from shared.runtime import redis_client
 from shared.runtime.kafka import make_producer
 from shared.runtime.observability import configure_logging, serve_metrics
 from shared.runtime.pipeline import Pipeline, PipelineConfig
@@ -34,7 +34,7 @@ def build_app(settings: DriftSettings) -> faust.App:
     codec = AvroCodec()
 
     async def loop(stopping: asyncio.Event) -> None:
-        client = aioredis.Redis.from_url(settings.redis_dsn)
+        client = redis_client.async_client(settings.redis_dsn)
         store = DriftStore(client, settings.redis_prefix)
         cache = ProfileCache()
         uploads = UploadSource(settings.postgres_url)

@@ -28,7 +28,7 @@ from shared.contracts.dead_letters import dead_letter
 from shared.contracts.topics import Topics
 from shared.drift.profile import ReferenceProfile
 from shared.runtime import clock
-from shared.runtime.offset_fence import Effect, fresh
+from shared.runtime.offset_fence import Effect
 from shared.runtime.pipeline import Output
 
 logger = logging.getLogger(__name__)
@@ -92,11 +92,17 @@ class DriftProcessor:
         self.events_reference = 0
 
     async def __call__(self, messages: Sequence[Message]) -> list[Output]:
+        units = await self._store.fence.units(messages)
+        dead, by_unit = self._decode(messages, units)
+        for unit, by_model in zip(units, by_unit, strict=True):
+            await self._unit(unit, by_model)
+        return dead
+
+    async def _unit(
+        self, todo: list[Message], by_model: dict[str, list[PredictionColumns]]
+    ) -> None:
+        """Score or collect one unit of fresh messages and apply its effect."""
         store = self._store
-        todo = fresh(messages, await store.fence.done())
-        dead, by_model = self._decode(messages, {id(m) for m in todo})
-        if not todo:
-            return dead
         models = list(by_model)
         unknown = [k for k in models if self._cache.get(k) is None]
         for k, raw in (await store.references(unknown)).items():
@@ -119,18 +125,18 @@ class DriftProcessor:
                 self._count(model, active.profile, batches, effect)
         if await store.fence.apply(todo, effect):
             self._applied(by_model, built, scored, reference)
-        return dead
 
     def _decode(
-        self, messages: Sequence[Message], pending: set[int]
-    ) -> tuple[list[Output], dict[str, list[PredictionColumns]]]:
-        """(dead letters, the fresh messages' batches by model version key).
+        self, messages: Sequence[Message], units: list[list[Message]]
+    ) -> tuple[list[Output], list[dict[str, list[PredictionColumns]]]]:
+        """(dead letters, each unit's batches by model version key).
 
         Every message is decoded, not only the fresh ones: a replay after a crash then sends
         an undecodable message's dead letter again rather than never."""
         now_ms = clock.now_ms()
         dead: list[Output] = []
-        by_model: dict[str, list[PredictionColumns]] = {}
+        unit_of = {id(m): i for i, u in enumerate(units) for m in u}
+        by_unit: list[dict[str, list[PredictionColumns]]] = [{} for _ in units]
         for m in messages:
             decoded = self._codec.decode(m.value(), {"PredictionBatch"})
             if not isinstance(decoded, Decoded):
@@ -146,12 +152,13 @@ class DriftProcessor:
                     )
                 )
                 continue
-            if id(m) not in pending:
+            i = unit_of.get(id(m))
+            if i is None:
                 continue
             cols = PredictionColumns.from_record(decoded.record)
             if len(cols):
-                by_model.setdefault(cols.key, []).append(cols)
-        return dead, by_model
+                by_unit[i].setdefault(cols.key, []).append(cols)
+        return dead, by_unit
 
     def _applied(
         self,

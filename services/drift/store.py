@@ -11,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 import redis.asyncio as aioredis
 
+from shared.runtime import redis_client
 from shared.runtime.offset_fence import OffsetFence
 from shared.windows.drift import DriftKeys
 
@@ -55,13 +56,13 @@ class DriftStore:
         """Stored reference JSON of each of ``models`` that has one."""
         if not models:
             return {}
-        values = await self.r.mget([self.keys.reference(m) for m in models])
+        values = await redis_client.mget(self.r, [self.keys.reference(m) for m in models])
         return {m: v for m, v in zip(models, values, strict=True) if v is not None}
 
     async def collected(self, models: Sequence[str]) -> dict[str, int]:
         if not models:
             return {}
-        values = await self.r.mget([self.keys.collected(m) for m in models])
+        values = await redis_client.mget(self.r, [self.keys.collected(m) for m in models])
         return {m: int(v or 0) for m, v in zip(models, values, strict=True)}
 
     async def chunks(self, model: str) -> list[dict[str, Any]]:
@@ -116,4 +117,6 @@ class DriftStore:
 
     async def save_alert_states(self, model: str, states: dict[str, dict[str, Any]]) -> None:
         if states:
-            await self.r.mset({self.keys.alert(model, f): json.dumps(s) for f, s in states.items()})
+            await redis_client.mset(
+                self.r, {self.keys.alert(model, f): json.dumps(s) for f, s in states.items()}
+            )

@@ -26,6 +26,7 @@ from services.gateway.settings import GatewaySettings
 from shared.contracts.codec import AvroCodec
 from shared.contracts.topics import Topics
 from shared.registry.segment_maps import SegmentMapView
+from shared.runtime import redis_client
 from shared.runtime.kafka import make_producer
 
 PUBLISH_TIMEOUT_MS = 15_000
@@ -81,8 +82,8 @@ async def open_state(settings: GatewaySettings, metrics: GatewayMetrics) -> Gate
         topics=topics,
         codec=codec,
         pool=pool,
-        redis=aioredis.Redis.from_url(settings.redis_dsn),
-        route_redis=aioredis.Redis.from_url(
+        redis=redis_client.async_client(settings.redis_dsn),
+        route_redis=redis_client.async_client(
             settings.redis_dsn,
             socket_timeout=settings.route_redis_timeout_seconds,
             socket_connect_timeout=settings.route_redis_timeout_seconds,

@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 
 import faust
-import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from services.ingest.dedupe import Deduper
@@ -16,6 +15,7 @@ from services.ingest.settings import IngestSettings
 from shared.contracts.codec import AvroCodec
 from shared.contracts.topics import Topics
 from shared.contracts.validation import Limits
+from shared.runtime import redis_client
 from shared.runtime.observability import configure_logging, serve_metrics
 from shared.runtime.pipeline import Pipeline, PipelineConfig
 from shared.runtime.worker import create_app, run
@@ -30,7 +30,7 @@ def build_app(settings: IngestSettings) -> faust.App:
     group = f"{settings.topic_namespace}-ingest"
 
     async def loop(stopping: asyncio.Event) -> None:
-        client = aioredis.Redis.from_url(settings.redis_dsn)
+        client = redis_client.async_client(settings.redis_dsn)
         processor = IngestProcessor(
             topics,
             AvroCodec(),

@@ -1,7 +1,9 @@
 """Duplicate detection by (tenant, event_id) in Redis, safe under transaction replays.
 
-A claim is ``SET <prefix>ingest:<kind>:<tenant>/<event_id> <position>|<model key>|<event ms>
-NX GET`` with a TTL of the label horizon. Event ids are unique within a tenant only: another
+A claim is ``SET <prefix>ingest:<kind>:{~dS}:<tenant>/<event_id> <position>|<model key>|<event
+ms> NX GET`` with a TTL of the label horizon; ``S`` is the dedupe shard of ``tenant/event_id``
+(``shared.runtime.redis_client.shard_tag``), so one Lua call claims one shard's events and
+stays in one Redis Cluster slot. Event ids are unique within a tenant only: another
 tenant's event with the same id is neither a duplicate nor a prediction its labels can find.
 The position (topic:partition:offset of the source message) makes replays safe: when a
 transaction aborts after its claims were written, the same message comes back, finds claims
@@ -11,10 +13,13 @@ finds someone else's position and is dropped.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-import redis.asyncio as aioredis
+from shared.runtime import redis_client
+from shared.runtime.redis_client import shard_tag
 
 # One round trip and one command for a whole batch: per-command client overhead, not Redis,
 # dominates a pipeline of thousands of SETs. Returns, per key, the previous value or "".
@@ -47,23 +52,36 @@ class SeenPrediction:
 
 
 class Deduper:
-    def __init__(self, client: aioredis.Redis, prefix: str, ttl_seconds: int) -> None:
+    def __init__(self, client: Any, prefix: str, ttl_seconds: int) -> None:
         self._client = client
         self._prefix = prefix
         self._ttl = ttl_seconds
         self._claim = client.register_script(_CLAIM)
 
     def _key(self, kind: str, tenant: str, event_id: str) -> str:
-        return f"{self._prefix}ingest:{kind}:{tenant}/{event_id}"
+        scoped = f"{tenant}/{event_id}"
+        return f"{self._prefix}ingest:{kind}:{shard_tag('d', scoped)}:{scoped}"
 
     async def claim(self, kind: str, claims: Sequence[Claim]) -> list[bool]:
         """True for each claim that is new (or this message's own, replayed)."""
         if not claims:
             return []
-        previous = await self._claim(
-            keys=[self._key(kind, c.tenant, c.event_id) for c in claims],
-            args=[self._ttl, *(c.value for c in claims)],
+        by_shard: dict[str, list[int]] = {}
+        keys = [self._key(kind, c.tenant, c.event_id) for c in claims]
+        for i, key in enumerate(keys):
+            by_shard.setdefault(redis_client.hash_tag(key) or "", []).append(i)
+        answers = await asyncio.gather(
+            *(
+                self._claim(
+                    keys=[keys[i] for i in rows], args=[self._ttl, *(claims[i].value for i in rows)]
+                )
+                for rows in by_shard.values()
+            )
         )
+        previous: list[Any] = [None] * len(claims)
+        for rows, answer in zip(by_shard.values(), answers, strict=True):
+            for i, old in zip(rows, answer, strict=True):
+                previous[i] = old
         keep = []
         for c, old in zip(claims, previous, strict=True):
             text = old.decode() if isinstance(old, bytes) else str(old)
@@ -77,7 +95,9 @@ class Deduper:
         lacking them)."""
         if not event_ids:
             return []
-        values = await self._client.mget([self._key("seen", tenant, e) for e in event_ids])
+        values = await redis_client.mget(
+            self._client, [self._key("seen", tenant, e) for e in event_ids]
+        )
         out: list[SeenPrediction | None] = []
         for raw in values:
             if raw is None:

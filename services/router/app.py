@@ -17,6 +17,7 @@ from services.router.store import RouterStore
 from shared.contracts.codec import AvroCodec
 from shared.contracts.topics import Topics
 from shared.routing.state import RouteKeys
+from shared.runtime import redis_client
 from shared.runtime.observability import configure_logging, serve_metrics
 from shared.runtime.pipeline import Pipeline, PipelineConfig
 from shared.runtime.worker import create_app, run
@@ -49,7 +50,7 @@ def build_app(settings: RouterSettings) -> faust.App:
     codec = AvroCodec()
 
     async def loop(stopping: asyncio.Event) -> None:
-        client = aioredis.Redis.from_url(settings.redis_dsn)
+        client = redis_client.async_client(settings.redis_dsn)
         generation = await state_generation(client, RouteKeys(settings.redis_prefix))
         processor = RouterProcessor(
             topics,

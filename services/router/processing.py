@@ -26,7 +26,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import Message
@@ -38,10 +38,20 @@ from shared.contracts.codec import AvroCodec, Decoded
 from shared.contracts.dead_letters import dead_letter
 from shared.contracts.topics import Topics
 from shared.routing.state import ROUTE_DECISION_KEY, SEP, DecisionRecord
-from shared.runtime.offset_fence import fresh
 from shared.runtime.pipeline import Output
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Unit:
+    """What one unit of fresh messages (``OffsetFence.units``) brings."""
+
+    messages: list[Message]
+    decisions: dict[str, DecisionRecord] = field(default_factory=dict)
+    outcomes: list[_Outcome] = field(default_factory=list)
+    links: dict[tuple[str, str], str] = field(default_factory=dict)
+    labels: list[tuple[str, str, str, str | None]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -88,16 +98,12 @@ class RouterProcessor:
         self.outcomes_counted = 0
 
     async def __call__(self, messages: Sequence[Message]) -> list[Output]:
-        todo = fresh(messages, await self._store.fence.done())
-        is_fresh = {id(m) for m in todo}
+        units = [_Unit(u) for u in await self._store.fence.units(messages)]
+        unit_of = {id(m): u for u in units for m in u.messages}
         t = self._topics
         now_ms = int(time.time() * 1000)
         dead: list[Output] = []
-        decisions: dict[str, DecisionRecord] = {}
         self._costs = {}
-        outcomes: list[_Outcome] = []
-        links: dict[tuple[str, str], str] = {}
-        labels: list[tuple[str, str, str, str | None]] = []
         self._new_models = set()
         for m in messages:
             topic = m.topic()
@@ -116,20 +122,20 @@ class RouterProcessor:
                         )
                     )
                     continue
-            if id(m) not in is_fresh:
+            u = unit_of.get(id(m))
+            if u is None:
                 continue
             if topic == t.routing:
                 assert isinstance(decoded, Decoded)
-                self._route_event(decoded.record, decisions, outcomes)
+                self._route_event(decoded.record, u.decisions, u.outcomes)
             elif topic == t.predictions:
-                self._collect_links(m, links)
+                self._collect_links(m, u.links)
             elif topic == t.labels:
-                self._collect_labels(m, labels)
+                self._collect_labels(m, u.labels)
             elif topic == t.deadletter:
-                outcomes.extend(self._dead_prediction(m))
-        if not todo:
-            return dead
-        await self._apply(todo, decisions, outcomes, links, labels)
+                u.outcomes.extend(self._dead_prediction(m))
+        for u in units:
+            await self._apply(u.messages, u.decisions, u.outcomes, u.links, u.labels)
         return dead
 
     def _collect_links(self, m: Message, links: dict[tuple[str, str], str]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -17,6 +18,7 @@ from shared.routing.state import (
     DecisionRecord,
     RouteKeys,
 )
+from shared.runtime import redis_client
 from shared.runtime.offset_fence import Effect, OffsetFence
 
 
@@ -119,13 +121,13 @@ class RouterStore:
         self, label_events: list[tuple[str, str]], new_links: list[tuple[str, str]]
     ) -> tuple[dict[tuple[str, str], str], dict[tuple[str, str], str], set[str]]:
         """The stored links of ``label_events``, the waiting labels of ``new_links`` (routed
-        predictions of this batch) and the routed models: three reads, one round trip."""
-        k = self.keys
-        pipe = self.client.pipeline(transaction=False)
-        pipe.mget([k.event(*ev) for ev in label_events] or ["-"])
-        pipe.mget([k.waiting_label(*ev) for ev in new_links] or ["-"])
-        pipe.smembers(k.routed_models)
-        stored, waiting_raw, members = await pipe.execute()
+        predictions of this batch) and the routed models: three concurrent reads."""
+        k, r = self.keys, self.client
+        stored, waiting_raw, members = await asyncio.gather(
+            redis_client.mget(r, [k.event(*ev) for ev in label_events]),
+            redis_client.mget(r, [k.waiting_label(*ev) for ev in new_links]),
+            r.smembers(k.routed_models),
+        )
         links = {ev: v.decode() for ev, v in zip(label_events, stored, strict=False) if v}
         waiting = {ev: v.decode() for ev, v in zip(new_links, waiting_raw, strict=False) if v}
         return links, waiting, {m.decode() for m in members}
@@ -134,13 +136,14 @@ class RouterStore:
         self, decision_ids: list[str], pending_for: list[str]
     ) -> tuple[dict[str, DecisionRecord], set[str], dict[str, str]]:
         """The decision records and counted-outcome markers of ``decision_ids`` and the
-        pending outcomes of ``pending_for``: three MGETs, one round trip."""
-        k = self.keys
-        pipe = self.client.pipeline(transaction=False)
-        pipe.mget([k.decision(d) for d in decision_ids] or ["-"])
-        pipe.mget([k.outcome(d) for d in decision_ids] or ["-"])
-        pipe.mget([k.pending(d) for d in pending_for] or ["-"])
-        recs, outs, pend = await pipe.execute()
+        pending outcomes of ``pending_for``: three concurrent MGETs (split per slot on a
+        cluster)."""
+        k, r = self.keys, self.client
+        recs, outs, pend = await asyncio.gather(
+            redis_client.mget(r, [k.decision(d) for d in decision_ids]),
+            redis_client.mget(r, [k.outcome(d) for d in decision_ids]),
+            redis_client.mget(r, [k.pending(d) for d in pending_for]),
+        )
         records = {
             d: DecisionRecord.decode(raw)
             for d, raw in zip(decision_ids, recs, strict=False)

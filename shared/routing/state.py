@@ -1,28 +1,37 @@
 """Redis layout of the router's state, and its readers (the router worker is the one writer).
 
-Keys (``P`` = Redis prefix; tenant, goal and path are percent-encoded, so ``:`` separates):
+Keys (``P`` = Redis prefix; tenant, goal and path are percent-encoded, so ``:`` separates;
+``{r:t:g}`` = the route of tenant t and goal g as a hash tag, so a goal's paths share one
+Redis Cluster slot; ``{~rS}`` / ``{~eS}`` = the shard of a decision id / of a
+``tenant/event id``, ``shared.runtime.redis_client.shard_tag``):
 
-- ``P route:post:{t}:{g}:{p}`` hash — ``s``, ``f``: discounted success / failure sums at
+- ``P route:post:{r:t:g}:{p}`` hash — ``s``, ``f``: discounted success / failure sums at
   reference time ``t`` (ms); ``n``: outcomes counted (raw); ``d``: decisions routed there;
   ``fn``, ``fs``: outcomes and successes (×1e6) of forced or fallback decisions, shown but
   never learned from.
-- ``P route:hours:{t}:{g}:{p}`` / ``route:days:…`` hash — per event-time hour (the last
+- ``P route:hours:{r:t:g}:{p}`` / ``route:days:…`` hash — per event-time hour (the last
   48) and day (the last 31): field ``bucket × 10 + 0`` = successes ×1e6, ``+ 1`` =
   outcomes. They feed the trend (recent 24 h against days 7–30).
-- ``P route:cost:{t}:{g}:{p}`` string — the path's cost and latency as last given.
-- ``P route:goal:{t}:{g}`` set — paths with state; ``P route:goals:{t}`` set — goals.
-- ``P route:dec:{decision id}`` string — tenant, goal, path, forced, decided-at (a TTL).
-- ``P route:out:{decision id}`` — present once the decision's outcome is counted.
-- ``P route:ev:{t}:{event id}`` — decision id and predicted label of a routed prediction,
-  until its label comes.
-- ``P route:lab:{t}:{event id}`` — a label that came before its routed prediction (kept a
-  short while, only for models that carry routed predictions or labels of unknown model).
+- ``P route:cost:{r:t:g}:{p}`` string — the path's cost and latency as last given.
+- ``P route:goal:{r:t:g}`` set — paths with state; ``P route:goals:{t}`` set — goals (no
+  tag: written before the fenced calls).
+- ``P route:dec:{~rS}:{decision id}`` string — tenant, goal, path, forced, decided-at (a TTL).
+- ``P route:out:{~rS}:{decision id}`` — present once the decision's outcome is counted.
+- ``P route:ev:{~eS}:{t}:{event id}`` — decision id and predicted label of a routed
+  prediction, until its label comes.
+- ``P route:lab:{~eS}:{t}:{event id}`` — a label that came before its routed prediction
+  (kept a short while, only for models that carry routed predictions or labels of unknown
+  model).
 - ``P route:models`` set — model version keys that have carried a routed prediction.
-- ``P route:pend:{decision id}`` — an outcome that came before its decision record.
-- ``P route:offsets`` — the offset fence of the router's consumer.
+- ``P route:pend:{~rS}:{decision id}`` — an outcome that came before its decision record.
+- ``P route:offsets`` — the offset fence of the router's consumer (with its in-flight hash
+  and one fence per tag, ``shared.runtime.offset_fence``).
 - ``P route:generation`` — names the router's consumer group; a Redis without it (state
   lost) gets a new one, whose group reads the topics from the beginning: a rebuild.
-"""
+
+Route parts of a batch are applied before the shard parts (whose records the batch read):
+a crash between two shard parts can at worst leave a spent event link in place until its
+TTL, which a later duplicate label finds counted already; no count changes."""
 
 from __future__ import annotations
 
@@ -34,6 +43,7 @@ import numpy as np
 import redis.asyncio as aioredis
 
 from shared.routing.model import Posterior, decay_factor
+from shared.runtime.redis_client import shard_tag, tagged
 
 SEP = "\x1f"
 MICRO = 1_000_000
@@ -53,42 +63,49 @@ def _q(value: str) -> str:
 class RouteKeys:
     prefix: str
 
+    @staticmethod
+    def route(tenant: str, goal: str) -> str:
+        """The hash tag of one goal of one tenant."""
+        return tagged(f"r:{_q(tenant)}:{_q(goal)}")
+
     def post(self, tenant: str, goal: str, path: str) -> str:
-        return f"{self.prefix}route:post:{_q(tenant)}:{_q(goal)}:{_q(path)}"
+        return f"{self.prefix}route:post:{self.route(tenant, goal)}:{_q(path)}"
 
     def hours(self, tenant: str, goal: str, path: str) -> str:
-        return f"{self.prefix}route:hours:{_q(tenant)}:{_q(goal)}:{_q(path)}"
+        return f"{self.prefix}route:hours:{self.route(tenant, goal)}:{_q(path)}"
 
     def days(self, tenant: str, goal: str, path: str) -> str:
-        return f"{self.prefix}route:days:{_q(tenant)}:{_q(goal)}:{_q(path)}"
+        return f"{self.prefix}route:days:{self.route(tenant, goal)}:{_q(path)}"
 
     def cost(self, tenant: str, goal: str, path: str) -> str:
-        return f"{self.prefix}route:cost:{_q(tenant)}:{_q(goal)}:{_q(path)}"
+        return f"{self.prefix}route:cost:{self.route(tenant, goal)}:{_q(path)}"
 
     def goal(self, tenant: str, goal: str) -> str:
-        return f"{self.prefix}route:goal:{_q(tenant)}:{_q(goal)}"
+        return f"{self.prefix}route:goal:{self.route(tenant, goal)}"
 
     def goals(self, tenant: str) -> str:
         return f"{self.prefix}route:goals:{_q(tenant)}"
 
     def decision(self, decision_id: str) -> str:
-        return f"{self.prefix}route:dec:{decision_id}"
+        return f"{self.prefix}route:dec:{shard_tag('r', decision_id)}:{decision_id}"
 
     def outcome(self, decision_id: str) -> str:
-        return f"{self.prefix}route:out:{decision_id}"
+        return f"{self.prefix}route:out:{shard_tag('r', decision_id)}:{decision_id}"
 
     def event(self, tenant: str, event_id: str) -> str:
-        return f"{self.prefix}route:ev:{_q(tenant)}:{event_id}"
+        tag = shard_tag("e", f"{tenant}/{event_id}")
+        return f"{self.prefix}route:ev:{tag}:{_q(tenant)}:{event_id}"
 
     def waiting_label(self, tenant: str, event_id: str) -> str:
-        return f"{self.prefix}route:lab:{_q(tenant)}:{event_id}"
+        tag = shard_tag("e", f"{tenant}/{event_id}")
+        return f"{self.prefix}route:lab:{tag}:{_q(tenant)}:{event_id}"
 
     @property
     def routed_models(self) -> str:
         return f"{self.prefix}route:models"
 
     def pending(self, decision_id: str) -> str:
-        return f"{self.prefix}route:pend:{decision_id}"
+        return f"{self.prefix}route:pend:{shard_tag('r', decision_id)}:{decision_id}"
 
     @property
     def generation(self) -> str:

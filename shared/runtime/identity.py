@@ -7,7 +7,8 @@ three stores of one topic namespace / Redis prefix / database:
 
 - Kafka: the compacted, single-partition ``<ns>.stack`` topic (``StackIdentity``, key
   ``identity``);
-- Redis: the hash ``<prefix>stack:identity``;
+- Redis: the hash ``<prefix>stack:identity``, with ``layout``: the key layout its state was
+  written in (``KEY_LAYOUT``);
 - PostgreSQL: the one row of ``stack_identity``.
 
 A rebuild of a store moves the generation forward in every store that was in step, so a
@@ -15,6 +16,10 @@ store restored from a backup taken before a rebuild shows an older generation. A
 restored from an older snapshot of the same generation shows itself another way: the
 offsets its aggregator and drift fences record are behind the offsets those workers have
 committed in Kafka (a fence always runs ahead of its commit).
+
+A Redis whose ``layout`` is not this version's ``KEY_LAYOUT`` (keys renamed, e.g. hash tags
+for Redis Cluster in layout 2) holds state this version does not read: it is reported as out
+of step and rebuilt from the log like any other, never mixed with the new keys.
 
 :func:`check` compares them and returns one line per store that is out of step, naming the
 store, what it means and the command that repairs it; :func:`require` raises
@@ -31,7 +36,6 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import psycopg
-import redis
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
@@ -43,6 +47,7 @@ from confluent_kafka import (
 
 from shared.contracts.codec import AvroCodec, Decoded
 from shared.contracts.topics import Topics
+from shared.runtime import redis_client
 from shared.runtime.kafka import consumer_config, producer_config
 from shared.settings import Settings
 from shared.windows.drift import DriftKeys
@@ -63,6 +68,9 @@ _NOT_YET = {
     KafkaError.COORDINATOR_NOT_AVAILABLE,
 }
 T = TypeVar("T")
+KEY_LAYOUT = 2
+"""The Redis key layout this version writes and reads: 1 = keys without hash tags, 2 = every
+key of one atomic call in one hash tag (``shared.windows.*``, ``shared.runtime.offset_fence``)."""
 AGGREGATOR_OFFSETS = "agg:offsets"
 """The aggregator's fence hash under the Redis prefix (``services.aggregator.store``)."""
 
@@ -83,6 +91,8 @@ class StoreIdentities:
     postgres: Identity | None
     redis_behind: list[str]
     """Fences (``worker topic:partition``) whose applied offset is behind its committed one."""
+    redis_layout: int | None = KEY_LAYOUT
+    """The key layout Redis holds (None: before layouts were recorded, i.e. layout 1)."""
 
 
 class StackMismatch(RuntimeError):
@@ -161,7 +171,7 @@ def write_kafka(settings: Settings, identity: Identity) -> None:
 
 
 def read_redis(settings: Settings) -> Identity | None:
-    client = redis.Redis.from_url(settings.redis_dsn)
+    client = redis_client.sync_client(settings.redis_dsn)
     try:
         raw = client.hgetall(redis_key(settings))
     finally:
@@ -169,13 +179,24 @@ def read_redis(settings: Settings) -> Identity | None:
     return _parse({_text(k): _text(v) for k, v in raw.items()})
 
 
-def write_redis(settings: Settings, identity: Identity) -> None:
-    client = redis.Redis.from_url(settings.redis_dsn)
+def read_redis_layout(settings: Settings) -> int | None:
+    client = redis_client.sync_client(settings.redis_dsn)
     try:
-        client.hset(
-            redis_key(settings),
-            mapping={"stack_id": identity.stack_id, "generation": str(identity.generation)},
-        )
+        raw = client.hget(redis_key(settings), "layout")
+    finally:
+        client.close()
+    return None if raw is None else int(raw)
+
+
+def write_redis(settings: Settings, identity: Identity, layout: bool = True) -> None:
+    """Write ``identity``, and with ``layout`` this version's key layout (only when the
+    state in Redis was written by this version: a new or rebuilt Redis)."""
+    mapping = {"stack_id": identity.stack_id, "generation": str(identity.generation)}
+    if layout:
+        mapping["layout"] = str(KEY_LAYOUT)
+    client = redis_client.sync_client(settings.redis_dsn)
+    try:
+        client.hset(redis_key(settings), mapping=mapping)
     finally:
         client.close()
 
@@ -211,7 +232,7 @@ def redis_fences_behind(settings: Settings) -> list[str]:
         ),
         "drift": (DriftKeys(settings.redis_prefix).offsets, [topics.predictions]),
     }
-    client = redis.Redis.from_url(settings.redis_dsn)
+    client = redis_client.sync_client(settings.redis_dsn)
     behind: list[str] = []
     try:
         for worker, (key, names) in fences.items():
@@ -248,6 +269,7 @@ def read_all(settings: Settings) -> StoreIdentities:
         redis=read_redis(settings),
         postgres=read_postgres(settings),
         redis_behind=redis_fences_behind(settings),
+        redis_layout=read_redis_layout(settings),
     )
 
 
@@ -312,6 +334,16 @@ def compare(found: StoreIdentities) -> list[str]:
             f"{', …' if len(found.redis_behind) > 3 else ''}), so it was restored from an "
             f"older snapshot and misses events; rebuild it with `{REBUILD_REDIS}`"
         )
+    if (
+        found.redis is not None
+        and found.redis_layout != KEY_LAYOUT
+        and not any(line.startswith("Redis") for line in lines)
+    ):
+        lines.append(
+            f"Redis holds keys of layout {found.redis_layout or 1} while this version reads "
+            f"layout {KEY_LAYOUT} (keys renamed); rebuild it from the log with "
+            f"`{REBUILD_REDIS}`"
+        )
     return lines
 
 
@@ -351,11 +383,12 @@ def advance(settings: Settings, rebuilt: str) -> Identity:
             f"not know its stack; start over with `{RESET}`, or `caliber stack up` for a new stack"
         )
     new = Identity(log.stack_id, log.generation + 1)
-    other_reader, other_writer = (
-        (read_redis, write_redis) if rebuilt == "postgres" else (read_postgres, write_postgres)
-    )
+    other_reader = read_redis if rebuilt == "postgres" else read_postgres
     if other_reader(settings) == log:
-        other_writer(settings, new)
+        if rebuilt == "postgres":
+            write_redis(settings, new, layout=False)  # keeps the layout Redis holds
+        else:
+            write_postgres(settings, new)
     (write_postgres if rebuilt == "postgres" else write_redis)(settings, new)
     write_kafka(settings, new)
     return new

@@ -2,24 +2,51 @@
 
 A worker that consumes with ``Pipeline(transactional=False)`` commits its Kafka offsets
 after its effect; a crash between the two replays the batch. The effect therefore carries
-the offsets it covers: one Lua call checks, per topic:partition, that the stored last
-applied offset is below the batch's first offset, applies every write and stores the
-batch's last offsets, all atomically. A replayed batch finds its offsets covered and
-changes nothing. Messages already covered are also dropped before any work
-(:func:`fresh`), so a replay costs one ``HGETALL``.
+the offsets it covers, and is applied per hash tag so it runs unchanged on Redis Cluster:
 
-The writes are a small, generic set (see :class:`Effect`); the writer's own key layout
-stays in its store module.
+- **Parts.** :meth:`OffsetFence.apply` splits an :class:`Effect` by the hash tag of its
+  keys (``{tenant/model/version}``, a route, a shard ``{~…}``; the layouts live in
+  ``shared.windows.*``). Each part is one Lua call in one slot, with its own fence hash
+  ``<offsets key>:{tag}`` (last applied offset per topic:partition, expiring after
+  ``PART_FENCE_TTL_S``): the call refuses the part when that fence already covers the
+  batch's first offset, else applies every write and stores the batch's last offsets. Every
+  key it touches is passed in KEYS. Parts of model-version (and route) tags go first, shard
+  parts (tags starting with ``~``: per-event join records whose reads decide the other
+  parts' writes) last, so a replay re-reads the same records for every part not yet applied.
+- **Global keys** (no hash tag: the sets of model versions, watermark hashes) take only
+  idempotent writes (``SADD``, ``SET``, ``DEL``, ``EXPIRE``, ``hmax``); they are written
+  before the parts, outside the fence, which is harmless on replay.
+- **Intent and commit.** Before the parts the batch's last offsets go into the hash
+  ``<offsets key>:inflight`` (a maximum per topic:partition), after them into
+  ``<offsets key>`` (the applied offsets, also a maximum). A message is covered only when
+  every tag it wrote is, i.e. when its offset is at most ``<offsets key>``; messages past it
+  are replayed. A crash between parts leaves each part's fence either at or below the
+  applied offsets or at the in-flight ones, never in between: :meth:`OffsetFence.units`
+  therefore replays the messages up to the in-flight offsets as a unit of their own (a part
+  already applied refuses it whole, a part not applied takes it whole) before the rest.
+
+A replay costs two ``HGETALL``; a batch three round trips more than its parts. The writes
+are a small, generic set (see :class:`Effect`); the writer's own key layout stays in its
+store module.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-import redis.asyncio as aioredis
 from confluent_kafka import Message
+
+from shared.runtime.redis_client import hash_tag, tagged
+
+PART_FENCE_TTL_S = 7 * 86_400
+"""How long a part's fence outlives its last write: it only matters until the applied
+offsets pass it, i.e. until the batch is replayed after a crash."""
+SHARD_MARK = "~"
+"""First character of a shard tag (``shared.runtime.redis_client.shard_tag``)."""
 
 _APPLY = """
 local ops = cjson.decode(ARGV[1])
@@ -92,6 +119,17 @@ for _, g in ipairs(ops.ring) do
   end
 end
 for tp, last in pairs(ops.last) do redis.call('HSET', KEYS[1], tp, last) end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+# The maximum of each field: the intent and the applied offsets.
+_MAX = """
+local vals = cjson.decode(ARGV[1])
+for f, v in pairs(vals) do
+  local cur = redis.call('HGET', KEYS[1], f)
+  if (not cur) or tonumber(cur) < v then redis.call('HSET', KEYS[1], f, v) end
+end
 return 1
 """
 
@@ -141,44 +179,154 @@ class Effect:
     the cap raises the overflow field instead. Applied after every write above."""
 
 
-class OffsetFence:
-    """The applied offsets of one consumer (a hash ``offsets_key``) and the fenced write."""
+_OPS = (
+    "incr",
+    "set",
+    "delete",
+    "zadd",
+    "sadd",
+    "rpush",
+    "counts",
+    "hmax",
+    "expire",
+    "hdel_below",
+    "decay",
+    "ring",
+)
+"""Effect fields, in the order the Lua call applies them."""
+_LUA_NAME = {"delete": "del"}
+_GLOBAL_OPS = frozenset({"set", "delete", "sadd", "hmax", "expire"})
+"""Writes allowed on keys without a hash tag: idempotent, so they may go before the fence."""
+_RING_KEYS = (0, 3, 6)
 
-    def __init__(self, client: aioredis.Redis, offsets_key: str) -> None:
+
+def _keys_of(op: str, item: Any) -> list[str]:
+    if op == "delete":
+        return [item]
+    if op == "ring":
+        return [item[i] for i in _RING_KEYS]
+    return [item[0]]
+
+
+def split_effect(effect: Effect) -> dict[str | None, Effect]:
+    """``effect`` by hash tag (None: keys without one). Raises ValueError for a write whose
+    keys do not share one tag, or for a write on a key without a tag that is not idempotent."""
+    parts: dict[str | None, Effect] = {}
+    for op in _OPS:
+        for item in getattr(effect, op):
+            tags = {hash_tag(k) for k in _keys_of(op, item)}
+            if len(tags) != 1:
+                raise ValueError(f"{op} on keys of different hash tags: {item!r}")
+            (tag,) = tags
+            if tag is None and op not in _GLOBAL_OPS:
+                raise ValueError(f"{op} on {_keys_of(op, item)[0]!r}, a key without a hash tag")
+            getattr(parts.setdefault(tag, Effect()), op).append(item)
+    return parts
+
+
+def effect_keys(effect: Effect) -> list[str]:
+    """Every key ``effect`` writes, once each, in a stable order."""
+    out: dict[str, None] = {}
+    for op in _OPS:
+        for item in getattr(effect, op):
+            out.update(dict.fromkeys(_keys_of(op, item)))
+    return list(out)
+
+
+def _offsets(messages: Sequence[Message]) -> tuple[dict[str, int], dict[str, int]]:
+    first: dict[str, int] = {}
+    last: dict[str, int] = {}
+    for m in messages:
+        tp, off = topic_partition(m), int(m.offset() or 0)
+        first[tp] = min(first.get(tp, off), off)
+        last[tp] = max(last.get(tp, off), off)
+    return first, last
+
+
+def _ints(raw: dict[Any, Any]) -> dict[str, int]:
+    return {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}
+
+
+class OffsetFence:
+    """The applied offsets of one consumer (a hash ``offsets_key``) and the fenced write,
+    one part per hash tag."""
+
+    def __init__(self, client: Any, offsets_key: str) -> None:
         self._r = client
         self._key = offsets_key
+        self._inflight = f"{offsets_key}:inflight"
         self._apply = client.register_script(_APPLY)
+        self._max = client.register_script(_MAX)
+
+    def part_key(self, tag: str) -> str:
+        """The fence hash of the parts of ``tag``, in its slot."""
+        return f"{self._key}:{tagged(tag)}"
 
     async def done(self) -> dict[str, int]:
-        raw = await self._r.hgetall(self._key)
-        return {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}
+        """Last offset per topic:partition whose every part is applied."""
+        return _ints(await self._r.hgetall(self._key))
 
-    async def apply(self, messages: Sequence[Message], effect: Effect) -> bool:
-        """Apply ``effect`` for ``messages`` unless a partition's offsets already cover them
-        (then nothing is written and False comes back)."""
-        first: dict[str, int] = {}
-        last: dict[str, int] = {}
+    async def units(self, messages: Sequence[Message]) -> list[list[Message]]:
+        """The messages not yet covered, as the units to process one after the other: those
+        up to the in-flight offsets of a batch a crash interrupted first (the batch as it
+        was), then the rest. Usually one unit; none when everything is covered."""
+        done = await self.done()
+        inflight = _ints(await self._r.hgetall(self._inflight))
+        replay: list[Message] = []
+        rest: list[Message] = []
         for m in messages:
             tp, off = topic_partition(m), int(m.offset() or 0)
-            first[tp] = min(first.get(tp, off), off)
-            last[tp] = max(last.get(tp, off), off)
-        # Tuples encode as JSON arrays as they are: no copies of what can be thousands of writes.
-        ops = {
-            "first": first,
-            "last": last,
-            "incr": [i for i in effect.incr if i[2]],
-            "set": effect.set,
-            "del": effect.delete,
-            "zadd": effect.zadd,
-            "sadd": effect.sadd,
-            "rpush": effect.rpush,
-            "counts": effect.counts,
-            "hmax": effect.hmax,
-            "expire": effect.expire,
-            "hdel_below": effect.hdel_below,
-            "decay": effect.decay,
-            "ring": effect.ring,
-        }
-        # cjson decodes an empty JSON array as an empty table, which ipairs/pairs accept.
-        result = await self._apply(keys=[self._key], args=[json.dumps(ops)])
+            applied = done.get(tp, -1)
+            if off <= applied:
+                continue
+            (replay if off <= inflight.get(tp, -1) else rest).append(m)
+        return [u for u in (replay, rest) if u]
+
+    async def apply(self, messages: Sequence[Message], effect: Effect) -> bool:
+        """Apply ``effect`` for ``messages`` (one unit of :meth:`units`, or part of one, in
+        offset order): each part unless its fence already covers them. False when every
+        part was refused (a replay of an applied batch)."""
+        first, last = _offsets(messages)
+        parts = split_effect(effect)
+        await self._max(keys=[self._inflight], args=[json.dumps(last)])
+        glob = parts.pop(None, None)
+        if glob is not None:
+            await self._global(glob)
+        tags = sorted(t for t in parts if t is not None)
+        results: list[bool] = []
+        for group in (
+            [t for t in tags if not t.startswith(SHARD_MARK)],
+            [t for t in tags if t.startswith(SHARD_MARK)],
+        ):
+            results += await asyncio.gather(*(self._part(t, parts[t], first, last) for t in group))
+        await self._max(keys=[self._key], args=[json.dumps(last)])
+        return not results or any(results)
+
+    async def _global(self, effect: Effect) -> None:
+        pipe = self._r.pipeline(transaction=False)
+        for key, value, ttl in effect.set:
+            pipe.set(key, value, ex=ttl or None)
+        for key in effect.delete:
+            pipe.delete(key)
+        for key, member in effect.sadd:
+            pipe.sadd(key, member)
+        for key, ttl in effect.expire:
+            pipe.expire(key, ttl)
+        await pipe.execute()
+        await asyncio.gather(
+            *(self._max(keys=[k], args=[json.dumps({f: v})]) for k, f, v in effect.hmax)
+        )
+
+    async def _part(
+        self, tag: str, effect: Effect, first: dict[str, int], last: dict[str, int]
+    ) -> bool:
+        ops: dict[str, Any] = {"first": first, "last": last}
+        # Tuples encode as JSON arrays as they are: no copies of what can be thousands of
+        # writes. cjson decodes an empty JSON array as an empty table, which ipairs accepts.
+        for op in _OPS:
+            ops[_LUA_NAME.get(op, op)] = getattr(effect, op)
+        ops["incr"] = [i for i in effect.incr if i[2]]
+        fence = self.part_key(tag)
+        keys = [fence, *effect_keys(effect)]
+        result = await self._apply(keys=keys, args=[json.dumps(ops), PART_FENCE_TTL_S])
         return bool(result)

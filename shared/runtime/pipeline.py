@@ -25,6 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.contracts.codec import AvroCodec
 from shared.contracts.topics import Topics
+from shared.runtime import redis_client
 from shared.runtime.kafka import consumer_config, producer_config, transactional_producer_config
 from shared.runtime.quarantine import CrashRecord, encode_quarantine, fault_injected
 from shared.settings import Settings
@@ -151,7 +152,7 @@ class Pipeline:
             max_workers=2,
         )
         if cfg.quarantine:
-            self._redis = aioredis.Redis.from_url(self._settings.redis_dsn)
+            self._redis = redis_client.async_client(self._settings.redis_dsn)
             self._crashes = CrashRecord(
                 self._redis,
                 self._settings.redis_prefix,

@@ -1,18 +1,21 @@
 """Calibration state in Redis: sufficient statistics per model version and time bucket.
 
-The aggregator is the only writer; the gateway reads. Layout (``P`` = ``<redis_prefix>agg:``):
+The aggregator is the only writer; the gateway reads. Layout (``P`` = ``<redis_prefix>agg:``,
+``{M}`` = the model version key ``tenant/model/version`` as a hash tag, so that every key of
+one model version lives in one Redis Cluster slot; ``KEY_LAYOUT`` in
+``shared.runtime.identity`` names this layout):
 
-- ``P{g}:{model key}:{start}`` — a hash of integer counters for the bucket of granularity
+- ``P{g}:{M}:{start}`` — a hash of integer counters for the bucket of granularity
   ``g`` (``m`` minute, ``h`` hour, ``d`` day) starting at epoch-second ``start``, keyed by
   the PREDICTION's event time. Fields: ``n`` predictions, ``rv`` withheld for review,
   ``L`` labeled, ``c{i}``/``k{i}``/``s{i}`` count, correct and confidence sum of reliability
   bin i, ``B`` Brier sum, ``N``/``Nn`` NLL sum and count, ``C{i}|{class}``/``P{i}|{class}``/
   ``H{i}|{class}`` one-vs-rest bins per class, ``dl{k}`` label-delay histogram.
-- ``P{g}f:{model key}:{start}`` — the same bucket's fine histogram for risk–coverage:
+- ``P{g}f:{M}:{start}`` — the same bucket's fine histogram for risk–coverage:
   ``h{j}``/``e{j}`` count and errors of fine cell j (sparse; the curve needs nothing else;
   ``f{j}``, a confidence sum, is read where an older aggregator wrote it). Kept apart so a
   calibration answer never reads its thousands of fields.
-- ``P{g}q:{model key}:{start}`` — a histogram of labeled predictions binned on their
+- ``P{g}q:{M}:{start}`` — a histogram of labeled predictions binned on their
   CALIBRATED confidence (the one the policy compares with its threshold), in
   ``CALIBRATED_BINS`` = 100 cells of 0.01 plus one for 1.0: ``h{j}``/``e{j}`` as above. The
   threshold advice reads it (``shared.estimation.risk_threshold``, whose candidate
@@ -23,13 +26,19 @@ The aggregator is the only writer; the gateway reads. Layout (``P`` = ``<redis_p
   the label joins) ``Ln``/``Lc``/``Lv`` and ``Lk`` correct, auto-accepted labeled
   ``Lan``/``Lac``/``Lav``/``Lak``.
   Sums are fixed point, integer units of 1e-9, so merges and replays are exact.
-- ``Pidx:{model key}`` — sorted set of the minute buckets that exist (for time series).
-- ``Pmodels`` — set of model keys seen.
-- ``Ppred:{tenant}/{event id}`` — what a later label needs of an unlabeled prediction (TTL = label
-  horizon); ``Ppending:{tenant}/{event id}`` — a label that came before its prediction.
-- ``Punlabeled-slots:{model key}`` — hash: arrival slot start → predictions stored in it
+- ``Pidx:{M}`` — sorted set of the minute buckets that exist (for time series).
+- ``Pmodels`` — set of model keys seen (no tag: written before the fenced calls).
+- ``Ppred:{~jS}:{tenant}/{event id}`` — what a later label needs of an unlabeled prediction
+  (TTL = label horizon); ``Ppending:{~jS}:{tenant}/{event id}`` — a label that came before
+  its prediction. ``S`` is the join shard of ``tenant/event id``
+  (``shared.runtime.redis_client.shard_tag``, ``JOIN_SHARDS`` of them).
+- ``Punlabeled-slots:{M}`` — hash: arrival slot start → predictions stored in it
   still unlabeled (``labels_pending``); slots whose join records have expired are dropped.
-- ``Poffsets`` — last applied offset per topic:partition (effectively-once).
+- ``Palert:{M}:{metric}``, ``Palert:baseline:{M}``, ``Palert:estimate-reference:{M}``,
+  ``Palert:history:{M}`` — the evaluator's alert state (:func:`alert_key`).
+- ``Poffsets`` — last applied offset per topic:partition (effectively-once), with
+  ``Poffsets:inflight`` and one fence per tag ``Poffsets:{M}`` / ``Poffsets:{~jS}``
+  (``shared.runtime.offset_fence``).
 
 A window is summed inside Redis (one Lua call, exact integer sums) from at most a few
 dozen hashes: the 7-day window takes whole days from the day buckets and only its ragged
@@ -56,6 +65,7 @@ from shared.metrics.calibration import (
     reliability_bins,
 )
 from shared.metrics.selective import ConfidenceHistogram, RiskCoverage
+from shared.runtime.redis_client import shard_tag, tagged
 from shared.windows.names import ALL_TIME, WINDOW_SECONDS
 
 SCALE = 1_000_000_000
@@ -297,7 +307,7 @@ class WindowReader:
     def key(self, granularity: str, model: str, start: int, fine: bool | str = False) -> str:
         """``fine``: True (or "f") for the fine histogram, "q" for the calibrated one."""
         suffix = "f" if fine is True else fine or ""
-        return f"{self._p}{granularity}{suffix}:{model}:{start}"
+        return bucket_key(self._p, granularity, model, start, suffix)
 
     def window_keys(
         self, model: str, window: str, now_s: int | None = None, fine: bool | str = False
@@ -427,7 +437,31 @@ def pending_slot_seconds(horizon_s: int) -> int:
 def unlabeled_key(agg_prefix: str, model: str) -> str:
     """Hash of unlabeled predictions per arrival slot start (epoch s) of one model version;
     ``agg_prefix`` is ``<redis_prefix>agg:``."""
-    return f"{agg_prefix}unlabeled-slots:{model}"
+    return f"{agg_prefix}unlabeled-slots:{tagged(model)}"
+
+
+def bucket_key(agg_prefix: str, granularity: str, model: str, start: int, suffix: str = "") -> str:
+    """A bucket hash of ``model``: ``suffix`` "" main, "f" fine, "q" calibrated."""
+    return f"{agg_prefix}{granularity}{suffix}:{tagged(model)}:{start}"
+
+
+def index_key(agg_prefix: str, model: str) -> str:
+    """Sorted set of the minute buckets of ``model`` that exist."""
+    return f"{agg_prefix}idx:{tagged(model)}"
+
+
+def join_key(agg_prefix: str, kind: str, tenant: str, event_id: str) -> str:
+    """A join record (``kind`` ``pred`` or ``pending``) of one event, in its join shard."""
+    scoped = f"{tenant}/{event_id}"
+    return f"{agg_prefix}{kind}:{shard_tag('j', scoped)}:{scoped}"
+
+
+def alert_key(agg_prefix: str, model: str, name: str, kind: str = "") -> str:
+    """Alert state of ``model``: ``kind`` "" the state of metric ``name``; "baseline",
+    "estimate-reference" or "history" (``name`` unused) the evaluator's references."""
+    if kind:
+        return f"{agg_prefix}alert:{kind}:{tagged(model)}"
+    return f"{agg_prefix}alert:{tagged(model)}:{name}"
 
 
 def _window(window: str) -> tuple[str, int]:

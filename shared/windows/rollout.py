@@ -5,7 +5,8 @@ While a candidate calibrator runs beside a model version's active map (shadow or
 (model version, candidate version), of sufficient statistics only, so its size does not
 grow with traffic (at most about 740 integer fields, 44 KB measured, whatever the count):
 
-``{prefix}agg:rollout:{model key}:{candidate version}`` (TTL ``ROLLOUT_TTL_S``, renewed on
+``{prefix}agg:rollout:{M}:{candidate version}`` (``{M}`` the model version key as a hash
+tag: the slot of the model version's other state; TTL ``ROLLOUT_TTL_S``, renewed on
 every write). Fields, integers; sums in fixed point (``SCALE`` = 1e9):
 
 - at decision time, per event with a candidate beside it: ``n`` events, ``ra``/``rc``
@@ -44,6 +45,7 @@ from shared.metrics.calibration import (
 )
 from shared.metrics.selective import ConfidenceHistogram
 from shared.recalibration.sequential import PairedSums
+from shared.runtime.redis_client import tagged
 
 SCALE = 1_000_000_000
 BINS = 10
@@ -57,7 +59,7 @@ Fields = dict[str, int]
 
 
 def rollout_key(redis_prefix: str, model: str, candidate: str) -> str:
-    return f"{redis_prefix}agg:rollout:{model}:{candidate}"
+    return f"{redis_prefix}agg:rollout:{tagged(model)}:{candidate}"
 
 
 def _fx(x: float) -> int:

@@ -1,9 +1,11 @@
 """The Redis layout of per-segment calibration state (written by the aggregator only).
 
-Keys, all under ``<prefix>agg:seg:`` (``{model}`` = the model version key, ``{segment}`` =
-``<segment key>=<value>``):
+Keys, all under ``<prefix>agg:seg:`` (``{model}`` = the model version key as a hash tag,
+so a model version's segment state shares the slot of its calibration state;
+``{segment}`` = ``<segment key>=<value>``):
 
-- ``models``: set of model version keys that have segment state;
+- ``models``: set of model version keys that have segment state (no tag: written before
+  the fenced call);
 - ``members:{model}|{segment key}``: set of the model version's segments under one segment
   key, at most the cap (``CALIBER_SEGMENT_MAX_PER_VERSION``); a segment beyond it gets no
   state and falls back (per key, so naming another key starts a new set);
@@ -14,7 +16,7 @@ Keys, all under ``<prefix>agg:seg:`` (``{model}`` = the model version key, ``{se
   (:func:`shared.recalibration.segments.encode_pair`), oldest first;
 - ``fit:{model}``: hash segment → the labeled count its last refit saw.
 
-The first four change only inside the aggregator's fenced Lua call (with its offsets), so a
+All but ``models`` change only inside the aggregator's fenced Lua call (with its offsets), so a
 replayed batch counts nothing twice; ``fit`` is the refit loop's bookmark. Every key expires
 after ``SEGMENT_TTL_SECONDS`` without a labeled event.
 """
@@ -24,6 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+
+from shared.runtime.redis_client import tagged
 
 SEGMENT_TTL_SECONDS = 30 * 86_400
 OVERFLOW = "overflow"
@@ -49,16 +53,16 @@ class SegmentLayout:
         return f"{self.base}models"
 
     def members(self, model: str, segment_key: str) -> str:
-        return f"{self.base}members:{model}|{segment_key}"
+        return f"{self.base}members:{tagged(model)}|{segment_key}"
 
     def counts(self, model: str) -> str:
-        return f"{self.base}n:{model}"
+        return f"{self.base}n:{tagged(model)}"
 
     def ring(self, model: str, segment: str) -> str:
-        return f"{self.base}ring:{model}:{segment}"
+        return f"{self.base}ring:{tagged(model)}:{segment}"
 
     def fits(self, model: str) -> str:
-        return f"{self.base}fit:{model}"
+        return f"{self.base}fit:{tagged(model)}"
 
 
 class SegmentState:

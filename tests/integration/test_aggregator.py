@@ -12,7 +12,6 @@ import httpx
 import numpy as np
 import psycopg
 import pytest
-import redis
 import redis.asyncio as aioredis
 
 from shared.contracts.codec import AvroCodec
@@ -27,6 +26,7 @@ from shared.metrics.calibration import (
 )
 from shared.metrics.reliability import ReliabilityBin
 from shared.metrics.selective import RiskCoverage, risk_coverage
+from shared.runtime import redis_client
 from shared.runtime.kafka import make_producer
 from shared.settings import Settings
 from shared.windows.calibration import GRANULARITY, WINDOWS, Totals, WindowReader
@@ -41,7 +41,7 @@ def totals(settings: Settings, model: str, window: str, fine: bool = False) -> T
     """The window's counters (with ``fine``, its fine confidence histogram)."""
 
     async def go() -> Totals:
-        client = aioredis.Redis.from_url(settings.redis_dsn)
+        client = redis_client.async_client(settings.redis_dsn)
         try:
             reader = WindowReader(client, settings.redis_prefix)
             return await reader.totals(model, window, fine=fine)
@@ -222,7 +222,7 @@ def test_windows_equal_the_pure_functions(aggregator: Settings, tmp_path: Path) 
 
 def bucket_hashes(settings: Settings, model: str) -> dict[str, dict[str, int]]:
     """Every bucket hash of ``model`` (main and fine, every granularity), key → fields."""
-    client = redis.Redis.from_url(settings.redis_dsn, decode_responses=True)
+    client = redis_client.sync_client(settings.redis_dsn, decode_responses=True)
     try:
         keys = list(client.scan_iter(match=f"{settings.redis_prefix}agg:*:{model}:*"))
         return {str(k): {str(f): int(v) for f, v in client.hgetall(k).items()} for k in keys}

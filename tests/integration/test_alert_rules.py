@@ -9,12 +9,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 
 from services.aggregator.alerts import CONTROL_MIN_HISTORY, AlertState
 from services.aggregator.evaluate import Evaluator
 from services.aggregator.settings import AggregatorSettings
 from shared.contracts.codec import AvroCodec
+from shared.runtime import redis_client
 from shared.runtime.kafka import make_producer
 from shared.settings import Settings
 from shared.windows.calibration import Calibration, WindowReader
@@ -33,7 +33,7 @@ class Rounds:
     def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.model = f"default/rules-{uuid.uuid4().hex[:8]}/v1"
-        self.client = aioredis.Redis.from_url(settings.redis_dsn)
+        self.client = redis_client.async_client(settings.redis_dsn)
         agg = AggregatorSettings(
             **settings.model_dump(),
             ece_slo=0.05,

@@ -21,6 +21,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
+from shared.runtime import redis_client
 from shared.settings import Settings
 from tests.integration.browser import headless_chromium
 from tests.integration.conftest import start_service
@@ -379,7 +380,6 @@ def _seed_rollout(env: Env, model_id: int) -> str:
     import hashlib
 
     import numpy as np
-    import redis
 
     from shared.recalibration.artifact import artifact_version, canonical, make_artifact
     from shared.windows.rollout import decision_fields, label_fields, rollout_key
@@ -425,7 +425,7 @@ def _seed_rollout(env: Env, model_id: int) -> str:
     canary = rng.random(n) < 0.3
     fields = label_fields(active, candidate, correct, canary)
     fields.update(decision_fields(active < 0.6, candidate < 0.6, canary, active < 0.6))
-    client = redis.Redis.from_url(env.settings.redis_dsn)
+    client = redis_client.sync_client(env.settings.redis_dsn)
     try:
         key = rollout_key(env.settings.redis_prefix, "acme/triage/v1", version)
         client.hset(key, mapping=fields)  # type: ignore[arg-type]

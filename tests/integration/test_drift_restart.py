@@ -18,6 +18,7 @@ import redis
 from services.drift.reference import build_from_chunks, chunk
 from shared.contracts.codec import AvroCodec
 from shared.contracts.topics import Topics
+from shared.runtime import redis_client
 from shared.runtime.kafka import make_producer
 from shared.settings import Settings
 from shared.windows.drift import DriftKeys
@@ -56,7 +57,7 @@ def test_two_kills_leave_exact_counts(isolated_settings: Settings, tmp_path: Pat
         send(producer, topics.predictions, codec, cols)
     producer.flush(30)
     model = sent[0].key
-    client = redis.Redis.from_url(settings.redis_dsn, socket_timeout=30)
+    client = redis_client.sync_client(settings.redis_dsn, socket_timeout=30)
     keys = DriftKeys(settings.redis_prefix)
     log = tmp_path / "drift.log"
     try:

@@ -12,13 +12,13 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import redis
 
 from shared.contracts.codec import AvroCodec
 from shared.contracts.topics import Topics
 from shared.estimation.cbpe import DEFAULT_Z, realised_from_arrays
 from shared.estimation.risk_threshold import advise
 from shared.metrics.selective import ConfidenceHistogram
+from shared.runtime import redis_client
 from shared.settings import Settings
 from shared.windows.calibration import Totals
 from simulator.generator import Generated, ModelSpec, generate
@@ -221,7 +221,7 @@ def test_covariate_shift_alerts_before_any_label_of_the_shifted_period(env: Env)
         send_decisions_and_labels(settings, first, label_rows=pre_labels)
         wait_totals(settings, key, lambda t: t.get("En") >= half and t.get("Ln") >= len(pre_labels))
         ref_key = f"{settings.redis_prefix}agg:alert:estimate-reference:{key}"
-        r = redis.Redis.from_url(settings.redis_dsn)
+        r = redis_client.sync_client(settings.redis_dsn)
         deadline = time.monotonic() + 30
         while not r.exists(ref_key) and time.monotonic() < deadline:
             time.sleep(0.3)

@@ -13,7 +13,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import pytest
-import redis.asyncio as aioredis
 from confluent_kafka import Message
 
 from services.router.processing import RouterProcessor
@@ -21,6 +20,7 @@ from services.router.store import RouterStore
 from shared.contracts.codec import AvroCodec
 from shared.contracts.topics import Topics
 from shared.routing.state import HOUR_MS, ROUTE_DECISION_KEY, RouteKeys
+from shared.runtime import redis_client
 from shared.settings import Settings
 
 CODEC = AvroCodec()
@@ -58,7 +58,7 @@ class Parts:
 
     @asynccontextmanager
     async def processor(self) -> AsyncIterator[RouterProcessor]:
-        client = aioredis.Redis.from_url(self.dsn)
+        client = redis_client.async_client(self.dsn)
         try:
             yield RouterProcessor(
                 self.feed.topics,
@@ -85,7 +85,7 @@ async def _with(parts: Parts, body: Callable[[RouterProcessor], Awaitable[None]]
 
 
 async def _post(dsn: str, keys: RouteKeys, path: str = "a") -> dict[str, float]:
-    client = aioredis.Redis.from_url(dsn)
+    client = redis_client.async_client(dsn)
     try:
         raw = await client.hgetall(keys.post("acme", "g", path))
     finally:

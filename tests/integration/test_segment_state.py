@@ -8,10 +8,10 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-import redis.asyncio as aioredis
 
 from services.aggregator.counters import new_increments
 from services.aggregator.store import AggregatorStore
+from shared.runtime import redis_client
 from shared.settings import Settings
 from shared.windows.segments import OVERFLOW, SegmentState
 from tooling.benchmarking import delete_redis_prefix
@@ -51,7 +51,7 @@ async def _apply(store: AggregatorStore, offset: int, windows: Windows) -> bool:
 
 def test_windows_keep_the_last_w_count_once_and_cap_segments(settings: Settings) -> None:
     async def go() -> None:
-        client = aioredis.Redis.from_url(settings.redis_dsn)
+        client = redis_client.async_client(settings.redis_dsn)
         try:
             store = AggregatorStore(client, settings.redis_prefix, 3600, segment_window=5,
                                     segment_cap=2)  # fmt: skip

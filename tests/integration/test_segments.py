@@ -35,6 +35,7 @@ from shared.contracts.topics import Topics
 from shared.metrics.calibration import ece_from_arrays
 from shared.recalibration.maps import from_registry
 from shared.recalibration.segments import ClippedMap, SegmentFitOptions, encode_pair, fit_segment
+from shared.runtime import redis_client
 from shared.runtime.kafka import make_producer
 from shared.settings import Settings
 from shared.windows.segments import SegmentLayout
@@ -298,7 +299,7 @@ def test_segments_refit_and_beat_one_global_map(env: Any) -> None:
     rng = np.random.default_rng(16)
     first = make_events(rng, {"tennis": 600, "golf": 600, "chess": 5})
     later = make_events(rng, {"tennis": 2000, "golf": 2000})
-    r = redis.Redis.from_url(settings.redis_dsn)
+    r = redis_client.sync_client(settings.redis_dsn)
     lay = SegmentLayout(settings.redis_prefix)
     with running_service("policy", settings, logs / "policy.log") as policy:
         # The aggregator is killed once mid-run, while the second half is on its way (a

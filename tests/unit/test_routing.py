@@ -145,9 +145,9 @@ def test_effect_builder_folds_outcomes_of_a_path_into_one_decayed_add() -> None:
     e = b.build()
     ((key, half, t, s, f),) = e.decay
     # 1 at t = 1 h decays to 0.5 at 2 h; then + 0.25 success and + 0.75 failure.
-    assert (key, half, t) == ("p:route:post:acme:goal:a", h, int(2 * h))
+    assert (key, half, t) == ("p:route:post:{r:acme:goal}:a", h, int(2 * h))
     assert (s, f) == pytest.approx((0.75, 0.75))
-    post_incr = dict((k, v) for k, _, v in e.incr)["p:route:post:acme:goal:a"]
+    post_incr = dict((k, v) for k, _, v in e.incr)["p:route:post:{r:acme:goal}:a"]
     assert post_incr == {"n": 2, "fn": 1, "fs": 1_000_000}
 
 

@@ -54,9 +54,9 @@ async def test_short_windows_are_their_own_buckets(reader: WindowReader) -> None
     assert reader.summed_keys("t/m/v", "1h", now) == reader.window_keys("t/m/v", "1h", now)
     keys = reader.summed_keys("t/m/v", "24h", now)
     assert len(keys) == 24 and all(":h:" in k for k in keys)
-    assert keys[0] == f"p:agg:h:t/m/v:{now // HOUR * HOUR}"
+    assert keys[0] == f"p:agg:h:{{t/m/v}}:{now // HOUR * HOUR}"
     fine = reader.summed_keys("t/m/v", "5m", now, fine=True)
-    assert fine[0] == f"p:agg:mf:t/m/v:{now // 60 * 60}" and len(fine) == 5
+    assert fine[0] == f"p:agg:mf:{{t/m/v}}:{now // 60 * 60}" and len(fine) == 5
 
 
 async def test_an_unknown_window_names_the_choices(reader: WindowReader) -> None:
