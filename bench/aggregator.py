@@ -38,6 +38,7 @@ from shared.contracts.codec import AvroCodec
 from shared.contracts.topics import Topics
 from shared.runtime import redis_client
 from shared.runtime.kafka import make_producer
+from shared.runtime.redis_client import tagged
 from shared.settings import Settings
 from shared.windows.calibration import GRANULARITY, RETENTION_S
 from simulator.generator import Generated, ModelSpec, generate
@@ -114,10 +115,11 @@ def fill_week(client: redis.Redis, prefix: str, model: str) -> int:
     hour, day = GRANULARITY["h"], GRANULARITY["d"]
     starts: set[int] = set()
     for suffix in ("", "f", "q"):
-        for src in list(client.scan_iter(match=f"{prefix}agg:h{suffix}:{model}:*", count=1000)):
+        pattern = f"{prefix}agg:h{suffix}:{tagged(model)}:*"
+        for src in list(client.scan_iter(match=pattern, count=1000)):
             start = int(src.decode().rsplit(":", 1)[1])
             for k in range(1, 7):
-                dst = f"{prefix}agg:h{suffix}:{model}:{start - k * day}"
+                dst = f"{prefix}agg:h{suffix}:{tagged(model)}:{start - k * day}"
                 copied = int(client.copy(src, dst, replace=True))
                 made += copied if suffix == "" else 0
                 client.expire(dst, RETENTION_S["h"])
@@ -127,12 +129,12 @@ def fill_week(client: redis.Redis, prefix: str, model: str) -> int:
         for suffix in ("", "f", "q"):
             pipe = client.pipeline(transaction=False)
             for h in range(d, d + day, hour):
-                pipe.hgetall(f"{prefix}agg:h{suffix}:{model}:{h}")
+                pipe.hgetall(f"{prefix}agg:h{suffix}:{tagged(model)}:{h}")
             summed: dict[str | bytes | bytearray | memoryview | int | float, int] = {}
             for fields in pipe.execute():
                 for f, v in fields.items():
                     summed[f] = summed.get(f, 0) + int(v)
-            dst = f"{prefix}agg:d{suffix}:{model}:{d}"
+            dst = f"{prefix}agg:d{suffix}:{tagged(model)}:{d}"
             client.delete(dst)
             if summed:
                 client.hset(dst, mapping=summed)
@@ -198,7 +200,7 @@ def wait_labeled(
     """(labeled events counted, seconds from the first counted batch to the last)."""
     model, n = gen.predictions.key, len(gen.predictions)
     days = np.unique((gen.predictions.event_time_ms // 1000) // GRANULARITY["d"]) * GRANULARITY["d"]
-    keys = [f"{prefix}agg:d:{model}:{d}" for d in days.tolist()]
+    keys = [f"{prefix}agg:d:{tagged(model)}:{d}" for d in days.tolist()]
     started = time.monotonic()
     first, at_first, done = None, 0, 0
     while time.monotonic() - started < timeout:
@@ -289,7 +291,7 @@ def main(
     total = hour_day = 0
     for g in GRANULARITY:
         for suffix, what in (("", "counters"), ("f", "fine histogram"), ("q", "calibrated fine")):
-            n, size = memory(client, f"{prefix}agg:{g}{suffix}:{model}:*")
+            n, size = memory(client, f"{prefix}agg:{g}{suffix}:{tagged(model)}:*")
             total += size
             hour_day += size if g != "m" else 0
             print(

@@ -28,8 +28,9 @@ from shared.metrics.reliability import ReliabilityBin
 from shared.metrics.selective import RiskCoverage, risk_coverage
 from shared.runtime import redis_client
 from shared.runtime.kafka import make_producer
+from shared.runtime.redis_client import tagged
 from shared.settings import Settings
-from shared.windows.calibration import GRANULARITY, WINDOWS, Totals, WindowReader
+from shared.windows.calibration import GRANULARITY, WINDOWS, Totals, WindowReader, bucket_key
 from simulator.generator import Generated, ModelSpec, generate
 from tests.integration.aggregator_io import send_decisions_and_labels
 from tests.integration.conftest import running_service, start_service
@@ -224,7 +225,7 @@ def bucket_hashes(settings: Settings, model: str) -> dict[str, dict[str, int]]:
     """Every bucket hash of ``model`` (main and fine, every granularity), key → fields."""
     client = redis_client.sync_client(settings.redis_dsn, decode_responses=True)
     try:
-        keys = list(client.scan_iter(match=f"{settings.redis_prefix}agg:*:{model}:*"))
+        keys = list(client.scan_iter(match=f"{settings.redis_prefix}agg:*:{tagged(model)}:*"))
         return {str(k): {str(f): int(v) for f, v in client.hgetall(k).items()} for k in keys}
     finally:
         client.close()
@@ -258,10 +259,10 @@ def test_late_labels_land_in_their_predictions_bucket(aggregator: Settings) -> N
     for granularity, size in GRANULARITY.items():
         starts, counts = np.unique(event_s // size * size, return_counts=True)
         for start, count in zip(starts.tolist(), counts.tolist(), strict=True):
-            key = f"{prefix}{granularity}:{model}:{start}"
+            key = bucket_key(prefix, granularity, model, start)
             assert after[key]["L"] - before[key].get("L", 0) == count, key
             assert after[key]["n"] == before[key]["n"] == count, key  # predictions unchanged
-            fine = after[f"{prefix}{granularity}f:{model}:{start}"]
+            fine = after[bucket_key(prefix, granularity, model, start, "f")]
             assert sum(v for f, v in fine.items() if f[0] == "h") == count, key
         assert len([k for k in after if k.startswith(f"{prefix}{granularity}:")]) == len(starts)
         assert len([k for k in after if k.startswith(f"{prefix}{granularity}f:")]) == len(starts)

@@ -20,7 +20,7 @@ from shared.estimation.risk_threshold import advise
 from shared.metrics.selective import ConfidenceHistogram
 from shared.runtime import redis_client
 from shared.settings import Settings
-from shared.windows.calibration import Totals
+from shared.windows.calibration import Totals, alert_key
 from simulator.generator import Generated, ModelSpec, generate
 from tests.integration.aggregator_io import send_decisions_and_labels
 from tests.integration.conftest import running_service
@@ -220,7 +220,7 @@ def test_covariate_shift_alerts_before_any_label_of_the_shifted_period(env: Env)
         )
         send_decisions_and_labels(settings, first, label_rows=pre_labels)
         wait_totals(settings, key, lambda t: t.get("En") >= half and t.get("Ln") >= len(pre_labels))
-        ref_key = f"{settings.redis_prefix}agg:alert:estimate-reference:{key}"
+        ref_key = alert_key(f"{settings.redis_prefix}agg:", key, "", "estimate-reference")
         r = redis_client.sync_client(settings.redis_dsn)
         deadline = time.monotonic() + 30
         while not r.exists(ref_key) and time.monotonic() < deadline:
