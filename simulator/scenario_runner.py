@@ -15,6 +15,7 @@ from shared.contracts.codec import AvroCodec
 from shared.contracts.topics import Topics
 from shared.runtime import redis_client
 from shared.runtime.kafka import make_producer
+from shared.runtime.redis_client import shard_tag
 from shared.settings import Settings
 from simulator.gateway_client import GatewayClient
 from simulator.producer import produce
@@ -184,8 +185,13 @@ def likely_causes(
         for p, o in differing:
             cols = p.generated.predictions
             ids = cols.event_ids[:sample]
-            keys = [f"{settings.redis_prefix}ingest:seen:{cols.tenant}/{e}" for e in ids]
-            known = sum(1 for v in client.mget(keys) if v is not None) if keys else 0
+            # the dedupe claims' layout (services.ingest.dedupe), one shard tag per id
+            scoped = [f"{cols.tenant}/{e}" for e in ids]
+            keys = [f"{settings.redis_prefix}ingest:seen:{shard_tag('d', s)}:{s}" for s in scoped]
+            pipe = client.pipeline(transaction=False)
+            for k in keys:
+                pipe.get(k)
+            known = sum(1 for v in pipe.execute() if v is not None) if keys else 0
             missing = o.expected.events - o.measured.events
             if keys and known == len(keys):
                 causes.append(
