@@ -14,8 +14,8 @@ the offsets it covers, and is applied per hash tag so it runs unchanged on Redis
   parts (tags starting with ``~``: per-event join records whose reads decide the other
   parts' writes) last, so a replay re-reads the same records for every part not yet applied.
 - **Global keys** (no hash tag: the sets of model versions, watermark hashes) take only
-  idempotent writes (``SADD``, ``SET``, ``DEL``, ``EXPIRE``, ``hmax``); they are written
-  before the parts, outside the fence, which is harmless on replay.
+  idempotent, order-free writes (``SADD``, ``hmax``, ``EXPIRE``); they are written before
+  the parts, outside the fence, which is harmless on replay.
 - **Intent and commit.** Before the parts the batch's last offsets go into the hash
   ``<offsets key>:inflight`` (a maximum per topic:partition), after them into
   ``<offsets key>`` (the applied offsets, also a maximum). A message is covered only when
@@ -25,7 +25,8 @@ the offsets it covers, and is applied per hash tag so it runs unchanged on Redis
   therefore replays the messages up to the in-flight offsets as a unit of their own (a part
   already applied refuses it whole, a part not applied takes it whole) before the rest.
 
-A replay costs two ``HGETALL``; a batch three round trips more than its parts. The writes
+A batch reads the two hashes (one pipelined round trip) and writes two round trips more
+than its parts (plus one for global keys, when it has them). The writes
 are a small, generic set (see :class:`Effect`); the writer's own key layout stays in its
 store module.
 """
@@ -195,8 +196,9 @@ _OPS = (
 )
 """Effect fields, in the order the Lua call applies them."""
 _LUA_NAME = {"delete": "del"}
-_GLOBAL_OPS = frozenset({"set", "delete", "sadd", "hmax", "expire"})
-"""Writes allowed on keys without a hash tag: idempotent, so they may go before the fence."""
+_GLOBAL_OPS = frozenset({"sadd", "hmax", "expire"})
+"""Writes allowed on keys without a hash tag: idempotent and independent of their order, so
+they may go before the fence and again on a replay."""
 _RING_KEYS = (0, 3, 6)
 
 
@@ -270,8 +272,10 @@ class OffsetFence:
         """The messages not yet covered, as the units to process one after the other: those
         up to the in-flight offsets of a batch a crash interrupted first (the batch as it
         was), then the rest. Usually one unit; none when everything is covered."""
-        done = await self.done()
-        inflight = _ints(await self._r.hgetall(self._inflight))
+        pipe = self._r.pipeline(transaction=False)
+        pipe.hgetall(self._key)
+        pipe.hgetall(self._inflight)
+        done, inflight = (_ints(raw) for raw in await pipe.execute())
         replay: list[Message] = []
         rest: list[Message] = []
         for m in messages:
@@ -304,10 +308,6 @@ class OffsetFence:
 
     async def _global(self, effect: Effect) -> None:
         pipe = self._r.pipeline(transaction=False)
-        for key, value, ttl in effect.set:
-            pipe.set(key, value, ex=ttl or None)
-        for key in effect.delete:
-            pipe.delete(key)
         for key, member in effect.sadd:
             pipe.sadd(key, member)
         for key, ttl in effect.expire:
