@@ -54,6 +54,17 @@ class PipelineHooks(Protocol):
     # Optional: ``quarantined(topic)``, called once per message set aside.
 
 
+class RebalanceListener(Protocol):
+    """Told of every change of the pipeline consumer's assignment (cooperative-sticky: only
+    the partitions that move), on the event loop; Kafka completes the change once the call
+    returns, so a listener can finish work on a partition before it is released
+    (:class:`shared.runtime.ownership.Ownership`)."""
+
+    async def assigned(self, partitions: list[TopicPartition]) -> None: ...
+
+    async def revoked(self, partitions: list[TopicPartition]) -> None: ...
+
+
 @dataclass(slots=True)
 class PipelineConfig:
     group_id: str
@@ -109,8 +120,10 @@ class Pipeline:
         config: PipelineConfig,
         process: Process,
         hooks: PipelineHooks | None = None,
+        listener: RebalanceListener | None = None,
     ) -> None:
         self._settings = settings
+        self._listener = listener
         self._config = config
         self._process = process
         self._hooks = hooks
@@ -162,9 +175,18 @@ class Pipeline:
 
         async def on_assign(consumer: object, partitions: list[TopicPartition]) -> None:
             logger.info("assigned %s", [(p.topic, p.partition) for p in partitions])
+            if self._listener is not None:
+                await self._listener.assigned(partitions)
             self.ready.set()
 
-        await self._consumer.subscribe(cfg.topics, on_assign=on_assign)
+        async def on_revoke(consumer: object, partitions: list[TopicPartition]) -> None:
+            logger.info("revoked %s", [(p.topic, p.partition) for p in partitions])
+            if self._listener is not None:
+                await self._listener.revoked(partitions)
+
+        await self._consumer.subscribe(
+            cfg.topics, on_assign=on_assign, on_revoke=on_revoke, on_lost=on_revoke
+        )
         last_lag = 0.0
         try:
             while not self._stopping.is_set():
