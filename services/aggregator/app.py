@@ -80,6 +80,9 @@ def build_app(settings: AggregatorSettings) -> faust.App:
             settings,
             PipelineConfig(
                 group_id=group,
+                # Both topics' partition p on one replica: a fair share of model versions
+                # to own (docs/architecture.md, "Replicas and ownership").
+                assignment="range",
                 topics=[topics.decisions, topics.labels],
                 transactional=False,
                 max_messages=settings.aggregator_max_messages,

@@ -87,6 +87,12 @@ class PipelineConfig:
     ``Settings.quarantine_after_crashes`` of them (see :mod:`shared.runtime.quarantine`)."""
     service: str = ""
     """Name in dead letters and fault injection; default: the group id's last part."""
+    assignment: str = "cooperative-sticky"
+    """librdkafka's ``partition.assignment.strategy``. ``range`` gives each replica the same
+    partition numbers of every topic (the topics have one partition count): a worker that
+    reads two topics keyed by model version and owns model versions by partition
+    (:mod:`shared.runtime.ownership`) then owns a fair share, where cooperative-sticky
+    balances only the total and may give one replica every partition of one topic."""
     max_poll_interval_ms: int = 300_000
     """Longest an iteration may take before Kafka takes the partitions away from the worker
     (librdkafka's ``max.poll.interval.ms``; its default here)."""
@@ -159,7 +165,12 @@ class Pipeline:
             self._producer = Producer(producer_config(self._settings))
         self._consumer = AIOConsumer(
             consumer_config(
-                self._settings, cfg.group_id, **{"max.poll.interval.ms": cfg.max_poll_interval_ms}
+                self._settings,
+                cfg.group_id,
+                **{
+                    "max.poll.interval.ms": cfg.max_poll_interval_ms,
+                    "partition.assignment.strategy": cfg.assignment,
+                },
             ),
             max_workers=2,
         )

@@ -1,0 +1,158 @@
+"""Two replicas of a worker in one consumer group: the once-per-model-version work is done
+once, by the owner of the model version's partition, and handed over when one is killed."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import signal
+import subprocess
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from shared.contracts.codec import AvroCodec
+from shared.contracts.topics import Topics
+from shared.runtime.kafka import make_admin
+from shared.runtime.ownership import partition_of, topic_partitions
+from shared.settings import Settings
+from simulator.generator import ModelSpec, generate
+from tests.integration.aggregator_io import send_decisions_and_labels
+from tests.integration.conftest import start_service
+from tests.integration.kafka_io import TopicReader
+from tests.integration.test_aggregator import wait_counts
+
+INTERVAL_S = 1.0
+
+
+def one_model_per_partition(partitions: int) -> list[str]:
+    """Model names whose keys (``default/<name>/v1``) land on distinct partitions, one each."""
+    names: dict[int, str] = {}
+    for i in range(1_000):
+        name = f"rep{i}"
+        names.setdefault(partition_of(f"default/{name}/v1", partitions), name)
+        if len(names) == partitions:
+            break
+    return [names[p] for p in sorted(names)]
+
+
+def owned_partitions(log: Path, topic: str) -> set[int]:
+    """The partitions of ``topic`` a replica owns now, from its log."""
+    owned: set[int] = set()
+    for line in log.read_text(errors="replace").splitlines():
+        got = re.search(rf"owner of {re.escape(topic)}\[([\d, ]+)\]", line)
+        if got:
+            owned |= {int(p) for p in got.group(1).split(",")}
+        gone = re.search(rf"released {re.escape(topic)}\[([\d, ]*)\]", line)
+        if gone and gone.group(1).strip():
+            owned -= {int(p) for p in gone.group(1).split(",")}
+    return owned
+
+
+def test_two_aggregators_publish_each_snapshot_once_and_hand_over_on_a_kill(
+    isolated_settings: Settings, tmp_path: Path
+) -> None:
+    settings = isolated_settings
+    topics = Topics.for_namespace(settings.topic_namespace)
+    partitions = topic_partitions(make_admin(settings), topics.decisions)
+    assert partitions >= 4
+    names = one_model_per_partition(partitions)
+    breaching = names[0]
+    reader = TopicReader(settings, [topics.metrics, topics.alerts], AvroCodec())
+    env = {
+        "CALIBER_SNAPSHOT_INTERVAL_SECONDS": str(INTERVAL_S),
+        "CALIBER_ALERT_MIN_LABELED": "200",
+    }
+    logs = {r: tmp_path / f"aggregator-{r}.log" for r in ("a", "b")}
+    procs: dict[str, subprocess.Popen[bytes]] = {
+        r: start_service("aggregator", settings, logs[r], CALIBER_INSTANCE_ID=r, **env)
+        for r in ("a", "b")
+    }
+    now = int(time.time() * 1000)
+    gens = [
+        generate(
+            ModelSpec(name=n, version="v1", overconfidence=0.15 if n == breaching else 0.0),
+            600,
+            seed=i,
+            start_ms=now - 10 * 60_000,
+            rate_per_s=2,
+        )
+        for i, n in enumerate(names)
+    ]
+    try:
+        for g in gens:
+            send_decisions_and_labels(settings, g)
+        for g in gens:
+            wait_counts(settings, g.predictions.key, "1h", 600, int(g.labeled.sum()))
+
+        def snapshots() -> list[tuple[str, str, int]]:
+            return [
+                (d.record["model_name"], d.record["window"], d.record["computed_at_ms"])
+                for d in reader.records[topics.metrics]
+            ]
+
+        def ece_raises() -> list[dict[str, object]]:
+            return [
+                d.record
+                for d in reader.records[topics.alerts]
+                if d.record["metric"] == "ece" and d.record["severity"] != "resolved"
+            ]
+
+        reader.wait_for(
+            lambda: {m for m, _, _ in snapshots()} == set(names) and len(ece_raises()) >= 1,
+            60,
+            "snapshots of every model version and the ECE alert",
+            list(procs.values()),
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            owned = {r: owned_partitions(logs[r], topics.decisions) for r in procs}
+            if owned["a"] and owned["b"] and owned["a"] | owned["b"] == set(range(partitions)):
+                break
+            time.sleep(0.5)
+        assert owned["a"] and owned["b"], f"both replicas must own partitions: {owned}"
+        assert not owned["a"] & owned["b"], owned
+        # Kill the owner of the breaching model version.
+        victim = "a" if partition_of(f"default/{breaching}/v1", partitions) in owned["a"] else "b"
+        survivor = "b" if victim == "a" else "a"
+        taken = {n for n in names if partition_of(f"default/{n}/v1", partitions) in owned[victim]}
+        killed_ms = int(time.time() * 1000)
+        procs[victim].send_signal(signal.SIGKILL)
+        procs[victim].wait(10)
+
+        def taken_over() -> bool:
+            after = {m for m, _, at in snapshots() if at > killed_ms}
+            return taken <= after
+
+        reader.wait_for(
+            taken_over, 10 + 15, "the survivor's snapshots of the victim's model versions",
+            [procs[survivor]],
+        )  # fmt: skip
+        took_s = (
+            min(at for m, _, at in snapshots() if at > killed_ms and m in taken) - killed_ms
+        ) / 1000
+        reader.poll(4 * INTERVAL_S)
+        assert owned_partitions(logs[survivor], topics.decisions) == set(range(partitions))
+
+        every = snapshots()
+        repeats = [s for s, n in Counter(every).items() if n > 1]
+        assert not repeats, repeats
+        times: dict[tuple[str, str], list[int]] = defaultdict(list)
+        for m, w, at in every:
+            times[(m, w)].append(at)
+        for (m, w), ats in times.items():
+            ats.sort()
+            gaps = [b - a for a, b in itertools.pairwise(ats)]
+            # One publisher per model version: rounds are an interval apart, never closer.
+            assert not gaps or min(gaps) >= 0.5 * INTERVAL_S * 1000, (m, w, gaps)
+        raises = ece_raises()
+        assert len(raises) == 1, raises
+        assert raises[0]["model_name"] == breaching
+        assert took_s < 10 + 10, took_s  # session timeout + a round, with slack for 2 cores
+        print(f"handover: the survivor's first snapshot {took_s:.1f} s after the kill")
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.terminate()
+                p.wait(30)
+        reader.close()
