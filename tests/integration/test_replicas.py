@@ -13,12 +13,13 @@ from pathlib import Path
 
 from shared.contracts.codec import AvroCodec
 from shared.contracts.topics import Topics
-from shared.runtime.kafka import make_admin
+from shared.runtime.kafka import make_admin, make_producer
 from shared.runtime.ownership import partition_of, topic_partitions
 from shared.settings import Settings
 from simulator.generator import ModelSpec, generate
 from tests.integration.aggregator_io import send_decisions_and_labels
 from tests.integration.conftest import start_service
+from tests.integration.drift_io import Scenario, batches, send
 from tests.integration.kafka_io import TopicReader
 from tests.integration.test_aggregator import wait_counts
 
@@ -150,6 +151,82 @@ def test_two_aggregators_publish_each_snapshot_once_and_hand_over_on_a_kill(
         assert raises[0]["model_name"] == breaching
         assert took_s < 10 + 10, took_s  # session timeout + a round, with slack for 2 cores
         print(f"handover: the survivor's first snapshot {took_s:.1f} s after the kill")
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.terminate()
+                p.wait(30)
+        reader.close()
+
+
+def test_two_drift_workers_raise_and_resolve_each_breach_once_across_a_kill(
+    isolated_settings: Settings, tmp_path: Path
+) -> None:
+    """x0 of two model versions shifts and comes back; the owner of one of them is killed
+    between its alert and the end of the shift: the survivor takes over its partitions and
+    records the recovery, and no breach is raised twice."""
+    settings = isolated_settings
+    topics = Topics.for_namespace(settings.topic_namespace)
+    partitions = topic_partitions(make_admin(settings), topics.predictions)
+    names = one_model_per_partition(partitions)[:2]
+    shift_at, window = 20_000, 6_000
+    shift_back = shift_at + 2 * window
+    total = shift_back + 2 * window
+    codec = AvroCodec()
+    reader = TopicReader(settings, [topics.alerts], codec)
+    env = {
+        "CALIBER_DRIFT_WINDOW_SECONDS": "60",
+        "CALIBER_DRIFT_BUCKET_SECONDS": "10",
+        "CALIBER_DRIFT_EVAL_SECONDS": "0.25",
+        "CALIBER_DRIFT_REFERENCE_EVENTS": "5000",
+    }
+    logs = {r: tmp_path / f"drift-{r}.log" for r in ("a", "b")}
+    procs = {
+        r: start_service("drift", settings, logs[r], CALIBER_INSTANCE_ID=r, **env)
+        for r in ("a", "b")
+    }
+    scenarios = [Scenario(n, shift_at=shift_at, shift="numeric", shift_until=shift_back)
+                 for n in names]  # fmt: skip
+    streams = [batches(s, total, seed=i) for i, s in enumerate(scenarios)]
+    producer = make_producer(settings)
+
+    def x0(name: str) -> list[dict[str, object]]:
+        return [
+            d.record
+            for d in reader.records[topics.alerts]
+            if d.record["kind"] == "drift"
+            and d.record["model_name"] == name
+            and d.record["feature"] == "x0"
+        ]
+
+    try:
+        time.sleep(12)  # both replicas in the group before the data comes
+        victim: str | None = None
+        for i, step in enumerate(zip(*streams, strict=True)):
+            started = time.monotonic()
+            for cols in step:
+                send(producer, topics.predictions, codec, cols)
+            producer.flush(10)
+            if victim is None and (i + 1) * 500 >= shift_at + window:
+                reader.poll(0.1)
+                owned = {r: owned_partitions(logs[r], topics.predictions) for r in procs}
+                mine = partition_of(f"default/{names[0]}/v1", partitions)
+                victim = "a" if mine in owned["a"] else "b"
+                procs[victim].send_signal(signal.SIGKILL)
+                procs[victim].wait(10)
+            time.sleep(max(0.0, 0.25 - (time.monotonic() - started)))
+        survivor = "b" if victim == "a" else "a"
+        reader.wait_for(
+            lambda: all(any(a["severity"] == "resolved" for a in x0(n)) for n in names),
+            60, "every shift raised and resolved", [procs[survivor]],
+        )  # fmt: skip
+        reader.poll(3.0)
+        for n in names:
+            severities = [a["severity"] for a in x0(n)]
+            assert len(severities) == 2 and severities[-1] == "resolved", (n, severities)
+            ids = [a["alert_id"] for a in x0(n)]
+            assert len(set(ids)) == len(ids), (n, ids)
+        assert owned_partitions(logs[survivor], topics.predictions) == set(range(partitions))
     finally:
         for p in procs.values():
             if p.poll() is None:
