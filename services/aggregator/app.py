@@ -59,7 +59,9 @@ def build_app(settings: AggregatorSettings) -> faust.App:
         )
 
         group = f"{settings.topic_namespace}-aggregator"
-        ownership = owner_of(settings, client, topics.decisions, group)
+        ownership = owner_of(
+            settings, client, f"{settings.redis_prefix}agg:", topics.decisions, group
+        )
         refitter.ownership = ownership
 
         async def beside(stopping: asyncio.Event) -> None:

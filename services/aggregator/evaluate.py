@@ -58,7 +58,9 @@ class Evaluator:
         ownership: Ownership | None = None,
     ) -> None:
         self.settings = settings
-        self.ownership = ownership or Ownership.sole(OwnerFence(state.r, settings.redis_prefix))
+        self.ownership = ownership or Ownership.sole(
+            OwnerFence(state.r, f"{settings.redis_prefix}agg:")
+        )
         """The model versions this replica evaluates, and the fence of its writes."""
         self.activity = activity
         """Events and labels this process has counted so far; None: evaluate every round."""

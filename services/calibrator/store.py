@@ -62,7 +62,7 @@ class Claimed:
     """The connection holding the run's lease until :meth:`CalibratorStore.release`."""
 
 
-LEASE_SQL = "hashtextextended('calibrator-run/' || $1::text, 3)"
+LEASE_SQL = "hashtextextended('calibrator-run/' || $1::uuid::text, 3)"
 
 
 MODEL_COLUMNS = "id, tenant_id, name, version, stage, calibrator_version, calibrator::text"

@@ -40,7 +40,9 @@ def build_app(settings: DriftSettings) -> faust.App:
         cache = ProfileCache()
         uploads = UploadSource(settings.postgres_url)
         group = f"{settings.topic_namespace}-drift"
-        ownership = owner_of(settings, client, topics.predictions, group)
+        ownership = owner_of(
+            settings, client, f"{settings.redis_prefix}drift:", topics.predictions, group
+        )
         evaluator = Evaluator(
             settings, store, cache, uploads, make_producer(settings), codec, metrics, ownership
         )

@@ -61,7 +61,9 @@ class Evaluator:
         ownership: Ownership | None = None,
     ) -> None:
         self.settings = settings
-        self.ownership = ownership or Ownership.sole(OwnerFence(store.r, settings.redis_prefix))
+        self.ownership = ownership or Ownership.sole(
+            OwnerFence(store.r, f"{settings.redis_prefix}drift:")
+        )
         """The model versions this replica evaluates, and the fence of its writes."""
         self.store = store
         self.cache = cache

@@ -12,13 +12,14 @@ without asking Kafka.
 Handover:
 
 - **assign**: the replica takes a token from one counter per consumer group
-  (``<prefix>own:{<group>}``, INCR), so a later assignment always holds a larger token than
-  any earlier one, and wakes its evaluator to evaluate the new model versions at once.
+  (``<space>own:{<group>}``, INCR; ``<space>`` is the worker's key space, such as
+  ``<prefix>agg:``), so a later assignment always holds a larger token than any earlier
+  one, and wakes its evaluator to evaluate the new model versions at once.
 - **revoke**: the partitions stop being owned at once (a round in flight skips their model
   versions from then on) and the callback waits for the round in flight to finish, its
   Kafka deliveries included, before the partition is released.
 - **fence**: before it reads a model version's state under a token, a replica *claims* the
-  model version (``<prefix>own:{<model>}`` := token unless a larger token holds it), and
+  model version (``<space>own:{<model>}`` := token unless a larger token holds it), and
   every state write of a round is one Lua call that applies only while the stored token is
   still its own (:meth:`OwnerFence.save`). A replica that lost the partition while paused (a
   zombie: its session timed out and the group gave the partition away) finds a larger token
@@ -78,29 +79,32 @@ def partition_of(key: str | bytes, partitions: int) -> int:
     return (zlib.crc32(raw) & 0xFFFFFFFF) % partitions
 
 
-def owner_key(prefix: str, model: str) -> str:
-    """The token that may write ``model``'s owned state, in the model version's hash tag."""
-    return f"{prefix}own:{{{model}}}"
+def owner_key(space: str, model: str) -> str:
+    """The token that may write ``model``'s owned state in the key space ``space`` (e.g.
+    ``<prefix>agg:``), in the model version's hash tag."""
+    return f"{space}own:{{{model}}}"
 
 
-def outbox_key(prefix: str, model: str) -> str:
+def outbox_key(space: str, model: str) -> str:
     """Alerts of ``model`` saved but not yet acknowledged by Kafka (alert id → record)."""
-    return f"{prefix}own:{{{model}}}:outbox"
+    return f"{space}own:{{{model}}}:outbox"
 
 
 class OwnerFence:
     """Claims and fenced writes of owned model versions (see the module docstring)."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+    def __init__(self, client: aioredis.Redis, space: str) -> None:
         self.r = client
-        self.prefix = prefix
+        self.space = space
+        """The owning worker's key space (``<prefix>agg:``, ``<prefix>drift:``): each
+        worker's tokens are its own."""
         self._claim = client.register_script(_CLAIM)
         self._save = client.register_script(_SAVE)
 
     async def claim(self, model: str, token: int) -> bool:
         """Make ``token`` the one that may write ``model``'s state; False when a larger
         token (a later owner) holds it."""
-        return bool(await self._claim(keys=[owner_key(self.prefix, model)], args=[token]))
+        return bool(await self._claim(keys=[owner_key(self.space, model)], args=[token]))
 
     async def save(
         self,
@@ -112,7 +116,7 @@ class OwnerFence:
         """Write ``states`` (key → value, keys in ``model``'s hash tag) and add ``alerts``
         (alert id → encoded record) to its outbox, only while ``token`` holds the model
         version; the whole outbox (to publish), or None when the write was refused."""
-        keys = [owner_key(self.prefix, model), outbox_key(self.prefix, model), *states]
+        keys = [owner_key(self.space, model), outbox_key(self.space, model), *states]
         args: list[str | bytes | int] = [token, len(states), *states.values()]
         for alert_id, value in alerts.items():
             args += [alert_id, value]
@@ -126,7 +130,7 @@ class OwnerFence:
         """Remove alerts Kafka acknowledged from ``model``'s outbox."""
         ids = list(alert_ids)
         if ids:
-            await self.r.hdel(outbox_key(self.prefix, model), *ids)
+            await self.r.hdel(outbox_key(self.space, model), *ids)
 
 
 def _text(value: bytes | str) -> str:
@@ -156,7 +160,7 @@ class Ownership:
     ) -> None:
         self.topic = topic
         self.fence = fence
-        self._epoch_key = f"{fence.prefix}own:{{{group}}}"
+        self._epoch_key = f"{fence.space}own:{{{group}}}"
         self._count = partitions
         self._partitions: int | None = None
         self._owned: dict[int, _Owned] = {}
@@ -260,13 +264,16 @@ class Ownership:
         logger.info("released %s%s", self.topic, sorted(leaving))
 
 
-def owner_of(settings: Settings, client: aioredis.Redis, topic: str, group: str) -> Ownership:
-    """The ownership of a worker whose pipeline consumer (group ``group``) reads ``topic``."""
+def owner_of(
+    settings: Settings, client: aioredis.Redis, space: str, topic: str, group: str
+) -> Ownership:
+    """The ownership of a worker whose pipeline consumer (group ``group``) reads ``topic``;
+    its keys in the worker's key space ``space``."""
     admin = make_admin(settings)
     return Ownership(
         topic,
         group,
-        OwnerFence(client, settings.redis_prefix),
+        OwnerFence(client, space),
         lambda: topic_partitions(admin, topic),
         refused_wait_s=SESSION_TIMEOUT_MS / 1000,
     )

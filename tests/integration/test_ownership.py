@@ -12,7 +12,13 @@ from confluent_kafka import Consumer, TopicPartition
 
 from shared.contracts.topics import Topics
 from shared.runtime.kafka import consumer_config, make_admin, make_producer
-from shared.runtime.ownership import OwnerFence, Ownership, partition_of, topic_partitions
+from shared.runtime.ownership import (
+    OwnerFence,
+    Ownership,
+    outbox_key,
+    partition_of,
+    topic_partitions,
+)
 from shared.settings import Settings
 
 
@@ -85,7 +91,7 @@ def test_a_stale_owner_cannot_save_after_the_new_owner_claimed(
                 old.refused(model)
                 assert not old.owns(model)  # stands down from the partition
             assert await client.get(state_key) == b"old-1"
-            assert await client.hgetall(f"{prefix}own:{{{model}}}:outbox") == {}
+            assert await client.hgetall(outbox_key(prefix, model)) == {}
             async with new.round():
                 assert await new.fence.save(model, new_token, {state_key: "new-1"}, {}) == {}
             assert await client.get(state_key) == b"new-1"
