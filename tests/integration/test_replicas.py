@@ -257,7 +257,11 @@ def test_two_ingest_and_policy_replicas_decide_every_event_once_across_a_restart
     reader = TopicReader(settings, [topics.decisions], codec)
 
     def decided() -> list[str]:
-        return [i for d in reader.records[topics.decisions] for i in d.record["event_ids"]]
+        return [
+            i
+            for d in reader.records[topics.decisions]
+            for i in d.record["predictions"]["event_ids"]
+        ]
 
     try:
         reader.wait_for(lambda: len(decided()) >= 1_000, 120, "the first thousand decisions",
