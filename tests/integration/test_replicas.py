@@ -22,6 +22,7 @@ from tests.integration.conftest import start_service
 from tests.integration.drift_io import Scenario, batches, send
 from tests.integration.ingest_workload import produce, workload
 from tests.integration.kafka_io import TopicReader
+from tests.integration.pipeline_io import rows
 from tests.integration.test_aggregator import wait_counts
 
 INTERVAL_S = 1.0
@@ -236,11 +237,12 @@ def test_two_drift_workers_raise_and_resolve_each_breach_once_across_a_kill(
         reader.close()
 
 
-def test_two_ingest_and_policy_replicas_decide_every_event_once_across_a_restart(
+def test_two_ingest_policy_and_recorder_replicas_count_every_event_once_across_a_restart(
     isolated_settings: Settings, tmp_path: Path
 ) -> None:
     """One replica of each is SIGKILLed and restarted with its instance id: its
-    transactional id fences its own predecessor, never the sibling, which runs on."""
+    transactional id fences its own predecessor, never the sibling, which runs on; every
+    event is decided once and stored once by the two recorders."""
     settings = isolated_settings
     codec = AvroCodec()
     topics = Topics.for_namespace(settings.topic_namespace)
@@ -253,7 +255,8 @@ def test_two_ingest_and_policy_replicas_decide_every_event_once_across_a_restart
         log = tmp_path / f"{name}-{replica}.log"
         return start_service(name, settings, log, CALIBER_INSTANCE_ID=replica, **env)
 
-    procs = {(n, r): start(n, r) for n in ("ingest", "policy") for r in ("a", "b")}
+    names = ("ingest", "policy", "recorder")
+    procs = {(n, r): start(n, r) for n in names for r in ("a", "b")}
     reader = TopicReader(settings, [topics.decisions], codec)
 
     def decided() -> list[str]:
@@ -266,11 +269,11 @@ def test_two_ingest_and_policy_replicas_decide_every_event_once_across_a_restart
     try:
         reader.wait_for(lambda: len(decided()) >= 1_000, 120, "the first thousand decisions",
                         list(procs.values()))  # fmt: skip
-        for name in ("ingest", "policy"):
+        for name in names:
             procs[(name, "a")].send_signal(signal.SIGKILL)
             procs[(name, "a")].wait(10)
         produce(settings, work.messages[half:])
-        for name in ("ingest", "policy"):
+        for name in names:
             procs[(name, "a")] = start(name, "a")
         reader.wait_for(lambda: len(decided()) >= len(work.valid_ids), 180,
                         "every valid event decided", list(procs.values()))  # fmt: skip
@@ -278,6 +281,12 @@ def test_two_ingest_and_policy_replicas_decide_every_event_once_across_a_restart
         ids = decided()
         assert len(ids) == len(set(ids)) == len(work.valid_ids)
         assert set(ids) == work.valid_ids
+        stored = "SELECT count(*), count(DISTINCT (tenant_id, event_id)) FROM predictions"
+        deadline = time.monotonic() + 120
+        while rows(settings, stored)[0][0] < len(ids) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(2)  # a second write of one event would show up now
+        assert rows(settings, stored) == [(len(ids), len(ids))]
         for (name, replica), p in procs.items():
             assert p.poll() is None, f"{name}-{replica} exited"
             text = (tmp_path / f"{name}-{replica}.log").read_text(errors="replace")
