@@ -3,6 +3,7 @@ once, by the owner of the model version's partition, and handed over when one is
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 import signal
@@ -11,8 +12,12 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import redis.asyncio as aioredis
+
+from services.router.app import state_generation
 from shared.contracts.codec import AvroCodec
 from shared.contracts.topics import Topics
+from shared.routing.state import RouteKeys
 from shared.runtime.kafka import make_admin, make_producer
 from shared.runtime.ownership import partition_of, topic_partitions
 from shared.settings import Settings
@@ -362,3 +367,20 @@ def test_a_policy_replica_restarted_beside_its_paused_predecessor_fences_only_it
                 p.terminate()
                 p.wait(30)
         reader.close()
+
+
+def test_two_router_replicas_agree_on_one_consumer_group(isolated_settings: Settings) -> None:
+    """The router's consumer group is named by the generation of its Redis state: replicas
+    starting together must join one group, or each would count every outcome."""
+
+    async def both() -> list[str]:
+        clients = [aioredis.Redis.from_url(isolated_settings.redis_dsn) for _ in range(4)]
+        keys = RouteKeys(isolated_settings.redis_prefix)
+        try:
+            return list(await asyncio.gather(*(state_generation(c, keys) for c in clients)))
+        finally:
+            for c in clients:
+                await c.aclose()
+
+    generations = asyncio.run(both())
+    assert len(set(generations)) == 1 and len(generations[0]) == 12
