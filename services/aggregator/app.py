@@ -20,6 +20,7 @@ from shared.recalibration.segments import SegmentFitOptions
 from shared.runtime import redis_client
 from shared.runtime.kafka import make_producer
 from shared.runtime.observability import configure_logging, serve_metrics
+from shared.runtime.ownership import owner_of
 from shared.runtime.pipeline import Pipeline, PipelineConfig
 from shared.runtime.worker import create_app, run, run_beside
 from shared.windows.calibration import WindowReader
@@ -57,6 +58,12 @@ def build_app(settings: AggregatorSettings) -> faust.App:
             metrics,
         )
 
+        group = f"{settings.topic_namespace}-aggregator"
+        ownership = owner_of(
+            settings, client, f"{settings.redis_prefix}agg:", topics.decisions, group
+        )
+        refitter.ownership = ownership
+
         async def beside(stopping: asyncio.Event) -> None:
             await asyncio.gather(evaluator.run(stopping), refitter.run(stopping))
 
@@ -69,17 +76,22 @@ def build_app(settings: AggregatorSettings) -> faust.App:
             codec,
             metrics,
             activity=lambda: processor.events_counted + processor.labels_joined,
+            ownership=ownership,
         )
         pipeline = Pipeline(
             settings,
             PipelineConfig(
-                group_id=f"{settings.topic_namespace}-aggregator",
+                group_id=group,
+                # Both topics' partition p on one replica: a fair share of model versions
+                # to own (docs/architecture.md, "Replicas and ownership").
+                assignment="range",
                 topics=[topics.decisions, topics.labels],
                 transactional=False,
                 max_messages=settings.aggregator_max_messages,
             ),
             processor,
             metrics,
+            ownership,
         )
         try:
             await run_beside(pipeline.run, beside, stopping)

@@ -24,6 +24,7 @@ from shared.contracts.topics import Topics
 from shared.estimation.cbpe import ConfidenceSums, drop_in_bands, estimate
 from shared.estimation.report import report
 from shared.runtime.observability import RoundSeries
+from shared.runtime.ownership import OwnerFence, Ownership
 from shared.runtime.rounds import TRANSIENT, run_rounds
 from shared.windows.calibration import (
     GRANULARITY,
@@ -54,8 +55,13 @@ class Evaluator:
         codec: AvroCodec,
         metrics: AggregatorMetrics | None = None,
         activity: Callable[[], int] | None = None,
+        ownership: Ownership | None = None,
     ) -> None:
         self.settings = settings
+        self.ownership = ownership or Ownership.sole(
+            OwnerFence(state.r, f"{settings.redis_prefix}agg:")
+        )
+        """The model versions this replica evaluates, and the fence of its writes."""
         self.activity = activity
         """Events and labels this process has counted so far; None: evaluate every round."""
         self._last_mark: tuple[int, int, int] | None = None
@@ -77,6 +83,7 @@ class Evaluator:
             stopping,
             logger,
             (*TRANSIENT, RedisError),
+            wake=self.ownership.wake,
         )
 
     async def evaluate_if_changed(self, now_ms: int) -> list[dict[str, Any]]:
@@ -87,6 +94,8 @@ class Evaluator:
         Until one of these changes, a round would compute, publish and export the same
         figures again; an idle worker then evaluates about once a minute, not every round."""
         mark = None
+        if self.ownership.take_wake():
+            self._last_mark = None  # new partitions: their model versions at once
         if self.activity is not None:
             s = self.settings
             now_s = now_ms // 1000
@@ -100,40 +109,74 @@ class Evaluator:
         return alerts
 
     async def evaluate(self, now_ms: int) -> list[dict[str, Any]]:
-        """One round over every model version; returns the alerts it raised or resolved."""
+        """One round over the model versions this replica owns; returns the alerts it raised
+        or resolved (docs/architecture.md, "Replicas and ownership")."""
         alerts: list[dict[str, Any]] = []
-        transitions: list[Transition] = []
+        sent: dict[str, list[str]] = {}
         self.series.begin()
-        for rank, model in enumerate(await self.reader.models()):
-            export = self.metrics is not None and rank < MAX_EXPORTED
-            pending = await self.reader.labels_pending(
-                model, self.settings.label_horizon_seconds, now_ms // 1000
-            )
-            answers = {}
-            for window in SNAPSHOT_WINDOWS:
-                cal = await self.reader.calibration(model, window, now_ms // 1000)
-                rc = await self.reader.risk_coverage(model, window, now_ms // 1000)
-                answers[window] = cal
-                self._publish_snapshot(model, window, cal, rc, pending, now_ms)
-                if export:
-                    self._export(model, window, cal, rc)
-            if export:
-                assert self.metrics is not None
-                self.series.set(self.metrics.labels_pending, (model,), pending)
-            window = self.settings.alert_window
-            cal = answers.get(window) or await self.reader.calibration(
-                model, window, now_ms // 1000
-            )
-            raised, changed = await self._alerts(model, cal, now_ms, export)
-            alerts += raised
-            transitions += changed
-            raised, changed = await self._performance_alerts(model, now_ms, export)
-            alerts += raised
-            transitions += changed
-        await publish_alerts(self.producer, self.topics.alerts, self.codec, alerts)
-        await self.state.save(transitions)
+        async with self.ownership.round():
+            for rank, model in enumerate(await self.reader.models()):
+                token = await self.ownership.token(model)
+                if token is None:
+                    continue
+                raised = await self._model(model, token, now_ms, rank < MAX_EXPORTED)
+                if raised is None:
+                    continue
+                alerts += raised[0]
+                sent[model] = raised[1]
+            # Snapshots and the outboxes' alerts, all acknowledged before any leaves its outbox.
+            await publish_alerts(self.producer, self.topics.alerts, self.codec, [])
+            for model, ids in sent.items():
+                await self.ownership.fence.delivered(model, ids)
         self.series.end()
         return alerts
+
+    async def _model(
+        self, model: str, token: int, now_ms: int, rank_exported: bool
+    ) -> tuple[list[dict[str, Any]], list[str]] | None:
+        """Evaluate one owned model version and produce its snapshots and alerts (not yet
+        flushed); (the alerts it raised or resolved, the outbox ids produced), or None when
+        a later owner's token refused its write (nothing produced)."""
+        export = self.metrics is not None and rank_exported
+        pending = await self.reader.labels_pending(
+            model, self.settings.label_horizon_seconds, now_ms // 1000
+        )
+        answers = {}
+        snapshots = []
+        for window in SNAPSHOT_WINDOWS:
+            cal = await self.reader.calibration(model, window, now_ms // 1000)
+            rc = await self.reader.risk_coverage(model, window, now_ms // 1000)
+            answers[window] = cal
+            snapshots.append(self._snapshot(model, window, cal, rc, pending, now_ms))
+            if export:
+                self._export(model, window, cal, rc)
+        if export:
+            assert self.metrics is not None
+            self.series.set(self.metrics.labels_pending, (model,), pending)
+        window = self.settings.alert_window
+        cal = answers.get(window) or await self.reader.calibration(model, window, now_ms // 1000)
+        raised, changed = await self._alerts(model, cal, now_ms, export)
+        more, changed_too = await self._performance_alerts(model, now_ms, export)
+        raised += more
+        changed += changed_too
+        outbox = await self.ownership.fence.save(
+            model,
+            token,
+            {t.key: t.state for t in changed},
+            {a["alert_id"]: self.codec.encode("Alert", a) for a in raised},
+        )
+        if outbox is None:
+            self.ownership.refused(model)
+            return None
+        key = model.encode()
+        for snapshot in snapshots:
+            self.producer.produce(self.topics.metrics, snapshot, key)
+        for value in outbox.values():
+            self.producer.produce(self.topics.alerts, value, key)
+        if self.metrics is not None:
+            for a in raised:
+                self.metrics.alerts.labels(a["metric"], a["severity"]).inc()
+        return raised, list(outbox)
 
     async def _alerts(
         self, model: str, cal: Calibration, now_ms: int, export: bool = False
@@ -168,8 +211,6 @@ class Evaluator:
             out.append(
                 alert_record(model, b, kind, sev, s.alert_window, cal.n_labeled, since, now_ms)
             )
-            if self.metrics is not None:
-                self.metrics.alerts.labels(b.metric, sev).inc()
         return out, changed
 
     async def _performance_alerts(
@@ -248,11 +289,9 @@ class Evaluator:
             out.append(
                 alert_record(model, b, "performance", sev, window, n, t.since_ms, now_ms, details)
             )
-            if self.metrics is not None:
-                self.metrics.alerts.labels(b.metric, sev).inc()
         return out, changed
 
-    def _publish_snapshot(
+    def _snapshot(
         self,
         model: str,
         window: str,
@@ -260,7 +299,7 @@ class Evaluator:
         rc: RiskCoverageAnswer,
         labels_pending: int,
         now_ms: int,
-    ) -> None:
+    ) -> bytes:
         tenant, name, version = split_model_key(model)
         record = {
             "tenant": tenant,
@@ -295,9 +334,7 @@ class Evaluator:
                 for b in cal.bins
             ],
         }
-        self.producer.produce(
-            self.topics.metrics, self.codec.encode("MetricSnapshot", record), model.encode()
-        )
+        return self.codec.encode("MetricSnapshot", record)
 
     def _export(self, model: str, window: str, cal: Calibration, rc: RiskCoverageAnswer) -> None:
         assert self.metrics is not None

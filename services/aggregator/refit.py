@@ -27,6 +27,7 @@ from shared.contracts.codec import AvroCodec
 from shared.recalibration.segments import SegmentFitOptions, fit_segment, refit_due
 from shared.registry.segment_maps import SEGMENT_MAP, segment_map_key
 from shared.runtime import clock
+from shared.runtime.ownership import Ownership
 from shared.runtime.rounds import TRANSIENT, run_rounds
 from shared.windows.segments import OVERFLOW, SegmentState
 
@@ -76,6 +77,8 @@ class SegmentRefitter:
         self.every = every
         self.interval_s = interval_s
         self.metrics = metrics
+        self.ownership: Ownership | None = None
+        """The model versions this replica refits (None: every one)."""
 
     async def run(self, stopping: asyncio.Event) -> None:
         await run_rounds(
@@ -84,10 +87,19 @@ class SegmentRefitter:
         )  # fmt: skip
 
     async def refit_all(self, now_ms: int | None = None) -> int:
-        """One round over every model version with segments; returns the fits published."""
+        """One round over every owned model version with segments; returns the fits
+        published."""
         done = 0
-        for model in await self.state.models():
-            done += await self.refit_model(model, clock.now_ms() if now_ms is None else now_ms)
+        models = await self.state.models()
+        if self.ownership is None:
+            for model in models:
+                done += await self.refit_model(model, clock.now_ms() if now_ms is None else now_ms)
+            return done
+        async with self.ownership.round():
+            for model in models:
+                if self.ownership.owns(model):
+                    at = clock.now_ms() if now_ms is None else now_ms
+                    done += await self.refit_model(model, at)
         return done
 
     async def refit_model(self, model: str, now_ms: int) -> int:

@@ -8,6 +8,7 @@ import asyncpg
 import faust
 from prometheus_client import CollectorRegistry
 
+from services.calibrator.leader import Leadership
 from services.calibrator.metrics import CalibratorMetrics
 from services.calibrator.rollout import RolloutConfig, RolloutManager
 from services.calibrator.rollout_store import RolloutStore
@@ -32,7 +33,7 @@ def build_app(settings: CalibratorSettings) -> faust.App:
     codec = AvroCodec()
 
     async def loop(stopping: asyncio.Event) -> None:
-        pool = await asyncpg.create_pool(settings.postgres_url, min_size=1, max_size=3)
+        pool = await asyncpg.create_pool(settings.postgres_url, min_size=1, max_size=4)
         assert pool is not None
         store = CalibratorStore(pool)
         producer = make_producer(settings)
@@ -41,7 +42,10 @@ def build_app(settings: CalibratorSettings) -> faust.App:
             RolloutStore(pool), redis, settings.redis_prefix, rollout_config(settings),
             producer, codec, topics.alerts,
         )  # fmt: skip
-        runner = Runner(settings, store, producer, codec, topics.alerts, metrics, rollouts)
+        runner = Runner(
+            settings, store, producer, codec, topics.alerts, metrics, rollouts,
+            Leadership(settings.postgres_url),
+        )  # fmt: skip
         triggers = AlertTriggers(codec, store, metrics)
         pipeline = Pipeline(
             settings,

@@ -19,6 +19,7 @@ from typing import Any
 from confluent_kafka import Producer
 
 from services.calibrator.announce import publish_alerts
+from services.calibrator.leader import Leadership
 from services.calibrator.metrics import CalibratorMetrics
 from services.calibrator.processing import RunConfig, current_map, run_calibration
 from services.calibrator.rollout import RolloutManager
@@ -90,6 +91,7 @@ class Runner:
         alerts_topic: str,
         metrics: CalibratorMetrics | None = None,
         rollouts: RolloutManager | None = None,
+        leader: Leadership | None = None,
     ) -> None:
         unknown = sorted(set(settings.calibrator_methods) - set(METHODS))
         if unknown:
@@ -104,6 +106,9 @@ class Runner:
         self.alerts_topic = alerts_topic
         self.metrics = metrics
         self.rollouts = rollouts
+        self.leader = leader
+        """None: this runner alone (tests); otherwise only the leader gathers, announces
+        and steps rollouts."""
 
     def config(self, methods: list[str] | None) -> RunConfig:
         s = self.settings
@@ -180,30 +185,48 @@ class Runner:
         return len(rows)
 
     async def step(self) -> bool:
-        """One round; True when it ran a run (so the loop goes on without sleeping)."""
-        await self.gather_triggers()
+        """One round; True when it ran a run (so the loop goes on without sleeping). Every
+        replica runs claimed runs; the leader alone does the rest (one announcement, one
+        rollout step)."""
+        leading = self.leader is None or await self.leader.leading()
+        if leading:
+            await self.gather_triggers()
+            requeued = await self.store.requeue_running()
+            if requeued:
+                logger.warning("%d runs a dead replica left running are queued again", requeued)
         claimed = await self.store.claim()
         ran = False
         if claimed is not None:
             try:
-                await self.run_one(claimed)
-            except Exception as exc:  # recorded as a failed run, never left half-done
-                logger.exception("run %s failed", claimed.run_id)
-                await self.store.record(
-                    claimed.run_id, None, "failed", f"internal error: {exc!r}"[:500], None,
-                    {"trigger": {"trigger": claimed.trigger, **claimed.trigger_detail}},
-                    None, None, claimed.model,
-                )  # fmt: skip
+                await self._run_leased(claimed)
+            finally:
+                await self.store.release(claimed)
             ran = True
-        await self.announce()
-        if self.rollouts is not None:
-            await self.rollouts.step()
+        if leading:
+            await self.announce()
+            if self.rollouts is not None:
+                await self.rollouts.step()
         return ran
 
+    async def _run_leased(self, claimed: Claimed) -> None:
+        try:
+            await self.run_one(claimed)
+        except Exception as exc:  # recorded as a failed run, never left half-done
+            logger.exception("run %s failed", claimed.run_id)
+            await self.store.record(
+                claimed.run_id, None, "failed", f"internal error: {exc!r}"[:500], None,
+                {"trigger": {"trigger": claimed.trigger, **claimed.trigger_detail}},
+                None, None, claimed.model,
+            )  # fmt: skip
+
     async def run(self, stopping: asyncio.Event) -> None:
-        requeued = await self.store.requeue_running()
-        if requeued:
-            logger.warning("%d runs a previous worker left running are queued again", requeued)
+        try:
+            await self._loop(stopping)
+        finally:
+            if self.leader is not None:
+                await self.leader.close()
+
+    async def _loop(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
             try:
                 ran = await self.step()

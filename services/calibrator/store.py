@@ -8,8 +8,12 @@ Exactly once: a trigger becomes a ``pending`` run keyed by a deterministic run i
 replayed alert finds its run and adds nothing); at most one run per model version waits,
 and later triggers fold into its ``coalesced`` list. Claiming a run marks it ``running``;
 everything a run produces is written in one transaction that also marks it ``done``, so a
-worker killed mid-run leaves a ``running`` row that the next start puts back to
-``pending`` and redoes, never a half-recorded run.
+worker killed mid-run leaves a ``running`` row that is put back to ``pending`` and redone,
+never a half-recorded run. With several calibrator replicas, the claim also takes a
+session-level advisory lock on the run (its lease) that the claiming replica holds until
+the run is recorded: a ``running`` row is put back only once its lease is free, that is
+once the replica that claimed it is gone (PostgreSQL drops a dead connection's locks), and
+never while a sibling is still computing it.
 """
 
 from __future__ import annotations
@@ -54,6 +58,11 @@ class Claimed:
     model: ModelRow
     trigger: str
     trigger_detail: dict[str, Any]
+    lease: asyncpg.Connection | None = None
+    """The connection holding the run's lease until :meth:`CalibratorStore.release`."""
+
+
+LEASE_SQL = "hashtextextended('calibrator-run/' || $1::uuid::text, 3)"
 
 
 MODEL_COLUMNS = "id, tenant_id, name, version, stage, calibrator_version, calibrator::text"
@@ -190,12 +199,19 @@ class CalibratorStore:
             return "queued"
 
     async def requeue_running(self) -> int:
-        """Put runs a killed worker left ``running`` back in the queue (at start)."""
+        """Put runs a killed worker left ``running`` (their lease free) back in the queue."""
         async with self.pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                "SELECT id, tenant_id, model_version_id FROM calibration_runs "
-                "WHERE status = 'running' FOR UPDATE"
+            running = await conn.fetch(
+                "SELECT id, run_id, tenant_id, model_version_id FROM calibration_runs "
+                "WHERE status = 'running' FOR UPDATE SKIP LOCKED"
             )
+            rows = []
+            for r in running:
+                # Free only if the claiming replica's session is gone; held until commit.
+                if await conn.fetchval(
+                    f"SELECT pg_try_advisory_xact_lock({LEASE_SQL})", r["run_id"]
+                ):
+                    rows.append(r)
             for r in rows:
                 # A trigger may wait behind it already: fold that run into this one.
                 waiting = await conn.fetchrow(
@@ -216,8 +232,28 @@ class CalibratorStore:
             return len(rows)
 
     async def claim(self) -> Claimed | None:
-        """The oldest waiting run whose model version has none running, marked running."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        """The oldest waiting run whose model version has none running, marked running and
+        leased (release it with :meth:`release` once the run is recorded)."""
+        conn = await self.pool.acquire()
+        try:
+            claimed = await self._claim(conn)
+        except BaseException:
+            await self.pool.release(conn)
+            raise
+        if claimed is None:
+            await self.pool.release(conn)
+        return claimed
+
+    async def release(self, claimed: Claimed) -> None:
+        if claimed.lease is None:
+            return
+        try:
+            await claimed.lease.execute(f"SELECT pg_advisory_unlock({LEASE_SQL})", claimed.run_id)
+        finally:
+            await self.pool.release(claimed.lease)
+
+    async def _claim(self, conn: asyncpg.Connection) -> Claimed | None:
+        async with conn.transaction():
             row = await conn.fetchrow(
                 "UPDATE calibration_runs SET status = 'running', started_at = now(), "
                 "attempts = attempts + 1 WHERE id = (SELECT r.id FROM calibration_runs r "
@@ -229,11 +265,15 @@ class CalibratorStore:
             )
             if row is None:
                 return None
+            # The lease is taken before the claim commits: no one sees it running unleased.
+            await conn.execute(f"SELECT pg_advisory_lock({LEASE_SQL})", row["run_id"])
             model = await conn.fetchrow(
                 f"SELECT {MODEL_COLUMNS} FROM model_versions WHERE id = $1",
                 row["model_version_id"],
             )
-        return Claimed(row["run_id"], _model(model), row["trigger"], json.loads(row["detail"]))
+        return Claimed(
+            row["run_id"], _model(model), row["trigger"], json.loads(row["detail"]), conn
+        )
 
     async def record(
         self,

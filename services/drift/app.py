@@ -23,6 +23,7 @@ from shared.contracts.topics import Topics
 from shared.runtime import redis_client
 from shared.runtime.kafka import make_producer
 from shared.runtime.observability import configure_logging, serve_metrics
+from shared.runtime.ownership import owner_of
 from shared.runtime.pipeline import Pipeline, PipelineConfig
 from shared.runtime.worker import create_app, run, run_beside
 
@@ -38,8 +39,12 @@ def build_app(settings: DriftSettings) -> faust.App:
         store = DriftStore(client, settings.redis_prefix)
         cache = ProfileCache()
         uploads = UploadSource(settings.postgres_url)
+        group = f"{settings.topic_namespace}-drift"
+        ownership = owner_of(
+            settings, client, f"{settings.redis_prefix}drift:", topics.predictions, group
+        )
         evaluator = Evaluator(
-            settings, store, cache, uploads, make_producer(settings), codec, metrics
+            settings, store, cache, uploads, make_producer(settings), codec, metrics, ownership
         )
         config = WindowConfig(
             bucket_seconds=settings.drift_bucket_seconds,
@@ -50,13 +55,14 @@ def build_app(settings: DriftSettings) -> faust.App:
         pipeline = Pipeline(
             settings,
             PipelineConfig(
-                group_id=f"{settings.topic_namespace}-drift",
+                group_id=group,
                 topics=[topics.predictions],
                 transactional=False,
                 max_messages=settings.drift_max_messages,
             ),
             DriftProcessor(topics, codec, store, cache, config, metrics),
             metrics,
+            ownership,
         )
         try:
             await run_beside(pipeline.run, evaluator.run, stopping)

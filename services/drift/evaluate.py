@@ -6,14 +6,17 @@ process, a new profile or new thresholds; every model version in the first round
 start), sums the bucket hashes of its sliding window — the buckets whose start lies
 within ``drift_window_seconds`` of the bucket holding its latest event time — scores every
 part against the active profile, stores the scores for the gateway, exports them and sends
-alert transitions to ``<ns>.alerts``. Alerts are produced and acknowledged before the alert
-state is saved, so a crash in between re-sends (the recorder dedupes by alert id) rather
-than loses one.
+alert transitions to ``<ns>.alerts``. A replica evaluates only the model versions it owns;
+the new alert state and the alerts are saved in one fenced write (an outbox, see
+:mod:`shared.runtime.ownership`), then produced and acknowledged, then taken out of the
+outbox, so a crash in between re-sends (the recorder dedupes by alert id) rather than
+loses one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import time
@@ -38,6 +41,7 @@ from shared.drift.profile import CategoricalProfile
 from shared.drift.profile_codec import profile_from_dict
 from shared.drift.scores import DriftMethod, DriftScore, profile_drift
 from shared.runtime.observability import RoundSeries
+from shared.runtime.ownership import OwnerFence, Ownership
 from shared.runtime.rounds import run_rounds
 from shared.windows.names import window_name
 
@@ -54,8 +58,13 @@ class Evaluator:
         producer: Producer,
         codec: AvroCodec,
         metrics: DriftMetrics | None = None,
+        ownership: Ownership | None = None,
     ) -> None:
         self.settings = settings
+        self.ownership = ownership or Ownership.sole(
+            OwnerFence(store.r, f"{settings.redis_prefix}drift:")
+        )
+        """The model versions this replica evaluates, and the fence of its writes."""
         self.store = store
         self.cache = cache
         self.uploads = uploads
@@ -73,8 +82,9 @@ class Evaluator:
 
     async def run(self, stopping: asyncio.Event) -> None:
         await run_rounds(
-            "drift evaluation", self.evaluate, self.settings.drift_eval_seconds, stopping, logger
-        )
+            "drift evaluation", self.evaluate, self.settings.drift_eval_seconds, stopping, logger,
+            wake=self.ownership.wake,
+        )  # fmt: skip
 
     def threshold(self, model: str, score: DriftScore) -> float:
         own = self.thresholds.get((model, score.feature))
@@ -120,25 +130,29 @@ class Evaluator:
             logger.info("%s: uploaded reference profile %s active", model, profile.version)
 
     async def evaluate(self, now_ms: int) -> list[dict[str, Any]]:
-        """One round over the model versions whose window moved; returns the alerts it
-        sent."""
+        """One round over the owned model versions whose window moved (all of them after
+        start or a new assignment); returns the alerts it raised or resolved."""
         await self.sync_uploads()
+        fresh = self.ownership.take_wake() or not self._started
         ids = await self.store.model_ids()
         alerts: list[dict[str, Any]] = []
-        states: dict[str, dict[str, dict[str, Any]]] = {}
+        sent: dict[str, list[str]] = {}
         models = await self.store.models()
-        todo = {m for m in models if m in self.cache.dirty or not self._started}
-        self.cache.dirty -= todo
-        try:
-            for rank, model in enumerate(models):
-                if model in todo:
-                    await self._one(model, rank, ids.get(model), now_ms, alerts, states)
-            await self._send(alerts)
-        except BaseException:
-            self.cache.dirty |= todo  # scored (and its alerts sent) again next round
-            raise
-        for model, changed in states.items():
-            await self.store.save_alert_states(model, changed)
+        async with self.ownership.round():
+            todo = {
+                m for m in models if self.ownership.owns(m) and (fresh or m in self.cache.dirty)
+            }
+            self.cache.dirty -= todo
+            try:
+                for rank, model in enumerate(models):
+                    if model in todo:
+                        await self._one(model, rank, ids.get(model), now_ms, alerts, sent)
+                await self._send([])
+            except BaseException:
+                self.cache.dirty |= todo  # scored (and its outbox sent) again next round
+                raise
+            for model, done in sent.items():
+                await self.ownership.fence.delivered(model, done)
         self._started = True
         return alerts
 
@@ -149,15 +163,29 @@ class Evaluator:
         model_version_id: int | None,
         now_ms: int,
         alerts: list[dict[str, Any]],
-        states: dict[str, dict[str, dict[str, Any]]],
+        sent: dict[str, list[str]],
     ) -> None:
         started = time.perf_counter()
+        token = await self.ownership.token(model)  # claimed before any state is read
+        if token is None:
+            return
         result = await self.evaluate_model(model, model_version_id, now_ms)
         if result is None:
             return
-        scores, sent, changed = result
-        alerts += sent
-        states[model] = changed
+        scores, raised, changed = result
+        outbox = await self.ownership.fence.save(
+            model,
+            token,
+            {self.store.keys.alert(model, f): json.dumps(st) for f, st in changed.items()},
+            {a["alert_id"]: self.codec.encode("Alert", a) for a in raised},
+        )
+        if outbox is None:
+            self.ownership.refused(model)
+            return
+        for value in outbox.values():
+            self.producer.produce(self.topics.alerts, value, model.encode())
+        alerts += raised
+        sent[model] = list(outbox)
         if self.metrics is not None:
             self.metrics.evaluation_seconds.observe(time.perf_counter() - started)
             if rank < MAX_EXPORTED:

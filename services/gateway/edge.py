@@ -35,7 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.gateway.anonymous import origin_allowed, refusal_detail
 from services.gateway.auth import KeyStore, presented_key, unauthorized_detail
 from services.gateway.errors import ErrorResponse
-from services.gateway.ratelimit import TokenBuckets, retry_after
+from services.gateway.ratelimit import SharedBuckets, TokenBuckets, retry_after
 from services.gateway.settings import GatewaySettings
 from shared.contracts.errors import ErrorCode
 
@@ -148,9 +148,13 @@ class Edge:
         self.app = app
         self.limit = settings.gateway_max_body_bytes
         self.reference_limit = settings.gateway_max_reference_bytes
-        self.requests = TokenBuckets(
-            settings.gateway_rate_requests_per_second,
-            settings.gateway_rate_requests_per_second * settings.gateway_rate_burst_seconds,
+        self.requests = SharedBuckets(
+            TokenBuckets(
+                settings.gateway_rate_requests_per_second,
+                settings.gateway_rate_requests_per_second * settings.gateway_rate_burst_seconds,
+            ),
+            settings.redis_prefix,
+            "requests",
         )
         self.origins = settings.gateway_cors_origins
         self._roles: dict[int, frozenset[str] | None] = {}
@@ -192,7 +196,8 @@ class Edge:
                 )
                 return
             scope.setdefault("state", {})[PRINCIPAL] = principal
-            wait = self.requests.take(principal.key_id)
+            redis = getattr(app.state.gateway, "route_redis", None)  # shared by the replicas
+            wait = await self.requests.take(principal.key_id, 1.0, redis)
             if wait:
                 await ErrorResponse(
                     "too many requests for this API key "

@@ -27,14 +27,14 @@ class GatewaySettings(GatewayAddress):
     gateway_rate_requests_per_second: float = Field(
         default=0.0,
         ge=0,
-        description="requests a second one API key may make to this gateway process (0: no "
-        "limit); beyond it 429 with Retry-After",
+        description="requests a second one API key may make to all gateway replicas together "
+        "(0: no limit); beyond it 429 with Retry-After",
     )
     gateway_rate_events_per_second: float = Field(
         default=0.0,
         ge=0,
-        description="events a second one API key may post to this gateway process (0: no "
-        "limit); beyond it 429 with Retry-After",
+        description="events a second one API key may post to all gateway replicas together "
+        "(0: no limit); beyond it 429 with Retry-After",
     )
     gateway_rate_burst_seconds: float = Field(
         default=2.0,

@@ -21,7 +21,7 @@ from services.gateway.fanout import Hub
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.model_cache import ModelCache, RegistryIndex
 from services.gateway.publish import Publisher
-from services.gateway.ratelimit import TokenBuckets
+from services.gateway.ratelimit import SharedBuckets, TokenBuckets
 from services.gateway.settings import GatewaySettings
 from shared.contracts.codec import AvroCodec
 from shared.contracts.topics import Topics
@@ -53,7 +53,7 @@ class GatewayState:
     models: ModelCache
     keys: KeyStore
     hub: Hub
-    event_rate: TokenBuckets
+    event_rate: SharedBuckets
     """Per-key event budget of the prediction routes (in-process; off by default)."""
     live_ready: asyncio.Event = field(default_factory=asyncio.Event)
     """Set once the live feed follows its topics (``/health`` reports it)."""
@@ -96,9 +96,13 @@ async def open_state(settings: GatewaySettings, metrics: GatewayMetrics) -> Gate
         models=ModelCache(pool, view, segment_maps),
         keys=KeyStore(pool, settings.gateway_key_cache_seconds, anonymous),
         hub=Hub(settings.gateway_ws_queue, metrics),
-        event_rate=TokenBuckets(
-            settings.gateway_rate_events_per_second,
-            settings.gateway_rate_events_per_second * settings.gateway_rate_burst_seconds,
+        event_rate=SharedBuckets(
+            TokenBuckets(
+                settings.gateway_rate_events_per_second,
+                settings.gateway_rate_events_per_second * settings.gateway_rate_burst_seconds,
+            ),
+            settings.redis_prefix,
+            "events",
         ),
     )
 

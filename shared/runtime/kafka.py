@@ -10,11 +10,19 @@ from confluent_kafka.admin import AdminClient
 
 from shared.settings import Settings
 
+SESSION_TIMEOUT_MS = 10_000
+"""How long a silent consumer keeps its partitions; a paused replica loses them after it."""
+
 
 def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
-    """acks=all and idempotence always; a short linger so batches form under load."""
+    """acks=all and idempotence always; a short linger so batches form under load.
+
+    The partitioner is a contract, not a default: a keyed message goes to CRC-32 of its key
+    (the model version key) modulo the partition count, which is how a replica knows the
+    model versions it owns (:func:`shared.runtime.ownership.partition_of`)."""
     conf: dict[str, Any] = {
         "bootstrap.servers": settings.kafka_servers,
+        "partitioner": "consistent_random",
         "acks": "all",
         "enable.idempotence": True,
         "linger.ms": 2,
@@ -63,7 +71,7 @@ def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict
         # A fetch is answered as soon as a record arrives; the wait only bounds how often
         # an idle consumer asks again (each ask is a wake-up in the client and the broker).
         "fetch.wait.max.ms": settings.kafka_fetch_wait_ms,
-        "session.timeout.ms": 10_000,
+        "session.timeout.ms": SESSION_TIMEOUT_MS,
         "heartbeat.interval.ms": 2_000,
     }
     conf.update(overrides)

@@ -55,6 +55,17 @@ class PipelineHooks(Protocol):
     # Optional: ``quarantined(topic)``, called once per message set aside.
 
 
+class RebalanceListener(Protocol):
+    """Told of every change of the pipeline consumer's assignment (cooperative-sticky: only
+    the partitions that move), on the event loop; Kafka completes the change once the call
+    returns, so a listener can finish work on a partition before it is released
+    (:class:`shared.runtime.ownership.Ownership`)."""
+
+    async def assigned(self, partitions: list[TopicPartition]) -> None: ...
+
+    async def revoked(self, partitions: list[TopicPartition]) -> None: ...
+
+
 @dataclass(slots=True)
 class PipelineConfig:
     group_id: str
@@ -77,6 +88,12 @@ class PipelineConfig:
     ``Settings.quarantine_after_crashes`` of them (see :mod:`shared.runtime.quarantine`)."""
     service: str = ""
     """Name in dead letters and fault injection; default: the group id's last part."""
+    assignment: str = "cooperative-sticky"
+    """librdkafka's ``partition.assignment.strategy``. ``range`` gives each replica the same
+    partition numbers of every topic (the topics have one partition count): a worker that
+    reads two topics keyed by model version and owns model versions by partition
+    (:mod:`shared.runtime.ownership`) then owns a fair share, where cooperative-sticky
+    balances only the total and may give one replica every partition of one topic."""
     max_poll_interval_ms: int = 300_000
     """Longest an iteration may take before Kafka takes the partitions away from the worker
     (librdkafka's ``max.poll.interval.ms``; its default here)."""
@@ -110,8 +127,10 @@ class Pipeline:
         config: PipelineConfig,
         process: Process,
         hooks: PipelineHooks | None = None,
+        listener: RebalanceListener | None = None,
     ) -> None:
         self._settings = settings
+        self._listener = listener
         self._config = config
         self._process = process
         self._hooks = hooks
@@ -147,7 +166,12 @@ class Pipeline:
             self._producer = Producer(producer_config(self._settings))
         self._consumer = AIOConsumer(
             consumer_config(
-                self._settings, cfg.group_id, **{"max.poll.interval.ms": cfg.max_poll_interval_ms}
+                self._settings,
+                cfg.group_id,
+                **{
+                    "max.poll.interval.ms": cfg.max_poll_interval_ms,
+                    "partition.assignment.strategy": cfg.assignment,
+                },
             ),
             max_workers=2,
         )
@@ -163,9 +187,18 @@ class Pipeline:
 
         async def on_assign(consumer: object, partitions: list[TopicPartition]) -> None:
             logger.info("assigned %s", [(p.topic, p.partition) for p in partitions])
+            if self._listener is not None:
+                await self._listener.assigned(partitions)
             self.ready.set()
 
-        await self._consumer.subscribe(cfg.topics, on_assign=on_assign)
+        async def on_revoke(consumer: object, partitions: list[TopicPartition]) -> None:
+            logger.info("revoked %s", [(p.topic, p.partition) for p in partitions])
+            if self._listener is not None:
+                await self._listener.revoked(partitions)
+
+        await self._consumer.subscribe(
+            cfg.topics, on_assign=on_assign, on_revoke=on_revoke, on_lost=on_revoke
+        )
         last_lag = 0.0
         try:
             while not self._stopping.is_set():

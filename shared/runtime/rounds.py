@@ -25,8 +25,10 @@ async def run_rounds(
     stopping: asyncio.Event,
     log: logging.Logger,
     transient: tuple[type[BaseException], ...] = TRANSIENT,
+    wake: asyncio.Event | None = None,
 ) -> None:
-    """Call ``evaluate(now_ms)`` every ``interval_s`` seconds until ``stopping`` is set."""
+    """Call ``evaluate(now_ms)`` every ``interval_s`` seconds until ``stopping`` is set, and
+    at once when ``wake`` is set (the evaluator clears it: new partitions to evaluate)."""
     while not stopping.is_set():
         try:
             await evaluate(clock.now_ms())
@@ -34,5 +36,17 @@ async def run_rounds(
             log.warning("%s skipped: %s", name, exc)
         except Exception:
             log.exception("%s round failed; trying again next round", name)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), interval_s)
+        await _pause(stopping, interval_s, wake)
+
+
+async def _pause(stopping: asyncio.Event, interval_s: float, wake: asyncio.Event | None) -> None:
+    waits = [asyncio.ensure_future(stopping.wait())]
+    if wake is not None:
+        waits.append(asyncio.ensure_future(wake.wait()))
+    try:
+        await asyncio.wait(waits, timeout=interval_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*waits)

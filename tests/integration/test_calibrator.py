@@ -20,9 +20,8 @@ import httpx
 import numpy as np
 import pytest
 
-from services.calibrator.runner import Runner
-from services.calibrator.settings import CalibratorSettings
-from services.calibrator.store import CalibratorStore, load_set
+from services.calibrator.leader import LEADER_LOCK, Leadership
+from services.calibrator.store import LEASE_SQL, CalibratorStore, load_set
 from shared.contracts.batches import PredictionColumns, model_key
 from shared.contracts.codec import AvroCodec
 from shared.contracts.topics import Topics
@@ -36,6 +35,7 @@ from tests.integration.kafka_io import TopicReader
 from tests.integration.pipeline_io import KeyedReader, produce
 
 CODEC = AvroCodec()
+CALIBRATOR_POLL_S = 0.5
 CALIBRATOR_ENV = {
     "CALIBER_CALIBRATOR_SCHEDULE_SECONDS": "0",
     "CALIBER_CALIBRATOR_ON_PROMOTION": "false",
@@ -342,54 +342,84 @@ def test_bad_sets_end_in_a_failed_run_with_its_reason(env: Env, case: str) -> No
 
 
 def test_a_run_left_running_by_a_killed_worker_is_redone_once(env: Env) -> None:
-    """A worker killed between claim and record leaves a running row: the next start
-    queues it again, and it is recorded exactly once."""
+    """A replica killed between claim and record leaves a running row. While the replica
+    that claimed it lives (its lease held) no sibling touches it; once it is gone, the
+    running calibrator queues it again and records it exactly once."""
     now = int(time.time() * 1000)
     with env.client() as c:
         model = register(c, "killed")
     insert(env.settings, model, _rows(3000, 7, now - 2_000_000, 1_900_000, 0.1))
 
-    async def go() -> tuple[str, list[Any]]:
+    async def go() -> tuple[list[Any], list[Any]]:
         pool = await asyncpg.create_pool(env.settings.postgres_url, min_size=1, max_size=2)
         assert pool is not None
         try:
-            store = CalibratorStore(pool)
-            row = await store.model_by_id(model["id"])
-            assert row is not None
             run_id = uuid.uuid4()
-            # Queue and claim as a worker would, inside a lock the service cannot take, then
-            # "die" before recording: the row stays running.
-            async with pool.acquire() as conn:
-                await conn.execute(
-                    "INSERT INTO calibration_runs (run_id, tenant_id, model_version_id, "
-                    "model_name, model_version, trigger, status, started_at, attempts) "
-                    "VALUES ($1, 'acme', $2, $3, 'v1', 'manual', 'running', now(), 1)",
-                    run_id, model["id"], model["name"],
-                )  # fmt: skip
-            settings = CalibratorSettings(**env.settings.model_dump(), **{
-                "calibrator_bootstrap_resamples": 300, "calibrator_schedule_seconds": 0,
-                "calibrator_on_promotion": False,
-            })  # fmt: skip
-            runner = Runner(settings, store, make_producer(settings), CODEC, env.topics.alerts)
-            assert await store.requeue_running() >= 1
-            claimed = await store.claim()
-            while claimed is not None and claimed.run_id != run_id:
-                await runner.run_one(claimed)
-                claimed = await store.claim()
-            assert claimed is not None
-            verdict = await runner.run_one(claimed)
-            with pytest.raises(RuntimeError):  # a second record of the same run is refused
-                await store.record(claimed.run_id, None, "failed", "x", None, {}, None, None, row)
+            # Claim as a replica would (running, attempt 1, leased on its connection)...
+            claimer = await asyncpg.connect(env.settings.postgres_url)
+            await claimer.execute(
+                "INSERT INTO calibration_runs (run_id, tenant_id, model_version_id, "
+                "model_name, model_version, trigger, status, started_at, attempts) "
+                "VALUES ($1, 'acme', $2, $3, 'v1', 'manual', 'running', now(), 1)",
+                run_id, model["id"], model["name"],
+            )  # fmt: skip
+            await claimer.execute(f"SELECT pg_advisory_lock({LEASE_SQL})", run_id)
+            await asyncio.sleep(4 * CALIBRATOR_POLL_S)  # the service's leader looks, leaves it
+            while_alive = list(
+                await pool.fetch(
+                    "SELECT status, attempts FROM calibration_runs WHERE run_id = $1", run_id
+                )
+            )
+            await claimer.close()  # ...and die: the lease goes with the connection
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline:
+                rows = await pool.fetch(
+                    "SELECT status, attempts, verdict FROM calibration_runs WHERE run_id = $1",
+                    run_id,
+                )
+                if rows and rows[0]["status"] == "done":
+                    break
+                await asyncio.sleep(1)
+            await asyncio.sleep(2 * CALIBRATOR_POLL_S)  # a second record would show now
             rows = await pool.fetch(
                 "SELECT status, attempts, verdict FROM calibration_runs WHERE run_id = $1", run_id
             )
-            return verdict, list(rows)
+            return while_alive, list(rows)
         finally:
             await pool.close()
 
-    verdict, rows = asyncio.run(go())
+    while_alive, rows = asyncio.run(go())
+    assert [tuple(r) for r in while_alive] == [("running", 1)]
     assert len(rows) == 1 and rows[0]["status"] == "done" and rows[0]["attempts"] == 2
-    assert rows[0]["verdict"] == verdict
+    assert rows[0]["verdict"] is not None
+    assert env.calibrator.poll() is None
+
+
+def test_one_calibrator_replica_leads_at_a_time(env: Env) -> None:
+    """The running service leads; a second replica does not until the leader's session is
+    gone, then it does at its next poll."""
+
+    async def go() -> tuple[bool, bool, bool]:
+        lock = await asyncpg.connect(env.settings.postgres_url)
+        try:
+            # The service (started by the fixture) took the lock at its first poll.
+            contender = Leadership(env.settings.postgres_url)
+            service_leads = not await contender.leading()
+            await contender.close()
+            mine = Leadership(env.settings.postgres_url, key=LEADER_LOCK + 1)
+            other = Leadership(env.settings.postgres_url, key=LEADER_LOCK + 1)
+            first = await mine.leading() and not await other.leading()
+            await mine.close()  # the leader dies
+            second = await other.leading()
+            await other.close()
+            return service_leads, first, second
+        finally:
+            await lock.close()
+
+    service_leads, first, second = asyncio.run(go())
+    assert service_leads, "the running calibrator must hold the leader lock"
+    assert first, "two replicas must not lead at once"
+    assert second, "a sibling must lead once the leader is gone"
 
 
 def test_a_promotion_runs_once_the_version_has_enough_labels(env: Env) -> None:

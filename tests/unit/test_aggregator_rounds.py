@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import redis.asyncio as aioredis
+
 from services.aggregator.evaluate import Evaluator
 from services.aggregator.settings import AggregatorSettings
+from shared.runtime.ownership import OwnerFence, Ownership
 
 
 class _Recorded(Evaluator):
@@ -19,6 +22,8 @@ class _Recorded(Evaluator):
         self.activity = lambda: counted[0]
         self._last_mark = None
         self.ran: list[int] = []
+        # Never connects: the rounds here only ask whether new partitions woke them.
+        self.ownership = Ownership.sole(OwnerFence(aioredis.Redis(), "unit:"))
 
     async def evaluate(self, now_ms: int) -> list[dict[str, Any]]:
         self.ran.append(now_ms)
@@ -61,3 +66,19 @@ def test_without_an_activity_count_every_round_runs() -> None:
     asyncio.run(ev.evaluate_if_changed(1_000))
     asyncio.run(ev.evaluate_if_changed(1_000))
     assert ev.ran == [1_000, 1_000]
+
+
+def test_new_partitions_evaluate_at_once_even_with_nothing_counted() -> None:
+    """An assignment wakes the evaluator: the new owner's first round must not be skipped."""
+    ev = _Recorded([0])
+
+    async def rounds() -> None:
+        await ev.evaluate_if_changed(600_000)
+        await ev.evaluate_if_changed(601_000)  # skipped
+        ev.ownership.wake.set()
+        await ev.evaluate_if_changed(602_000)  # new partitions: runs
+        await ev.evaluate_if_changed(603_000)  # skipped again
+
+    asyncio.run(rounds())
+    assert ev.ran == [600_000, 602_000]
+    assert not ev.ownership.wake.is_set()

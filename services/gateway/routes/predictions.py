@@ -70,7 +70,7 @@ async def _accept(
     request: Request, who: Principal, events: Sequence[PredictionIn], batch: bool
 ) -> Prepared:
     state = state_of(request)
-    wait = state.event_rate.take(who.key_id, len(events))
+    wait = await state.event_rate.take(who.key_id, len(events), state.route_redis)
     if wait:
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
