@@ -25,9 +25,11 @@ from shared.runtime import identity
 from shared.settings import Settings
 from tooling.stack.base import ComponentStatus, Server, StartAction, StopAction
 from tooling.stack.kafka import Kafka
+from tooling.stack.kafka_cluster import KafkaCluster
 from tooling.stack.postgres import Postgres
 from tooling.stack.process import StackError
 from tooling.stack.redis import Redis
+from tooling.stack.redis_cluster import RedisCluster
 from tooling.stack.topics_admin import ensure_topics
 
 logger = logging.getLogger(__name__)
@@ -51,6 +53,10 @@ class UpResult:
 
 
 def components(settings: Settings) -> list[Server]:
+    """The servers of the settings' profile: PostgreSQL is one server in both; the cluster
+    profile has a 3-broker Kafka and a 3-master Redis Cluster instead of one of each."""
+    if settings.stack_profile == "cluster":
+        return [Postgres(settings), RedisCluster(settings), KafkaCluster(settings)]
     return [Postgres(settings), Redis(settings), Kafka(settings)]
 
 
@@ -92,7 +98,7 @@ def stack_up(settings: Settings) -> UpResult:
 
     def bring_up(server: Server) -> tuple[StartAction, float]:
         action = server.start()
-        if isinstance(server, Kafka):
+        if isinstance(server, Kafka | KafkaCluster):
             created.extend(ensure_topics(settings))
         elif isinstance(server, Postgres):
             migrate(settings.postgres_url)
@@ -137,8 +143,12 @@ def data_folders(settings: Settings) -> list[Path]:
             continue
         if isinstance(server, Kafka):
             folders.append(server.data)
+        elif isinstance(server, KafkaCluster):
+            folders.extend(node.data for node in server.nodes)
         elif isinstance(server, Redis):
             folders.append(server.home)
+        elif isinstance(server, RedisCluster):
+            folders.extend(node.home for node in server.nodes)
         elif isinstance(server, Postgres):
             folders.append(server.root)
     folders.append(settings.stack_home / "faust")
