@@ -76,3 +76,10 @@ bench: up ## run the benchmarks and print throughput, latency percentiles and me
 
 bench-pipeline: up ## the whole pipeline under load: highest sustained rate, latency, freshness, CPU, memory
 	@$(PYTHON) -m bench.pipeline --out reports
+
+BENCH_CLUSTER_ARGS ?=
+bench-cluster: up ## back to back: one replica on single servers, then two replicas on the clusters
+	@echo "== one replica of every worker; one Kafka broker, one Redis"
+	@$(PYTHON) -m bench.pipeline --replicas 1 --out reports/single $(BENCH_CLUSTER_ARGS)
+	@echo "== two replicas of every worker; 3-broker Kafka, 3-master Redis Cluster"
+	@$(PYTHON) -m bench.pipeline --replicas 2 --cluster --out reports/cluster $(BENCH_CLUSTER_ARGS)

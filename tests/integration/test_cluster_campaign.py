@@ -47,7 +47,7 @@ from tests.integration.test_chaos import (
 )
 from tests.integration.test_rebuild import WORKER_ENV, Stack, _free_pair
 from tooling.stack.kafka_cluster import KafkaCluster
-from tooling.stack.postgres import data_root
+from tooling.stack.postgres import Postgres, data_root
 from tooling.stack.process import port_open
 from tooling.stack.redis import Redis
 
@@ -163,6 +163,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield st
     finally:
         st.caliber("stack", "down", timeout=180)
+        Postgres(settings).stop()  # the cluster profile's `down` leaves PostgreSQL running
         if single_redis is not None:
             single_redis.stop()
         shutil.rmtree(data_root(settings), ignore_errors=True)
@@ -226,7 +227,12 @@ class Replicas:
         proc.wait(30)
         self.kills[name] += 1
         self.down_until[key] = step + 2
-        self.note(f"SIGKILL {name}-0 (pid {proc.pid}); its sibling takes its partitions")
+        sibling = (
+            "the other gateway takes its requests"
+            if name == "gateway"
+            else ("its sibling takes its partitions")
+        )
+        self.note(f"SIGKILL {name}-0 (pid {proc.pid}); {sibling}")
 
     def broker(self, action: str) -> None:
         if action == "kill":

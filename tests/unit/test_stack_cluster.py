@@ -9,7 +9,7 @@ import pytest
 
 from shared.settings import Settings
 from tooling.stack.kafka_cluster import KafkaCluster, render_node_properties, voters
-from tooling.stack.manager import components, data_folders
+from tooling.stack.manager import components, data_folders, own_servers
 from tooling.stack.redis_cluster import RedisCluster, cluster_url, create_command, node_arguments
 from tooling.stack.topics_admin import replication_config, replication_factor
 
@@ -97,6 +97,12 @@ def test_cluster_profile_manages_clusters_and_one_postgres(tmp_path: Path) -> No
     folders = data_folders(cluster_settings(tmp_path))
     assert tmp_path / "cluster" / "kafka-3" / "data" in folders
     assert tmp_path / "cluster" / "redis-17003" in folders
+    # The one PostgreSQL serves both profiles: a cluster reset drops its database only.
+    assert len(folders) == 3 + 3 + 1
+    assert [type(s).__name__ for s in own_servers(cluster_settings(tmp_path))] == [
+        "RedisCluster",
+        "KafkaCluster",
+    ]
 
 
 def test_redis_cluster_nodes_are_cluster_enabled_masters(tmp_path: Path) -> None:
@@ -121,3 +127,21 @@ def test_redis_cluster_nodes_are_cluster_enabled_masters(tmp_path: Path) -> None
         "0",
         "--cluster-yes",
     ]
+
+
+def test_the_benchmark_charges_every_replica_and_broker(tmp_path: Path) -> None:
+    from bench.pipeline import _is_pipeline, _stack_line
+    from bench.processes import _broker_name, _redis_name
+
+    assert all(_is_pipeline(n) for n in ("ingest", "ingest-1", "gateway", "Kafka 2", "Redis"))
+    assert not any(_is_pipeline(n) for n in ("load generator", "decision reader"))
+    settings = cluster_settings(tmp_path, redis_cluster_port=27001)
+    props = tmp_path / "cluster" / "kafka-2" / "server.properties"
+    assert _broker_name(settings, f"java -cp x kafka.Kafka {props}") == "Kafka 2"
+    assert _broker_name(settings, "java kafka.Kafka /elsewhere/server.properties") is None
+    assert _redis_name(settings, "redis-server 127.0.0.1:27003 [cluster]") == "Redis 27003"
+    assert _redis_name(settings, "redis-server 127.0.0.1:16379") is None
+    single_redis = settings.model_copy(update={"redis_url": "redis://127.0.0.1:16379/0"})
+    assert _redis_name(single_redis, "redis-server 127.0.0.1:16379") == "Redis"
+    assert _stack_line(settings, 2).startswith("2 replica(s) of every worker; 3-broker Kafka")
+    assert "one Redis" in _stack_line(single_redis, 2)

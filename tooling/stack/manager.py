@@ -128,7 +128,16 @@ def stack_down(settings: Settings) -> dict[str, StopAction]:
     Returns component → stopped | not running | external.
     """
     with stack_lock(settings):
-        return _in_parallel({s.name: s.stop for s in components(settings)})
+        return _in_parallel({s.name: s.stop for s in own_servers(settings)})
+
+
+def own_servers(settings: Settings) -> list[Server]:
+    """The servers ``down`` and ``reset`` of the profile stop: every one of the single
+    profile; on the cluster profile the clusters only, since its PostgreSQL is the single
+    profile's server (``reset`` drops the cluster's database instead)."""
+    if settings.stack_profile == "cluster":
+        return [s for s in components(settings) if not isinstance(s, Postgres)]
+    return components(settings)
 
 
 def stack_status(settings: Settings) -> list[ComponentStatus]:
@@ -138,7 +147,7 @@ def stack_status(settings: Settings) -> list[ComponentStatus]:
 def data_folders(settings: Settings) -> list[Path]:
     """Every folder holding data of the managed servers (logs and binaries are kept)."""
     folders: list[Path] = []
-    for server in components(settings):
+    for server in own_servers(settings):
         if not server.managed:
             continue
         if isinstance(server, Kafka):
@@ -159,7 +168,10 @@ def stack_reset(settings: Settings) -> list[Path]:
     """Stop the servers and delete their data: the next ``up`` starts a new, empty stack with
     a new identity. Returns the folders removed. External servers are left alone."""
     with stack_lock(settings):
-        _in_parallel({s.name: s.stop for s in components(settings)})
+        _in_parallel({s.name: s.stop for s in own_servers(settings)})
+        postgres = Postgres(settings)
+        if settings.stack_profile == "cluster" and postgres.managed and postgres.alive():
+            postgres.drop_database(settings.postgres_database)
         removed = []
         for folder in data_folders(settings):
             if folder.exists():

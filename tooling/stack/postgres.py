@@ -239,6 +239,13 @@ class Postgres(Server):
                     )
                 )
 
+    def drop_database(self, name: str) -> None:
+        """Drop one database of the server (a profile's own), ending its sessions."""
+        with psycopg.connect(self._admin_conninfo(), autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
     def start(self, timeout: float = 60.0) -> StartAction:
         if not self.managed:
             wait_until(self.ready, 15, "external PostgreSQL")
