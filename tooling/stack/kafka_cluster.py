@@ -11,10 +11,10 @@ broker away and bring it back.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from confluent_kafka import KafkaException
@@ -228,8 +228,11 @@ class KafkaCluster(Server):
         pids = [pid for node in self.nodes if (pid := node.pid()) is not None]
         if not pids:
             return "not running"
-        with ThreadPoolExecutor(max_workers=len(pids)) as pool:
-            list(pool.map(lambda pid: terminate(pid, timeout=60), pids))
+        for pid in pids:  # all at once: each broker's shutdown waits for the others' answers
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        for pid in pids:
+            terminate(pid, timeout=60)
         for node in self.nodes:
             node.pidfile.unlink(missing_ok=True)
         return "stopped"
