@@ -62,6 +62,8 @@ REPLICAS = 2
 PARTITIONS = 4
 SNAPSHOT_INTERVAL = 2.0
 KILLED_BROKER = 2
+SETTLE_SECONDS = 300
+"""Longest wait, after the traffic, for the counts to reach the expected ones."""
 SPECS = (
     ModelSpec(name="cluster", version="v1", numeric_features=2, categorical_features=1),
     # Far above the ECE SLO (0.05, critical at 0.075) from its first labels on: one breach.
@@ -324,7 +326,7 @@ def _campaign(reps: Replicas, work: Workload, headers: dict[str, str]) -> float:
 def _settled(
     reps: Replicas, headers: dict[str, str], ids: dict[str, int], want: dict[str, int]
 ) -> dict[str, Any]:
-    deadline = time.monotonic() + 600
+    deadline = time.monotonic() + SETTLE_SECONDS
     while time.monotonic() < deadline:
         reps.revive()
         try:
