@@ -222,19 +222,25 @@ class Replicas:
                     self.start(name, replica)
 
     def kill(self, name: str, step: int) -> None:
-        key = (name, 0)
-        proc = self.procs[key]
-        assert proc.poll() is None, f"{name}-0 was not running"
+        """SIGKILL a running replica of ``name`` (replica 0 unless it has exited by itself
+        meanwhile) and hold it down for two steps."""
+        running = [r for r in range(REPLICAS) if self.procs[(name, r)].poll() is None]
+        if not running:
+            self.start(name, 0)
+            time.sleep(3)
+            running = [0]
+        replica = running[0]
+        proc = self.procs[(name, replica)]
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
         self.kills[name] += 1
-        self.down_until[key] = step + 2
+        self.down_until[(name, replica)] = step + 2
         sibling = (
             "the other gateway takes its requests"
             if name == "gateway"
-            else ("its sibling takes its partitions")
+            else "its sibling takes its partitions"
         )
-        self.note(f"SIGKILL {name}-0 (pid {proc.pid}); {sibling}")
+        self.note(f"SIGKILL {name}-{replica} (pid {proc.pid}); {sibling}")
 
     def broker(self, action: str) -> None:
         if action == "kill":
