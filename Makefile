@@ -8,7 +8,8 @@ INSTALLED := build/.installed
 # Not the `caliber` script: it works wherever pip put the script, on the PATH or not.
 CALIBER := $(PYTHON) -m tooling.cli
 
-.PHONY: help install up down reset status demo test unit lint bench bench-pipeline chaos
+.PHONY: help install up down reset status demo test unit lint bench bench-pipeline chaos \
+	cluster-up cluster-down cluster-status cluster-test bench-cluster
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -42,6 +43,18 @@ test: up ## run the whole test suite against the local stack
 unit: $(INSTALLED) ## run the unit tests only (no servers needed)
 	@$(PYTHON) -m pytest -q tests/unit clients/python/tests -m "not integration"
 
+cluster-up: $(INSTALLED) ## start the cluster profile: 3-broker Kafka, 3-master Redis Cluster, PostgreSQL
+	@CALIBER_STACK_PROFILE=cluster $(CALIBER) stack up
+
+cluster-down: ## stop the cluster profile's servers (data is kept; the single stack is left alone)
+	@CALIBER_STACK_PROFILE=cluster $(CALIBER) stack down
+
+cluster-status: ## show the cluster profile's servers
+	@CALIBER_STACK_PROFILE=cluster $(CALIBER) stack status
+
+cluster-test: $(INSTALLED) ## two replicas of every worker on a private Kafka and Redis cluster, with kills
+	@$(PYTHON) -m pytest -q -s -m cluster tests/integration/test_cluster_campaign.py
+
 chaos: $(INSTALLED) ## crash campaign on a private stack: 100,000 events, 20 service kills, each server killed once
 	@CALIBER_CHAOS_EVENTS=$${CALIBER_CHAOS_EVENTS:-100000} CALIBER_CHAOS_KILLS=$${CALIBER_CHAOS_KILLS:-20} \
 		$(PYTHON) -m pytest -q -s -m chaos tests/integration/test_chaos.py
@@ -64,3 +77,10 @@ bench: up ## run the benchmarks and print throughput, latency percentiles and me
 
 bench-pipeline: up ## the whole pipeline under load: highest sustained rate, latency, freshness, CPU, memory
 	@$(PYTHON) -m bench.pipeline --out reports
+
+BENCH_CLUSTER_ARGS ?=
+bench-cluster: up ## back to back: one replica on single servers, then two replicas on the clusters
+	@echo "== one replica of every worker; one Kafka broker, one Redis"
+	@$(PYTHON) -m bench.pipeline --replicas 1 --out reports/single $(BENCH_CLUSTER_ARGS)
+	@echo "== two replicas of every worker; 3-broker Kafka, 3-master Redis Cluster"
+	@$(PYTHON) -m bench.pipeline --replicas 2 --cluster --out reports/cluster $(BENCH_CLUSTER_ARGS)

@@ -38,6 +38,7 @@ machine's cores with the pipeline, as a client on the same host would.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import multiprocessing as mp
 import os
@@ -55,7 +56,8 @@ from typing import Any
 import asyncpg
 import numpy as np
 import typer
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+from pydantic import SecretStr
 
 from bench.processes import Meter, machine_seconds, stack_pids
 from services.gateway.auth import create_key
@@ -67,6 +69,8 @@ from shared.settings import Settings
 from simulator.gateway_client import GatewayClient, wait_ready
 from simulator.generator import ModelSpec, generate
 from tooling.benchmarking import bench_settings, peak_rss_mb, scratch_database, start_service
+from tooling.stack.kafka_cluster import KafkaCluster
+from tooling.stack.redis_cluster import RedisCluster
 
 app = typer.Typer(add_completion=False)
 
@@ -370,7 +374,13 @@ def _drain(lags: LagProbe, limit: float, verbose: bool = False) -> tuple[float, 
     started = time.monotonic()
     peak: dict[str, int] = {}
     while True:
-        lag = lags.lag()
+        try:
+            lag = lags.lag()
+        except KafkaException:  # a group coordinator moving (a new cluster, a rebalance)
+            if time.monotonic() - started > limit:
+                return float("inf"), peak
+            time.sleep(0.5)
+            continue
         for w, v in lag.items():
             peak[w] = max(peak.get(w, 0), v)
         if all(v == 0 for v in lag.values()):
@@ -397,19 +407,32 @@ def main(
     idle_seconds: float = typer.Option(60.0, min=1, help="length of the idle measurement"),
     out: Path = typer.Option(Path("reports"), help="folder of pipeline.md and pipeline.json"),
     verbose: bool = typer.Option(False, help="print every worker's lag while a step drains"),
+    replicas: int = typer.Option(1, min=1, max=8, help="processes of every worker"),
+    cluster: bool = typer.Option(
+        False, help="on the cluster profile's 3-broker Kafka (started when not running)"
+    ),
+    cluster_redis: bool = typer.Option(
+        True,
+        "--cluster-redis/--single-redis",
+        help="with --cluster: the 3-master Redis Cluster, or the single stack's Redis",
+    ),
 ) -> None:
     """Rate steps up to the first not sustained; latency and freshness at a low and a high
     rate; then CPU at rest and the first event after the quiet period."""
     speed = machine_seconds()
     print(f"machine: {speed:.2f} s for 20 M additions; load average {_loadavg()}", flush=True)
-    with scratch_database(bench_settings(), prefix="caliber_bench") as settings:
-        run = Run(settings, step_seconds, max_drain_seconds, verbose)
+    base = _cluster_base(cluster_redis) if cluster else Settings()
+    stack = _stack_line(base, replicas)
+    print(f"stack: {stack}", flush=True)
+    with scratch_database(bench_settings(base), prefix="caliber_bench") as settings:
+        run = Run(settings, step_seconds, max_drain_seconds, verbose, replicas)
         report = run.execute(
             [int(r) for r in rates.split(",")],
             [int(r) for r in latency_rates.split(",")],
             latency_seconds,
             idle_seconds,
         )
+    report["stack"] = stack
     report["machine"] = {
         "cores": mp.cpu_count(),
         "seconds_for_20M_additions": round(speed, 3),
@@ -424,6 +447,37 @@ def main(
     print(f"written: {out / 'pipeline.md'}, {out / 'pipeline.json'}")
 
 
+def _cluster_base(cluster_redis: bool) -> Settings:
+    """Settings of the cluster profile, its servers started when they do not run (and then
+    stopped when the benchmark ends). PostgreSQL is the single stack's server and database
+    (the benchmark works in a scratch database of it)."""
+    single = Settings()
+    base = single.model_copy(
+        update={
+            "stack_profile": "cluster",
+            "postgres_dsn": SecretStr(single.postgres_url),
+            "redis_url": None if cluster_redis else single.redis_dsn,
+        }
+    )
+    # Stopped at exit, after the benchmark's namespace is removed from them (atexit runs
+    # the last registered first, and the namespace registers later).
+    kafka = KafkaCluster(base)
+    if kafka.start() == "started":
+        atexit.register(kafka.stop)
+    if cluster_redis:
+        redis_cluster = RedisCluster(base)
+        if redis_cluster.start() == "started":
+            atexit.register(redis_cluster.stop)
+    return base
+
+
+def _stack_line(settings: Settings, replicas: int) -> str:
+    cluster = settings.stack_profile == "cluster"
+    kafka = "3-broker Kafka cluster (RF 3, min ISR 2)" if cluster else "one Kafka broker"
+    redis = "3-master Redis Cluster" if cluster and settings.redis_url is None else "one Redis"
+    return f"{replicas} replica(s) of every worker; {kafka}; {redis}; one PostgreSQL"
+
+
 def _loadavg() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
@@ -431,11 +485,16 @@ def _loadavg() -> str:
 class Run:
     """The services, the benchmark's clients and the meters of one run."""
 
-    def __init__(self, settings: Settings, step_s: float, max_drain: float, verbose: bool):
+    def __init__(
+        self, settings: Settings, step_s: float, max_drain: float, verbose: bool, replicas: int
+    ):
         self.settings = settings
+        self.replicas = replicas
         self.topics = Topics.for_namespace(settings.topic_namespace)
         self.step_s, self.max_drain, self.verbose = step_s, max_drain, verbose
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.revived: list[str] = []
+        self.logs = settings.logs_dir / f"bench-{settings.topic_namespace}"
         self.load_before = _loadavg()
 
     def execute(
@@ -445,6 +504,7 @@ class Run:
             self._start(cleanup)
             self.load.run(Step(rate=1000, seconds=10))  # start-up and group joins behind us
             _drain(self.lags, 60, self.verbose)
+            self.revived = self._revive()
             steps, best = self._steps(rates)
             top = best.rate if best else rates[0]
             lows = sorted({min(r, top) for r in latency_rates})
@@ -457,6 +517,7 @@ class Run:
             self.live.stop_event.set()
             self.live.join(5)
             memory = {w: peak_rss_mb(p.pid) for w, p in self.procs.items()}
+            exited = {w: p.returncode for w, p in self.procs.items() if p.poll() is not None}
         for phase in phases:
             window = (event_ms >= phase.pop("started_ms")) & (event_ms <= phase.pop("ended_ms"))
             phase["decision_latency_ms"] = _summary((seen_ms - event_ms)[window], "events")
@@ -480,6 +541,8 @@ class Run:
             "cpu_rate": at.rate if at else None,
             "peak_rss_mb": {w: round(v, 1) for w, v in memory.items()},
             "decisions_read": int(event_ms.size),
+            "exited": exited,
+            "started_again_after_warm_up": self.revived,
             "live_feed": {"decisions_for_v1": self.live.decisions, "closed": self.live.closed},
         }
 
@@ -501,14 +564,10 @@ class Run:
         client = cleanup.enter_context(GatewayClient(base, key))
         versions = (*VERSIONS, "probe")
         ids = {v: int(client.ensure_version(MODEL, v, "staging")["id"]) for v in versions}
+        self.logs = logs
         for w in WORKERS:
-            self.procs[w] = start_service(
-                w,
-                settings,
-                logs / f"{w}.log",
-                CALIBER_METRICS_PORT="0",
-                CALIBER_POLICY_CATCH_UP_SECONDS="3",
-            )
+            for i in range(self.replicas):
+                self._start_worker(w, i)
         self.live = LiveClient(
             f"ws://127.0.0.1:{port}/ws/live?api_key={key}&model_version_id={ids['v1']}"
         )
@@ -532,6 +591,31 @@ class Run:
         pids = {w: p.pid for w, p in self.procs.items()}
         pids.update({"load generator": os.getpid(), "decision reader": int(reader.pid or 0)})
         self.meter = Meter(pids, stack_pids(settings))
+
+    def _start_worker(self, worker: str, instance: int) -> None:
+        name = worker if self.replicas == 1 else f"{worker}-{instance}"
+        self.procs[name] = start_service(
+            worker,
+            self.settings,
+            self.logs / f"{name}.log",
+            CALIBER_METRICS_PORT="0",
+            CALIBER_POLICY_CATCH_UP_SECONDS="3",
+            CALIBER_INSTANCE_ID=str(instance),
+        )
+
+    def _revive(self) -> list[str]:
+        """Start again, as a supervisor would, every worker that exited during start-up and
+        the warm-up (a replica may crash while its group rebalances); returns their names."""
+        exited = [w for w, p in self.procs.items() if w != "gateway" and p.poll() is not None]
+        for name in exited:
+            worker, _, instance = name.partition("-")
+            self._start_worker(worker, int(instance or 0))
+            self.meter.pids[name] = self.procs[name].pid
+        if exited:
+            print(f"started again after the warm-up: {', '.join(exited)}", flush=True)
+            self.load.run(Step(rate=1000, seconds=10))
+            _drain(self.lags, 60, self.verbose)
+        return exited
 
     def _steps(self, rates: list[int]) -> tuple[list[Step], Step | None]:
         steps: list[Step] = []
@@ -607,7 +691,7 @@ def _verdict(steps: list[Step], step_s: float) -> str:
         return "no step was run"
     last = steps[-1]
     wall = step_s + (last.drain_seconds if last.drain_seconds != float("inf") else 30.0)
-    cores = {w: c / wall for w, c in last.cpu_seconds.items() if w in (*SERVICES, *SERVERS)}
+    cores = {w: c / wall for w, c in last.cpu_seconds.items() if _is_pipeline(w)}
     name, used = max(cores.items(), key=lambda kv: kv[1])
     cpu = mp.cpu_count()
     if used >= 0.9:
@@ -619,6 +703,11 @@ def _verdict(steps: list[Step], step_s: float) -> str:
         f"bound by the machine's {cpu} cores ({last.machine_busy:.0%} busy at {last.rate}/s); "
         f"the largest share is {name}'s, {used:.2f} of a core"
     )
+
+
+def _is_pipeline(name: str) -> bool:
+    """A service (or one of its replicas, ``ingest-1``) or a server (``Kafka 2``)."""
+    return name.rsplit("-", 1)[0] in SERVICES or name.split(" ")[0] in SERVERS
 
 
 def _summary(values: np.ndarray, what: str) -> dict[str, float]:
@@ -656,7 +745,7 @@ def _markdown(r: dict[str, Any]) -> str:
         f"Machine: {m['cores']} cores, {m['seconds_for_20M_additions']:.2f} s for 20 M "
         f"additions in CPython; load average {m['load_average_before']} before, "
         f"{m['load_average_after']} after. Workers: ingest, policy, aggregator, drift, "
-        "recorder, gateway (one /ws/live client), one process each.",
+        f"recorder, gateway (one /ws/live client). Stack: {r.get('stack', '')}.",
         "",
         f"**Highest sustained rate: {r['highest_sustained_rate']} events/s** "
         "(PredictionBatch producers, half the events labeled).",
@@ -687,6 +776,12 @@ def _markdown(r: dict[str, Any]) -> str:
             "",
         ]
     lines += _cpu_table(r)
+    if r.get("started_again_after_warm_up"):
+        again = ", ".join(r["started_again_after_warm_up"])
+        lines += ["", f"Exited during start-up or the warm-up and started again: {again}."]
+    if r.get("exited"):
+        gone = ", ".join(f"{w} (exit {code})" for w, code in r["exited"].items())
+        lines += ["", f"Exited during the run (not restarted): {gone}."]
     idle = r["idle"]
     first_d, first_f = idle["first_event_decision_ms"], idle["first_event_freshness_ms"]
     lines += [

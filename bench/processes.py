@@ -13,7 +13,7 @@ import os
 import time
 from pathlib import Path
 
-from shared.settings import Settings
+from shared.settings import CLUSTER_NODES, Settings
 
 MACHINE_LOOP = 20_000_000
 """Additions in :func:`machine_seconds`'s loop."""
@@ -46,18 +46,42 @@ def _pids() -> list[int]:
 
 
 def stack_pids(settings: Settings) -> dict[str, int]:
-    """Pids of the stack's Kafka broker, Redis server and PostgreSQL postmaster (those of
-    them running on this host)."""
+    """Pids of the stack's Kafka brokers, Redis servers and PostgreSQL postmaster (those of
+    them running on this host). On the cluster profile, every broker and Redis master by
+    its number ("Kafka 2", "Redis 17002"); Redis is the single one when ``redis_url`` names
+    it."""
+    cluster = settings.stack_profile == "cluster"
     found: dict[str, int] = {}
     for pid in _pids():
         cmd = _cmdline(pid)
         if "kafka.Kafka" in cmd and "java" in cmd:
-            found.setdefault("Kafka", pid)
-        elif cmd.startswith("redis-server") and f":{settings.redis_port}" in cmd:
-            found.setdefault("Redis", pid)
+            name = _broker_name(settings, cmd) if cluster else "Kafka"
+            if name is not None:
+                found.setdefault(name, pid)
+        elif cmd.startswith("redis-server"):
+            name = _redis_name(settings, cmd)
+            if name is not None:
+                found.setdefault(name, pid)
         elif "postgres" in cmd and f"-p {settings.postgres_port}" in cmd and " -D " in cmd:
             found.setdefault("PostgreSQL", pid)
     return found
+
+
+def _broker_name(settings: Settings, cmd: str) -> str | None:
+    home = settings.stack_home / "cluster"
+    for node in range(1, CLUSTER_NODES + 1):
+        if str(home / f"kafka-{node}" / "server.properties") in cmd:
+            return f"Kafka {node}"
+    return None
+
+
+def _redis_name(settings: Settings, cmd: str) -> str | None:
+    if settings.stack_profile == "cluster" and settings.redis_url is None:
+        for port in range(settings.redis_cluster_port, settings.redis_cluster_port + CLUSTER_NODES):
+            if f":{port}" in cmd:
+                return f"Redis {port}"
+        return None
+    return "Redis" if f":{settings.redis_port}" in cmd else None
 
 
 def cpu_seconds(pid: int, with_children: bool = False) -> float:

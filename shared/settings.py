@@ -8,6 +8,7 @@ Every variable carries the ``CALIBER_`` prefix; the README's configuration table
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -15,6 +16,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_KAFKA_PORT = 19092
 DEFAULT_REDIS_PORT = 16379
 DEFAULT_POSTGRES_PORT = 15432
+DEFAULT_KAFKA_CLUSTER_PORT = 19192
+DEFAULT_REDIS_CLUSTER_PORT = 17001
+CLUSTER_NODES = 3
+"""Nodes of the local clusters: three Kafka brokers (each also a controller voter) and three
+Redis Cluster masters."""
 LONGEST_METRIC_WINDOW_SECONDS = 7 * 24 * 3600
 """The longest rolling window the API answers (``7d``); ``all`` is kept by day buckets."""
 
@@ -53,6 +59,31 @@ class Settings(BaseSettings):
     redis_port: int = Field(default=DEFAULT_REDIS_PORT, description="local stack Redis port")
     postgres_port: int = Field(
         default=DEFAULT_POSTGRES_PORT, description="local stack PostgreSQL port"
+    )
+    stack_profile: Literal["single", "cluster"] = Field(
+        default="single",
+        description="local stack: 'single' (one Kafka broker, one Redis) or 'cluster' (a "
+        "3-broker Kafka KRaft cluster and a 3-master Redis Cluster on loopback, and the "
+        "database caliber_cluster on the same PostgreSQL)",
+    )
+    kafka_cluster_port: int = Field(
+        default=DEFAULT_KAFKA_CLUSTER_PORT,
+        ge=1,
+        le=65_000,
+        description="cluster profile: client port of the first Kafka broker; broker n listens "
+        "on this port + n - 1 and its controller on this port + 2 + n",
+    )
+    redis_cluster_port: int = Field(
+        default=DEFAULT_REDIS_CLUSTER_PORT,
+        ge=1,
+        le=55_000,
+        description="cluster profile: port of the first Redis Cluster master; master n on this "
+        "port + n - 1 (cluster bus: + 10000)",
+    )
+    topic_replication_factor: int | None = Field(
+        default=None,
+        ge=1,
+        description="replication factor of created topics; unset = min(3, live brokers)",
     )
     stack_home: Path = Field(
         default=Path.home() / ".cache" / "caliber",
@@ -185,17 +216,42 @@ class Settings(BaseSettings):
 
     @property
     def kafka_servers(self) -> str:
-        return self.kafka_bootstrap or f"127.0.0.1:{self.kafka_port}"
+        if self.kafka_bootstrap:
+            return self.kafka_bootstrap
+        if self.stack_profile == "cluster":
+            ports = range(self.kafka_cluster_port, self.kafka_cluster_port + CLUSTER_NODES)
+            return ",".join(f"127.0.0.1:{port}" for port in ports)
+        return f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def internal_replication_factor(self) -> int:
+        """Replication of topics a library creates by itself (Faust's), where no broker count
+        is at hand: the setting, else three copies on the cluster profile and one otherwise."""
+        if self.topic_replication_factor is not None:
+            return self.topic_replication_factor
+        return CLUSTER_NODES if self.stack_profile == "cluster" else 1
 
     @property
     def redis_dsn(self) -> str:
-        return self.redis_url or f"redis://127.0.0.1:{self.redis_port}/0"
+        if self.redis_url:
+            return self.redis_url
+        if self.stack_profile == "cluster":
+            return f"redis+cluster://127.0.0.1:{self.redis_cluster_port}"
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+    @property
+    def postgres_database(self) -> str:
+        """The local stack's database: each profile has its own, on the one server, so the
+        stack identity of one profile's Kafka never meets the other's database."""
+        return "caliber_cluster" if self.stack_profile == "cluster" else "caliber"
 
     @property
     def postgres_url(self) -> str:
         if self.postgres_dsn is not None:
             return self.postgres_dsn.get_secret_value()
-        return f"postgresql://caliber:caliber@127.0.0.1:{self.postgres_port}/caliber"
+        return (
+            f"postgresql://caliber:caliber@127.0.0.1:{self.postgres_port}/{self.postgres_database}"
+        )
 
     @property
     def logs_dir(self) -> Path:

@@ -125,6 +125,9 @@ def service_env(settings: Settings, **extra: str) -> dict[str, str]:
         CALIBER_TOPIC_NAMESPACE=settings.topic_namespace,
         CALIBER_REDIS_PREFIX=settings.redis_prefix,
         CALIBER_STACK_HOME=str(settings.stack_home),
+        CALIBER_STACK_PROFILE=settings.stack_profile,
+        CALIBER_KAFKA_CLUSTER_PORT=str(settings.kafka_cluster_port),
+        CALIBER_REDIS_CLUSTER_PORT=str(settings.redis_cluster_port),
         CALIBER_LOG_LEVEL="WARNING",
     )
     if settings.kafka_bootstrap:

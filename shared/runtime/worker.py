@@ -39,7 +39,8 @@ def create_app(name: str, settings: Settings, loop: Loop) -> faust.App:
         autodiscover=False,
         web_enabled=False,
         topic_partitions=settings.topic_partitions,
-        topic_replication_factor=1,
+        # Faust's own topics (its assignor's) are as safe as Caliber's on a cluster.
+        topic_replication_factor=settings.internal_replication_factor,
         producer_acks=-1,
     )
     stopping = asyncio.Event()

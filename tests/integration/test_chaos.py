@@ -88,8 +88,8 @@ SPECS = (
 )
 
 
-def _gen(spec: ModelSpec, n: int, seed: int) -> Generated:
-    spec = replace(spec, label_share=0.7)
+def _gen(spec: ModelSpec, n: int, seed: int, label_share: float = 0.7) -> Generated:
+    spec = replace(spec, label_share=label_share)
     start = int(time.time() * 1000) - 3_600_000
     return generate(spec, n, seed, start, rate_per_s=100.0)
 
@@ -107,15 +107,24 @@ def _rest_event(rec: dict[str, Any], truth: str | None) -> dict[str, Any]:
     }
 
 
-def workload(topics: Topics, n: int, seed: int) -> Workload:
+def workload(
+    topics: Topics,
+    n: int,
+    seed: int,
+    steps: int = STEPS,
+    label_share: float = 0.7,
+    specs: tuple[ModelSpec, ...] = SPECS,
+) -> Workload:
+    """``n`` events in ``steps`` slices: two Kafka-fed model versions and a REST-fed one
+    (``specs``), ``label_share`` of each labeled, with duplicates and bad messages."""
     rng = random.Random(seed)
     n_rest = int(n * REST_SHARE)
     n_kafka = n - n_rest
     n_bad = max(len(FAULTS), int(n * BAD_SHARE))
-    gens = [_gen(s, n_kafka // 2, seed + i) for i, s in enumerate(SPECS[:2])]
-    rest_gen = _gen(SPECS[2], n_rest, seed + 2)
-    bad_gen = _gen(SPECS[0], n_bad, seed + 3)
-    slices = [Slice() for _ in range(STEPS)]
+    gens = [_gen(s, n_kafka // 2, seed + i, label_share) for i, s in enumerate(specs[:2])]
+    rest_gen = _gen(specs[2], n_rest, seed + 2, label_share)
+    bad_gen = _gen(specs[0], n_bad, seed + 3)
+    slices = [Slice() for _ in range(steps)]
     events: dict[str, int] = {}
     labeled: dict[str, int] = {}
     for gen in gens:
@@ -123,7 +132,7 @@ def workload(topics: Topics, n: int, seed: int) -> Workload:
         events[cols.model_version] = len(cols)
         labeled[cols.model_version] = int(gen.labeled.sum())
         key = cols.key.encode()
-        bounds = np.linspace(0, len(cols), STEPS + 1).astype(int)
+        bounds = np.linspace(0, len(cols), steps + 1).astype(int)
         for step, (lo, hi) in enumerate(itertools.pairwise(bounds)):
             rows = np.arange(lo, hi)
             part = cols.take(rows)
@@ -149,16 +158,16 @@ def workload(topics: Topics, n: int, seed: int) -> Workload:
                 }
                 out.append((topics.labels_raw, key, CODEC.encode("Label", label)))
     # Exact duplicates of prediction messages already sent, re-sent in a later step.
-    for step in range(1, STEPS):
+    for step in range(1, steps):
         before = [m for s in slices[:step] for m in s.kafka if m[0] == topics.inference_raw]
-        k = int(len(before) * DUPLICATE_SHARE / (STEPS - 1)) + 1
+        k = int(len(before) * DUPLICATE_SHARE / (steps - 1)) + 1
         slices[step].kafka.extend(rng.sample(before, min(k, len(before))))
     # Bad messages, one code after the other, spread over the steps.
     codes: Counter[str] = Counter()
     kinds = list(FAULTS)
     for j, rec in enumerate(event_records(bad_gen.predictions)):
         code = kinds[j % len(kinds)]
-        slices[j % STEPS].kafka.append((topics.inference_raw, b"broken", FAULTS[code](CODEC, rec)))
+        slices[j % steps].kafka.append((topics.inference_raw, b"broken", FAULTS[code](CODEC, rec)))
         codes[str(code)] += 1
     for s in slices:
         rng.shuffle(s.kafka)
@@ -172,10 +181,10 @@ def workload(topics: Topics, n: int, seed: int) -> Workload:
     rest = [_rest_event(r, truths[i]) for i, r in enumerate(event_records(rest_cols))]
     batches = [rest[i : i + 50] for i in range(0, len(rest), 50)]
     for b, batch in enumerate(batches):
-        slices[b % STEPS].rest.append(batch)
-        slices[(b + 1) % STEPS].rest.append(batch)
+        slices[b % steps].rest.append(batch)
+        slices[(b + 1) % steps].rest.append(batch)
     for step, s in enumerate(slices):
-        fresh = _gen(SPECS[2], 3, seed + 100 + step)  # never sent in any other form
+        fresh = _gen(specs[2], 3, seed + 100 + step)  # never sent in any other form
         bad = [_rest_event(r, None) for r in event_records(fresh.predictions)]
         bad[1]["predicted_label"] = "nul\x00label"
         s.bad_rest.append(bad)

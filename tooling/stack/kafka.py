@@ -41,6 +41,33 @@ def new_cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
 
 
+def storage_lines(settings: Settings, data_dir: Path, replicas: int, min_isr: int) -> list[str]:
+    """The properties every broker of the local stack shares, single node or cluster:
+    storage, topic defaults and the internal topics' replication (``replicas`` copies, at
+    least ``min_isr`` in sync for a write)."""
+    return [
+        f"log.dirs={data_dir}",
+        f"num.partitions={settings.topic_partitions}",
+        f"default.replication.factor={replicas}",
+        f"min.insync.replicas={min_isr}",
+        f"offsets.topic.replication.factor={replicas}",
+        "offsets.topic.num.partitions=6",
+        f"transaction.state.log.replication.factor={replicas}",
+        f"transaction.state.log.min.isr={min_isr}",
+        "transaction.state.log.num.partitions=6",
+        f"share.coordinator.state.topic.replication.factor={replicas}",
+        f"share.coordinator.state.topic.min.isr={min_isr}",
+        "group.initial.rebalance.delay.ms=0",
+        # Caliber's topics come from ensure_topics and Faust declares its own internal
+        # topics through the admin API, so a topic that does not exist is a mistake
+        # (a wrong namespace) that should fail, not silently get default settings.
+        "auto.create.topics.enable=false",
+        "log.retention.hours=168",
+        "log.segment.bytes=268435456",
+        "message.max.bytes=10485760",
+    ]
+
+
 def render_properties(settings: Settings, data_dir: Path) -> str:
     """``server.properties`` of the single-node broker and controller."""
     port = settings.kafka_port
@@ -54,29 +81,27 @@ def render_properties(settings: Settings, data_dir: Path) -> str:
             "controller.listener.names=CONTROLLER",
             "inter.broker.listener.name=PLAINTEXT",
             "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-            f"log.dirs={data_dir}",
-            f"num.partitions={settings.topic_partitions}",
-            "offsets.topic.replication.factor=1",
-            "offsets.topic.num.partitions=6",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "transaction.state.log.num.partitions=6",
-            "share.coordinator.state.topic.replication.factor=1",
-            "share.coordinator.state.topic.min.isr=1",
-            "group.initial.rebalance.delay.ms=0",
-            # Caliber's topics come from ensure_topics and Faust declares its own internal
-            # topics through the admin API, so a topic that does not exist is a mistake
-            # (a wrong namespace) that should fail, not silently get default settings.
-            "auto.create.topics.enable=false",
-            "log.retention.hours=168",
-            "log.segment.bytes=268435456",
-            "message.max.bytes=10485760",
+            *storage_lines(settings, data_dir, replicas=1, min_isr=1),
             # At rest the controller appended a no-op record to the metadata log every
             # 500 ms (the default); a single-node cluster has no follower to reassure.
             "metadata.max.idle.interval.ms=5000",
             "",
         ]
     )
+
+
+def java_command(lib: Path, props: Path, heap: str = "512m") -> list[str]:
+    """The command line of one broker: the cached jars, its properties file, its heap."""
+    options = [f"-Xmx{heap}" if o.startswith("-Xmx") else o for o in JVM_OPTIONS]
+    return [
+        "java",
+        *options,
+        f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
+        "-cp",
+        f"{lib}/*",
+        "kafka.Kafka",
+        str(props),
+    ]
 
 
 class Kafka(Server):
@@ -175,18 +200,6 @@ class Kafka(Server):
         self.home.mkdir(parents=True, exist_ok=True)
         self.props.write_text(render_properties(self.settings, self.data))
         self.format_storage()
-        spawn(
-            [
-                "java",
-                *JVM_OPTIONS,
-                f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
-                "-cp",
-                f"{self.lib}/*",
-                "kafka.Kafka",
-                str(self.props),
-            ],
-            self.log,
-            self.pidfile,
-        )
+        spawn(java_command(self.lib, self.props), self.log, self.pidfile)
         wait_until(self.ready, timeout, "Kafka", self.log, alive=self.alive)
         return "started"

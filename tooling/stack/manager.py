@@ -25,9 +25,11 @@ from shared.runtime import identity
 from shared.settings import Settings
 from tooling.stack.base import ComponentStatus, Server, StartAction, StopAction
 from tooling.stack.kafka import Kafka
+from tooling.stack.kafka_cluster import KafkaCluster
 from tooling.stack.postgres import Postgres
 from tooling.stack.process import StackError
 from tooling.stack.redis import Redis
+from tooling.stack.redis_cluster import RedisCluster
 from tooling.stack.topics_admin import ensure_topics
 
 logger = logging.getLogger(__name__)
@@ -51,6 +53,10 @@ class UpResult:
 
 
 def components(settings: Settings) -> list[Server]:
+    """The servers of the settings' profile: PostgreSQL is one server in both; the cluster
+    profile has a 3-broker Kafka and a 3-master Redis Cluster instead of one of each."""
+    if settings.stack_profile == "cluster":
+        return [Postgres(settings), RedisCluster(settings), KafkaCluster(settings)]
     return [Postgres(settings), Redis(settings), Kafka(settings)]
 
 
@@ -92,7 +98,7 @@ def stack_up(settings: Settings) -> UpResult:
 
     def bring_up(server: Server) -> tuple[StartAction, float]:
         action = server.start()
-        if isinstance(server, Kafka):
+        if isinstance(server, Kafka | KafkaCluster):
             created.extend(ensure_topics(settings))
         elif isinstance(server, Postgres):
             migrate(settings.postgres_url)
@@ -122,7 +128,16 @@ def stack_down(settings: Settings) -> dict[str, StopAction]:
     Returns component → stopped | not running | external.
     """
     with stack_lock(settings):
-        return _in_parallel({s.name: s.stop for s in components(settings)})
+        return _in_parallel({s.name: s.stop for s in own_servers(settings)})
+
+
+def own_servers(settings: Settings) -> list[Server]:
+    """The servers ``down`` and ``reset`` of the profile stop: every one of the single
+    profile; on the cluster profile the clusters only, since its PostgreSQL is the single
+    profile's server (``reset`` drops the cluster's database instead)."""
+    if settings.stack_profile == "cluster":
+        return [s for s in components(settings) if not isinstance(s, Postgres)]
+    return components(settings)
 
 
 def stack_status(settings: Settings) -> list[ComponentStatus]:
@@ -132,13 +147,17 @@ def stack_status(settings: Settings) -> list[ComponentStatus]:
 def data_folders(settings: Settings) -> list[Path]:
     """Every folder holding data of the managed servers (logs and binaries are kept)."""
     folders: list[Path] = []
-    for server in components(settings):
+    for server in own_servers(settings):
         if not server.managed:
             continue
         if isinstance(server, Kafka):
             folders.append(server.data)
+        elif isinstance(server, KafkaCluster):
+            folders.extend(node.data for node in server.nodes)
         elif isinstance(server, Redis):
             folders.append(server.home)
+        elif isinstance(server, RedisCluster):
+            folders.extend(node.home for node in server.nodes)
         elif isinstance(server, Postgres):
             folders.append(server.root)
     folders.append(settings.stack_home / "faust")
@@ -149,7 +168,10 @@ def stack_reset(settings: Settings) -> list[Path]:
     """Stop the servers and delete their data: the next ``up`` starts a new, empty stack with
     a new identity. Returns the folders removed. External servers are left alone."""
     with stack_lock(settings):
-        _in_parallel({s.name: s.stop for s in components(settings)})
+        _in_parallel({s.name: s.stop for s in own_servers(settings)})
+        postgres = Postgres(settings)
+        if settings.stack_profile == "cluster" and postgres.managed and postgres.alive():
+            postgres.drop_database(settings.postgres_database)
         removed = []
         for folder in data_folders(settings):
             if folder.exists():

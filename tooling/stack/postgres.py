@@ -44,7 +44,6 @@ logger = logging.getLogger(__name__)
 PG_USER = "postgres"
 APP_ROLE = "caliber"
 APP_PASSWORD = "caliber"  # loopback-only development server
-APP_DATABASE = "caliber"
 SHARED_ROOT = Path("/var/lib/caliber")
 LEGACY_ROOT = Path("/var/tmp/caliber")
 """Where earlier versions kept the data when the ``postgres`` user cannot reach the home."""
@@ -231,13 +230,21 @@ class Postgres(Server):
             # autovacuum worker still on it, which runs under no role of the application's.
             conn.execute(sql.SQL("GRANT pg_signal_backend TO {}").format(sql.Identifier(APP_ROLE)))
             if not conn.execute(
-                "SELECT 1 FROM pg_database WHERE datname = %s", (APP_DATABASE,)
+                "SELECT 1 FROM pg_database WHERE datname = %s", (self.settings.postgres_database,)
             ).fetchone():
                 conn.execute(
                     sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                        sql.Identifier(APP_DATABASE), sql.Identifier(APP_ROLE)
+                        sql.Identifier(self.settings.postgres_database),
+                        sql.Identifier(APP_ROLE),
                     )
                 )
+
+    def drop_database(self, name: str) -> None:
+        """Drop one database of the server (a profile's own), ending its sessions."""
+        with psycopg.connect(self._admin_conninfo(), autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
 
     def start(self, timeout: float = 60.0) -> StartAction:
         if not self.managed:

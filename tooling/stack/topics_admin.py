@@ -13,18 +13,43 @@ from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+MAX_REPLICATION = 3
+"""Copies of every partition on a cluster large enough: one broker may fail, and with
+``min.insync.replicas`` 2 an acknowledged write is on two brokers."""
+MIN_INSYNC_REPLICATED = 2
+
+
+def replication_factor(brokers: int, override: int | None = None) -> int:
+    """The replication factor of new topics: ``override`` when set, else as many copies as
+    there are brokers, up to three."""
+    if override is not None:
+        return override
+    if brokers < 1:
+        raise ValueError("the cluster lists no broker")
+    return min(MAX_REPLICATION, brokers)
+
+
+def replication_config(replicas: int) -> dict[str, str]:
+    """Per-topic settings that follow from the replication factor: with three copies or
+    more, a write needs two in sync (acks=all then survives the loss of any one broker)."""
+    if replicas >= MAX_REPLICATION:
+        return {"min.insync.replicas": str(MIN_INSYNC_REPLICATED)}
+    return {}
+
 
 def ensure_topics(settings: Settings, namespace: str | None = None) -> list[str]:
     """Create every topic of ``namespace`` that does not exist; returns the ones created."""
     topics = Topics.for_namespace(namespace or settings.topic_namespace)
     admin = make_admin(settings)
-    existing = set(admin.list_topics(timeout=10).topics)
+    metadata = admin.list_topics(timeout=10)
+    existing = set(metadata.topics)
+    replicas = replication_factor(len(metadata.brokers), settings.topic_replication_factor)
     wanted = [
         NewTopic(
             name,
             num_partitions=1 if name == topics.stack else settings.topic_partitions,
-            replication_factor=1,
-            config=topic_config(settings, name in topics.compacted),
+            replication_factor=replicas,
+            config=topic_config(settings, name in topics.compacted) | replication_config(replicas),
         )
         for name in topics.all()
         if name not in existing
