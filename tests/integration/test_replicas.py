@@ -25,9 +25,7 @@ from simulator.generator import ModelSpec, generate
 from tests.integration.aggregator_io import send_decisions_and_labels
 from tests.integration.conftest import start_service
 from tests.integration.drift_io import Scenario, batches, send
-from tests.integration.ingest_workload import produce, workload
 from tests.integration.kafka_io import TopicReader
-from tests.integration.pipeline_io import rows
 from tests.integration.test_aggregator import wait_counts
 
 INTERVAL_S = 1.0
@@ -55,6 +53,15 @@ def owned_partitions(log: Path, topic: str) -> set[int]:
         if gone and gone.group(1).strip():
             owned -= {int(p) for p in gone.group(1).split(",")}
     return owned
+
+
+def assignments(log: Path, topic: str) -> Counter[int]:
+    """How often each partition of ``topic`` was assigned to a replica, from its log."""
+    out: Counter[int] = Counter()
+    text = log.read_text(errors="replace")
+    for got in re.finditer(rf"owner of {re.escape(topic)}\[([\d, ]+)\]", text):
+        out.update(int(p) for p in got.group(1).split(","))
+    return out
 
 
 def test_two_aggregators_publish_each_snapshot_once_and_hand_over_on_a_kill(
@@ -151,8 +158,13 @@ def test_two_aggregators_publish_each_snapshot_once_and_hand_over_on_a_kill(
         for (m, w), ats in times.items():
             ats.sort()
             gaps = [b - a for a, b in itertools.pairwise(ats)]
-            # One publisher per model version: rounds are an interval apart, never closer.
-            assert not gaps or min(gaps) >= 0.5 * INTERVAL_S * 1000, (m, w, gaps)
+            # One publisher per model version: its rounds are an interval apart. Only a
+            # handover (the old owner's last round, then the new owner's first at once)
+            # may come closer, at most once per assignment of its partition after the first.
+            short = [g for g in gaps if g < 0.5 * INTERVAL_S * 1000]
+            p = partition_of(f"default/{m}/v1", partitions)
+            handovers = sum(assignments(logs[r], topics.decisions)[p] for r in logs) - 1
+            assert len(short) <= handovers, (m, w, gaps, handovers)
         raises = ece_raises()
         assert len(raises) == 1, raises
         assert raises[0]["model_name"] == breaching
@@ -237,133 +249,6 @@ def test_two_drift_workers_raise_and_resolve_each_breach_once_across_a_kill(
     finally:
         for p in procs.values():
             if p.poll() is None:
-                p.terminate()
-                p.wait(30)
-        reader.close()
-
-
-def test_two_ingest_policy_and_recorder_replicas_count_every_event_once_across_a_restart(
-    isolated_settings: Settings, tmp_path: Path
-) -> None:
-    """One replica of each is SIGKILLed and restarted with its instance id: its
-    transactional id fences its own predecessor, never the sibling, which runs on; every
-    event is decided once and stored once by the two recorders."""
-    settings = isolated_settings
-    codec = AvroCodec()
-    topics = Topics.for_namespace(settings.topic_namespace)
-    work = workload(codec, seed=31)
-    half = len(work.messages) // 2
-    produce(settings, work.messages[:half])
-    env = {"CALIBER_INGEST_MAX_MESSAGES": "200", "CALIBER_POLICY_MAX_MESSAGES": "5"}
-
-    def start(name: str, replica: str) -> subprocess.Popen[bytes]:
-        log = tmp_path / f"{name}-{replica}.log"
-        return start_service(name, settings, log, CALIBER_INSTANCE_ID=replica, **env)
-
-    names = ("ingest", "policy", "recorder")
-    procs = {(n, r): start(n, r) for n in names for r in ("a", "b")}
-    reader = TopicReader(settings, [topics.decisions], codec)
-
-    def decided() -> list[str]:
-        return [
-            i
-            for d in reader.records[topics.decisions]
-            for i in d.record["predictions"]["event_ids"]
-        ]
-
-    try:
-        reader.wait_for(lambda: len(decided()) >= 1_000, 120, "the first thousand decisions",
-                        list(procs.values()))  # fmt: skip
-        for name in names:
-            procs[(name, "a")].send_signal(signal.SIGKILL)
-            procs[(name, "a")].wait(10)
-        produce(settings, work.messages[half:])
-        for name in names:
-            procs[(name, "a")] = start(name, "a")
-        reader.wait_for(lambda: len(decided()) >= len(work.valid_ids), 180,
-                        "every valid event decided", list(procs.values()))  # fmt: skip
-        reader.poll(3.0)  # a duplicate would show up now
-        ids = decided()
-        assert len(ids) == len(set(ids)) == len(work.valid_ids)
-        assert set(ids) == work.valid_ids
-        stored = "SELECT count(*), count(DISTINCT (tenant_id, event_id)) FROM predictions"
-        deadline = time.monotonic() + 120
-        while rows(settings, stored)[0][0] < len(ids) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        time.sleep(2)  # a second write of one event would show up now
-        assert rows(settings, stored) == [(len(ids), len(ids))]
-        for (name, replica), p in procs.items():
-            assert p.poll() is None, f"{name}-{replica} exited"
-            text = (tmp_path / f"{name}-{replica}.log").read_text(errors="replace")
-            assert "fenced" not in text.lower() or replica == "a", f"{name}-{replica} fenced"
-    finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.terminate()
-                p.wait(30)
-        reader.close()
-
-
-def test_a_policy_replica_restarted_beside_its_paused_predecessor_fences_only_it(
-    isolated_settings: Settings, tmp_path: Path
-) -> None:
-    """Replica a is paused (a zombie) and a new a starts with the same instance id: the
-    new one's transactional id fences the zombie, whose work can no longer commit, while
-    replica b, another id, runs on untouched; every event is decided exactly once."""
-    settings = isolated_settings
-    codec = AvroCodec()
-    topics = Topics.for_namespace(settings.topic_namespace)
-    work = workload(codec, seed=37)
-    half = len(work.messages) // 2
-    produce(settings, work.messages[:half])
-    env = {"CALIBER_POLICY_MAX_MESSAGES": "5"}
-
-    def start(name: str, replica: str, log: str) -> subprocess.Popen[bytes]:
-        return start_service(
-            name, settings, tmp_path / f"{log}.log", CALIBER_INSTANCE_ID=replica, **env
-        )
-
-    procs = {
-        "ingest": start("ingest", "a", "ingest"),
-        "a": start("policy", "a", "policy-a"),
-        "b": start("policy", "b", "policy-b"),
-    }
-    reader = TopicReader(settings, [topics.decisions], codec)
-
-    def decided() -> list[str]:
-        return [
-            i
-            for d in reader.records[topics.decisions]
-            for i in d.record["predictions"]["event_ids"]
-        ]
-
-    try:
-        reader.wait_for(lambda: len(decided()) >= 1_000, 120, "the first thousand decisions",
-                        list(procs.values()))  # fmt: skip
-        procs["a"].send_signal(signal.SIGSTOP)
-        procs["a2"] = start("policy", "a", "policy-a2")
-        time.sleep(5)  # the new a has initialised its transactions: the zombie is fenced
-        procs["a"].send_signal(signal.SIGCONT)
-        produce(settings, work.messages[half:])
-        live = [procs[k] for k in ("ingest", "b", "a2")]
-        reader.wait_for(lambda: len(decided()) >= len(work.valid_ids), 180,
-                        "every valid event decided", live)  # fmt: skip
-        reader.poll(3.0)
-        ids = decided()
-        assert len(ids) == len(set(ids)) == len(work.valid_ids)
-        assert set(ids) == work.valid_ids
-        assert procs["b"].poll() is None and procs["a2"].poll() is None
-        for log in ("policy-b", "policy-a2"):
-            text = (tmp_path / f"{log}.log").read_text(errors="replace").lower()
-            assert "fenced" not in text, f"{log} was fenced"
-        # The zombie resumed with fetched messages in hand: its next commit was refused.
-        zombie = (tmp_path / "policy-a.log").read_text(errors="replace")
-        assert "fenced by a newer instance" in zombie
-        procs["a"].wait(30)  # and the worker stopped
-    finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGCONT)
                 p.terminate()
                 p.wait(30)
         reader.close()
