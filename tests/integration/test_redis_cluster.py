@@ -38,11 +38,14 @@ from shared.contracts.batches import LabelColumns
 from shared.contracts.codec import AvroCodec
 from shared.contracts.topics import Topics
 from shared.recalibration.maps import IDENTITY
+from shared.recalibration.serving import Candidate
 from shared.runtime import redis_client
 from shared.runtime.offset_fence import Effect
 from shared.runtime.redis_client import hash_tag, tagged
 from shared.settings import Settings
 from shared.windows.calibration import WindowReader
+from shared.windows.rollout import rollout_key
+from shared.windows.segments import SegmentState
 from simulator.generator import ModelSpec, generate
 from tests.integration.redis_cluster import LocalRedisCluster, redis_cluster
 from tests.integration.test_router_processing import Feed, _route
@@ -112,7 +115,16 @@ def aggregator_input(topics: Topics, seed: int = 7) -> list[Message]:
                 label_time_ms=gen.label_time_ms[labeled],
             )
             lab = _msg(topics.labels, p, i, CODEC.encode("LabelBatch", labels.to_record()))
-            d = decide(cols.take(rows), 0.7, IDENTITY, "registry", start_ms)
+            # the first model version has a canary beside its map and segments by c0
+            d = decide(
+                cols.take(rows),
+                0.7,
+                IDENTITY,
+                "registry",
+                start_ms,
+                candidate=Candidate(IDENTITY, "canary", 0.5) if p == 0 else None,
+                segment_key="c0" if spec.categorical_features else None,
+            )
             dec = _msg(topics.decisions, p, i, CODEC.encode("DecisionBatch", d.to_record()))
             # every third batch's labels arrive first
             out += [lab, dec] if i % 3 == 0 else [dec, lab]
@@ -150,6 +162,15 @@ async def _answers(url: str, prefix: str) -> dict[str, Any]:
                 out[f"{m} {w} aurc"] = (rc.n_labeled, rc.aurc, rc.points)
             out[f"{m} pending"] = await reader.labels_pending(m, 7 * 86400, int(time.time()))
             out[f"{m} series"] = await reader.timeseries(m, "1h")
+            segments = SegmentState(r, prefix)
+            counts, _ = await segments.counts(m)
+            out[f"{m} segments"] = counts
+            out[f"{m} windows"] = await segments.windows(m, sorted(counts))
+            rollout = [k async for k in r.scan_iter(match=f"{rollout_key(prefix, m, '')}*")]
+            # candidate version → its paired stats
+            out[f"{m} rollout"] = {
+                k.decode().rsplit(":", 1)[1]: await r.hgetall(k) for k in sorted(rollout)
+            }
         return out
 
 
@@ -197,6 +218,11 @@ def test_aggregator_answers_keys_and_memory_match_one_redis(servers: Servers) ->
         assert a == b
         churn = a["acme/churn/3 all"]
         assert churn.n_predictions == N and churn.n_labeled > 0
+        # segments (by c0) and the canary's paired stats were written, and agree
+        assert sum(v for k, v in a["acme/churn/3 segments"].items() if "=" in k) == churn.n_labeled
+        ((_, fields),) = a["acme/churn/3 rollout"].items()
+        assert int(fields[b"n"]) == N and int(fields[b"L"]) == churn.n_labeled
+        assert a["acme/fraud/1 segments"] == {} and a["acme/fraud/1 rollout"] == {}
         fa = await _footprint(servers.single, servers.prefix)
         fb = await _footprint(servers.cluster, servers.prefix)
         assert set(fa) == set(fb)
