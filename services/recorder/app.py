@@ -32,6 +32,10 @@ def build_app(settings: RecorderSettings) -> faust.App:
             settings,
             PipelineConfig(
                 group_id=f"{settings.topic_namespace}-recorder",
+                # A label and its decision on one replica: the statement that stores one
+                # finds the other, never two replicas each storing theirs before the other's
+                # is visible (docs/architecture.md, "Replicas and ownership").
+                assignment="range",
                 topics=[topics.decisions, topics.labels, topics.alerts],
                 transactional=False,
                 max_messages=settings.recorder_max_messages,

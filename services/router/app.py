@@ -66,6 +66,9 @@ def build_app(settings: RouterSettings) -> faust.App:
             settings,
             PipelineConfig(
                 group_id=f"{settings.topic_namespace}-router-{generation}",
+                # A label and its routed prediction on one replica, so the link one leaves
+                # is read by the other (docs/architecture.md, "Replicas and ownership").
+                assignment="range",
                 topics=[topics.routing, topics.predictions, topics.labels, topics.deadletter],
                 transactional=False,
                 max_messages=settings.router_max_messages,

@@ -93,7 +93,12 @@ class PipelineConfig:
     partition numbers of every topic (the topics have one partition count): a worker that
     reads two topics keyed by model version and owns model versions by partition
     (:mod:`shared.runtime.ownership`) then owns a fair share, where cooperative-sticky
-    balances only the total and may give one replica every partition of one topic."""
+    balances only the total and may give one replica every partition of one topic. A worker
+    that joins two topics keyed by model version in its store (a label and its prediction,
+    read and then written) needs it too: both halves of a join reach the same replica, so
+    two replicas never each miss the other's half. An eager strategy: every replica stops
+    before partitions move, and one group cannot mix it with cooperative-sticky (stop the
+    old replicas before starting ones with the other strategy)."""
     max_poll_interval_ms: int = 300_000
     """Longest an iteration may take before Kafka takes the partitions away from the worker
     (librdkafka's ``max.poll.interval.ms``; its default here)."""
@@ -326,6 +331,10 @@ class Pipeline:
                 break
             except KafkaException as exc:
                 err: KafkaError = exc.args[0]
+                if err.code() in REBALANCED and not err.fatal():
+                    assert attempt is not None
+                    await self._abandon(attempt, err)
+                    return
                 if err.fatal() or not (err.txn_requires_abort() or err.retriable()):
                     raise
                 logger.warning("iteration attempt %d failed (%s); retrying", n, err)
@@ -355,6 +364,29 @@ class Pipeline:
         count = getattr(self._hooks, "quarantined", None)
         if attempt.quarantine is not None and count is not None:
             count(str(attempt.quarantine.topic()))
+        await self._settle_quietly(attempt)
+
+    async def _abandon(self, attempt: _Attempt, err: KafkaError) -> None:
+        """The group moved on under this batch (a rebalance this replica joined late, or it
+        was thrown out): its offsets cannot be committed in the old generation. A
+        transactional batch is aborted and its partitions rewound, so whichever replica owns
+        them now (this one or a sibling) reads it again; a Redis or PostgreSQL effect is
+        fenced or idempotent, so its replay changes nothing. Retrying the commit under the
+        new generation instead could commit offsets of a partition a sibling now reads."""
+        logger.warning(
+            "the consumer group rebalanced under a batch of %d messages (%s): not committed, "
+            "its partitions' owner reads it again",
+            len(attempt.messages),
+            err.name(),
+        )
+        await self._abort()
+        if self._config.transactional:
+            assert self._consumer is not None
+            for (topic, partition), (first, _) in attempt.offsets.items():
+                try:
+                    await self._consumer.seek(TopicPartition(topic, partition, first))
+                except KafkaException as exc:  # no longer assigned here: its owner reads it
+                    logger.info("not rewinding %s:%d (%s)", topic, partition, exc.args[0])
         await self._settle_quietly(attempt)
 
     async def _settle_quietly(self, attempt: _Attempt) -> None:
@@ -423,6 +455,18 @@ class Pipeline:
             self._producer.flush(10)
         if self._redis is not None:
             await self._redis.aclose()
+
+
+REBALANCED = frozenset(
+    {
+        KafkaError.ILLEGAL_GENERATION,
+        KafkaError.UNKNOWN_MEMBER_ID,
+        KafkaError.REBALANCE_IN_PROGRESS,
+        KafkaError.FENCED_INSTANCE_ID,
+        KafkaError._ASSIGNMENT_LOST,
+    }
+)
+"""Commit errors that say the group's generation moved on, not that anything failed."""
 
 
 def _is_data(message: Message) -> bool:
