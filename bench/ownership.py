@@ -20,9 +20,9 @@ import time
 import uuid
 
 import numpy as np
-import redis.asyncio as aioredis
 from confluent_kafka import TopicPartition
 
+from shared.runtime import redis_client
 from shared.runtime.ownership import OwnerFence, Ownership, outbox_key, owner_key
 from shared.settings import Settings
 from tooling.benchmarking import delete_redis_prefix
@@ -32,7 +32,7 @@ async def run(args: argparse.Namespace) -> None:
     settings = Settings()
     prefix = f"bench-own-{uuid.uuid4().hex[:8]}:"
     space = f"{prefix}agg:"
-    client = aioredis.Redis.from_url(settings.redis_dsn)
+    client = redis_client.async_client(settings.redis_dsn)
     try:
         own = Ownership("d", "bench", OwnerFence(client, space), lambda: 6)
         await own.assigned([TopicPartition("d", p) for p in range(6)])
