@@ -46,6 +46,9 @@ def build_app(settings: IngestSettings) -> faust.App:
             PipelineConfig(
                 group_id=group,
                 topics=[topics.inference_raw, topics.labels_raw],
+                # Each replica a share of both topics: cooperative-sticky balances only the
+                # total, and may give one replica every partition of the predictions.
+                assignment="range",
                 transactional_id=f"{group}.{settings.instance_id}",
                 max_messages=settings.ingest_max_messages,
                 # On the decision path: a longer linger would be added to every decision

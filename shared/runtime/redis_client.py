@@ -65,7 +65,7 @@ def async_client(url: str, **kwargs: Any) -> Any:
     uses with the same signatures)."""
     plain, _ = _split(url)
     if cluster_enabled(url, **kwargs):
-        return AsyncRedisCluster.from_url(plain, **kwargs)
+        return AsyncRedisCluster.from_url(plain, **_cluster_options(kwargs))
     return aioredis.Redis.from_url(plain, **kwargs)
 
 
@@ -73,8 +73,14 @@ def sync_client(url: str, **kwargs: Any) -> Any:
     """The blocking counterpart of :func:`async_client`."""
     plain, _ = _split(url)
     if cluster_enabled(url, **kwargs):
-        return RedisCluster.from_url(plain, **kwargs)
+        return RedisCluster.from_url(plain, **_cluster_options(kwargs))
     return redis.Redis.from_url(plain, **kwargs)
+
+
+def _cluster_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The options without those a cluster client refuses: ``retry_on_timeout`` (a
+    cluster client retries by its ``retry`` policy, which a caller may pass too)."""
+    return {k: v for k, v in kwargs.items() if k != "retry_on_timeout"}
 
 
 def is_cluster(client: object) -> bool:

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import itertools
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections import Counter, defaultdict
@@ -36,6 +34,7 @@ from simulator.generator import ModelSpec
 from tests.integration.conftest import start_service
 from tests.integration.gateway_client import free_port, make_keys, wait_http
 from tests.integration.kafka_io import TopicReader
+from tests.integration.redis_cluster import free_range
 from tests.integration.test_chaos import (
     CODEC,
     Slice,
@@ -48,7 +47,6 @@ from tests.integration.test_chaos import (
 from tests.integration.test_rebuild import WORKER_ENV, Stack, _free_pair
 from tooling.stack.kafka_cluster import KafkaCluster
 from tooling.stack.postgres import Postgres, data_root
-from tooling.stack.process import port_open
 from tooling.stack.redis import Redis
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
@@ -99,34 +97,12 @@ ENV = {
 # --- the private cluster stack ------------------------------------------------------------
 
 
-def _free_range(count: int, low: int, high: int, step: int = 0) -> int:
-    """A port p with p..p+count-1 free (and, with ``step``, p+step.. too: cluster buses)."""
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(low, high)
-        ports = [base + i for i in range(count)] + [base + step + i for i in range(count) if step]
-        if all(_bindable(p) for p in ports):
-            return base
-    raise AssertionError("no free port range")
-
-
-def _bindable(port: int) -> bool:
-    if port_open(port):
-        return False
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     home = tmp_path_factory.mktemp("cluster") / "home"
     ports = {
-        "CALIBER_KAFKA_CLUSTER_PORT": _free_range(2 * CLUSTER_NODES, 30_000, 40_000),
-        "CALIBER_REDIS_CLUSTER_PORT": _free_range(CLUSTER_NODES, 40_000, 45_000, 10_000),
+        "CALIBER_KAFKA_CLUSTER_PORT": free_range(2 * CLUSTER_NODES, 30_000, 40_000),
+        "CALIBER_REDIS_CLUSTER_PORT": free_range(CLUSTER_NODES, 40_000, 45_000, 10_000),
         "CALIBER_POSTGRES_PORT": _free_pair(),
         "CALIBER_REDIS_PORT": _free_pair(),
     }
