@@ -319,9 +319,11 @@ def _measure(st: Stack, base: str, headers: dict[str, str], ids: dict[str, int])
     return out
 
 
-def _register(base: str, headers: dict[str, str]) -> dict[str, int]:
+def _register(
+    base: str, headers: dict[str, str], specs: tuple[ModelSpec, ...] = SPECS
+) -> dict[str, int]:
     ids = {}
-    for spec in SPECS:
+    for spec in specs:
         r = httpx.post(
             f"{base}/api/models",
             json={"name": spec.name, "version": spec.version},

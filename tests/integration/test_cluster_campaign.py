@@ -37,10 +37,11 @@ from tests.integration.kafka_io import TopicReader
 from tests.integration.redis_cluster import free_range
 from tests.integration.test_chaos import (
     CODEC,
-    Slice,
     Workload,
     _expected_counts,
     _measure,
+    _register,
+    _send,
     _topic_counts,
     workload,
 )
@@ -260,31 +261,6 @@ def _post(reps: Replicas, headers: dict[str, str], batch: list[dict[str, Any]], 
     raise AssertionError("no gateway gave a verdict within 300 s")
 
 
-def _register(base: str, headers: dict[str, str]) -> dict[str, int]:
-    ids = {}
-    for spec in SPECS:
-        r = httpx.post(
-            f"{base}/api/models",
-            json={"name": spec.name, "version": spec.version},
-            headers=headers,
-            timeout=30,
-        )
-        assert r.status_code == 201, r.text
-        ids[spec.version] = int(r.json()["id"])
-    return ids
-
-
-def _send(producer: Any, s: Slice) -> None:
-    for topic, key, value in s.kafka:
-        while True:
-            try:
-                producer.produce(topic, value, key)
-                break
-            except BufferError:
-                producer.poll(0.1)
-        producer.poll(0)
-
-
 def _campaign(reps: Replicas, work: Workload, headers: dict[str, str]) -> float:
     """Send every slice with the next fault after it; returns when the traffic ended."""
     producer = make_producer(reps.st.settings, log_level=0)
@@ -453,7 +429,7 @@ def test_replicas_on_a_cluster_count_exactly_once_through_kills(cluster: Stack) 
         for base in reps.bases:
             wait_http(base + "/health", timeout=300)
         headers = {"X-API-Key": make_keys(cluster.settings, {"a": ("default", ["admin"])})["a"]}
-        ids = _register(reps.bases[0], headers)
+        ids = _register(reps.bases[0], headers, SPECS)
         began = time.monotonic()
         ended = _campaign(reps, work, headers)
         expected = _expected_counts(work)
