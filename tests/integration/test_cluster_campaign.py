@@ -60,6 +60,11 @@ WORKERS = ("ingest", "policy", "drift", "aggregator", "recorder", "router", "cal
 REPLICAS = 2
 PARTITIONS = 4
 SNAPSHOT_INTERVAL = 2.0
+HANDOVERS = 3
+"""Close snapshot pairs of one stream a handover may leave: the new owner evaluates at once
+on assignment, which can fall within half an interval of its predecessor's last round. The
+aggregator's group changes about this often in a run (a kill, the restart, a coordinator
+that moves with the killed broker); a second publisher would leave one every interval."""
 KILLED_BROKER = 2
 SETTLE_SECONDS = 300
 """Longest wait, after the traffic, for the counts to reach the expected ones."""
@@ -330,15 +335,18 @@ def _snapshot_streams(
         longest = 0.0
         for k in keys:
             ts = sorted(times[k])
-            close += sum(1 for a, b in itertools.pairwise(ts) if b - a < 500 * SNAPSHOT_INTERVAL)
+            near = sum(1 for a, b in itertools.pairwise(ts) if b - a < 500 * SNAPSHOT_INTERVAL)
+            close += max(0, near - HANDOVERS)
             during = [t / 1000 for t in ts if wall0 * 1000 <= t <= wall1 * 1000]
             if during:
                 edges = [wall0, *during, wall1]
                 longest = max(longest, *(b - a for a, b in itertools.pairwise(edges)))
         expected[f"snapshots {version}: repeated (window, time)"] = 0
         measured[f"snapshots {version}: repeated (window, time)"] = repeats
-        expected[f"snapshots {version}: second publisher (gap < interval/2)"] = 0
-        measured[f"snapshots {version}: second publisher (gap < interval/2)"] = close
+        expected[f"snapshots {version}: second publisher (gaps < interval/2 beyond handovers)"] = 0
+        measured[f"snapshots {version}: second publisher (gaps < interval/2 beyond handovers)"] = (
+            close
+        )
         expected[f"snapshots {version}: pause over {MAX_GAP_SECONDS:.0f} s"] = 0
         measured[f"snapshots {version}: pause over {MAX_GAP_SECONDS:.0f} s"] = int(
             longest > MAX_GAP_SECONDS
