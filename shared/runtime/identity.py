@@ -236,8 +236,12 @@ def redis_fences_behind(settings: Settings) -> list[str]:
     behind: list[str] = []
     try:
         for worker, (key, names) in fences.items():
+            # The commits first: a running worker applies a batch before it commits it, so
+            # offsets read in this order never show Redis behind a commit it has in fact
+            # applied since (read the other way round, a live replica's next batch would).
+            committed = _committed(settings, f"{ns}-{worker}", names)
             applied = {_text(k): int(v) for k, v in client.hgetall(key).items()}
-            for tp, offset in _committed(settings, f"{ns}-{worker}", names).items():
+            for tp, offset in committed.items():
                 done = applied.get(tp, -1)
                 if offset - 1 > done and _records_between(settings, tp, done + 1, offset):
                     behind.append(f"{worker} {tp}")

@@ -27,7 +27,6 @@ def test_a_policy_replica_restarted_beside_its_paused_predecessor_fences_only_it
     topics = Topics.for_namespace(settings.topic_namespace)
     work = workload(codec, seed=37)
     half = len(work.messages) // 2
-    produce(settings, work.messages[:half])
     env = {"CALIBER_POLICY_MAX_MESSAGES": "5"}
 
     def start(name: str, replica: str, log: str) -> subprocess.Popen[bytes]:
@@ -50,6 +49,13 @@ def test_a_policy_replica_restarted_beside_its_paused_predecessor_fences_only_it
         ]
 
     try:
+        # Both replicas members with partitions before the traffic, so a is deciding its
+        # share when it is paused (on a loaded machine it can take a while to start).
+        for log in ("policy-a", "policy-b"):
+            path = tmp_path / f"{log}.log"
+            reader.wait_for(lambda p=path: "assigned [(" in p.read_text(errors="replace"), 120,
+                            f"{log}'s first partitions", list(procs.values()))  # fmt: skip
+        produce(settings, work.messages[:half])
         reader.wait_for(lambda: len(decided()) >= 1_000, 120, "the first thousand decisions",
                         list(procs.values()))  # fmt: skip
         procs["a"].send_signal(signal.SIGSTOP)
