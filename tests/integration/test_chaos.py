@@ -439,10 +439,15 @@ def _report(
     for at, what in sup.log:
         print(f"  {at:7.1f}  {what}")
     print(f"   service starts: {dict(sup.starts)}")
-    print(f"== {'count':<44} {'expected':>9} {'measured':>9}")
+    print_counts(expected, measured, 44)
+
+
+def print_counts(expected: dict[str, int], measured: dict[str, Any], width: int) -> None:
+    """The expected-versus-measured table, a row per count, differences marked."""
+    print(f"== {'count':<{width}} {'expected':>9} {'measured':>9}")
     for name, want in expected.items():
         flag = "" if want == measured.get(name) else "  <-- differs"
-        print(f"  {name:<44} {want:>9} {measured.get(name, '-')!s:>9}{flag}")
+        print(f"  {name:<{width}} {want:>9} {measured.get(name, '-')!s:>9}{flag}")
 
 
 @pytest.mark.timeout(int(os.environ.get("CALIBER_CHAOS_TIMEOUT", "1800")))

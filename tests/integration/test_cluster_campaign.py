@@ -43,6 +43,7 @@ from tests.integration.test_chaos import (
     _register,
     _send,
     _topic_counts,
+    print_counts,
     workload,
 )
 from tests.integration.test_rebuild import WORKER_ENV, Stack, _free_pair
@@ -421,10 +422,7 @@ def _report(reps: Replicas, work: Workload, expected: dict[str, int], measured: 
     print("== fault log (seconds from the start)")
     for at, what in reps.log:
         print(f"  {at:7.1f}  {what}")
-    print(f"== {'count':<58} {'expected':>9} {'measured':>9}")
-    for name, want in expected.items():
-        flag = "" if want == measured.get(name) else "  <-- differs"
-        print(f"  {name:<58} {want:>9} {measured.get(name, '-')!s:>9}{flag}")
+    print_counts(expected, measured, 58)
 
 
 @pytest.mark.timeout(int(os.environ.get("CALIBER_CLUSTER_TIMEOUT", "900")))
