@@ -58,6 +58,8 @@ RECORD = "StackIdentity"
 KEY = b"identity"
 REBUILD_POSTGRES = "caliber rebuild postgres"
 REBUILD_REDIS = "caliber rebuild redis"
+LAYOUT_MISMATCH = "Redis holds keys of layout"
+"""How the line of a Redis written in another key layout begins."""
 RESET = "caliber stack reset"
 _NOT_YET = {
     KafkaError.NOT_LEADER_FOR_PARTITION,
@@ -380,7 +382,7 @@ def compare(found: StoreIdentities) -> list[str]:
         and not any(line.startswith("Redis") for line in lines)
     ):
         lines.append(
-            f"Redis holds keys of layout {found.redis_layout or 1} while this version reads "
+            f"{LAYOUT_MISMATCH} {found.redis_layout or 1} while this version reads "
             f"layout {KEY_LAYOUT} (keys renamed); rebuild it from the log with "
             f"`{REBUILD_REDIS}`"
         )

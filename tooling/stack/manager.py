@@ -8,6 +8,7 @@ stack home keeps two ``up`` runs (two test sessions, say) from starting servers 
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import logging
 import shutil
@@ -110,7 +111,10 @@ def stack_up(settings: Settings) -> UpResult:
     with stack_lock(settings):
         outcome = _in_parallel({s.name: partial(bring_up, s) for s in components(settings)})
         ident = identity.ensure(settings)
-        problems = identity.check(settings)
+        found = identity.check(settings)
+        problems = _upgraded_redis(settings, found)
+        if problems is not found:  # Redis rebuilt: the log's identity moved a generation on
+            ident = identity.read_kafka(settings)
     return UpResult(
         actions={name: action for name, (action, _) in outcome.items()},
         topics_created=sorted(created),
@@ -120,6 +124,22 @@ def stack_up(settings: Settings) -> UpResult:
         identity=None if ident is None else str(ident),
         identity_problems=problems,
     )
+
+
+def _upgraded_redis(settings: Settings, problems: list[str]) -> list[str]:
+    """When Redis's only fault is an older key layout (state written by an earlier version,
+    which this one does not read), rebuild it from the log, as ``caliber rebuild redis``
+    would, unless a worker is writing it; the problems that remain."""
+    if not problems or not all(line.startswith(identity.LAYOUT_MISMATCH) for line in problems):
+        return problems
+    from services.drift.settings import DriftSettings
+    from tooling.rebuild import rebuild_redis, running_writers
+
+    if running_writers(settings, "redis"):
+        return problems
+    logger.warning("%s: rebuilding Redis from the log", problems[0])
+    asyncio.run(rebuild_redis(DriftSettings(**settings.model_dump())))
+    return identity.check(settings)
 
 
 def stack_down(settings: Settings) -> dict[str, StopAction]:
