@@ -87,6 +87,7 @@ def build_app(settings: AggregatorSettings) -> faust.App:
                 assignment="range",
                 topics=[topics.decisions, topics.labels],
                 transactional=False,
+                batch=True,
                 max_messages=settings.aggregator_max_messages,
             ),
             processor,

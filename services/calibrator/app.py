@@ -53,6 +53,7 @@ def build_app(settings: CalibratorSettings) -> faust.App:
                 group_id=f"{settings.topic_namespace}-calibrator",
                 topics=[topics.alerts],
                 transactional=False,
+                batch=True,
                 max_messages=settings.calibrator_max_messages,
             ),
             triggers,

@@ -58,6 +58,7 @@ def build_app(settings: DriftSettings) -> faust.App:
                 group_id=group,
                 topics=[topics.predictions],
                 transactional=False,
+                batch=True,
                 max_messages=settings.drift_max_messages,
             ),
             DriftProcessor(topics, codec, store, cache, config, metrics),

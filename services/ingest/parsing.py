@@ -14,10 +14,12 @@ import numpy as np
 from shared.contracts.batches import LabelColumns, PredictionColumns, Record
 from shared.contracts.codec import AvroCodec, Decoded
 from shared.contracts.errors import ErrorCode, Fault
+from shared.contracts.limits import now_ms
 from shared.contracts.validation import (
     Limits,
     check_batch_record,
     check_batch_rows,
+    clean_label_batch,
     group_events,
     group_labels,
     validate_columns,
@@ -55,7 +57,7 @@ def parse(
 ) -> Parsed:
     out = Parsed()
     singles: list[tuple[int, Record]] = []
-    label_rows: list[tuple[int, Record]] = []
+    label_msgs: list[tuple[int, Record, bool]] = []
     columns: list[tuple[PredictionColumns, list[int]]] = []
     for i, src in enumerate(sources):
         is_prediction = src.topic == prediction_topic
@@ -66,12 +68,8 @@ def parse(
             singles.append((i, decoded.record))
         elif decoded.name == "PredictionBatch":
             _batch_rows(i, decoded, limits, columns, out.dead)
-        elif decoded.name == "Label":
-            label_rows.append((i, decoded.record))
         else:
-            fault = _expand_label_batch(i, decoded.record, label_rows)
-            if fault:
-                out.dead.append((i, fault))
+            label_msgs.append((i, decoded.record, decoded.name == "LabelBatch"))
     grouped, faults = group_events(singles, limits)
     out.dead.extend(faults)
     columns.extend((rows.columns, rows.refs) for rows in grouped)
@@ -83,10 +81,53 @@ def parse(
         elif mask.any():
             keep = np.flatnonzero(mask)
             out.predictions.append((cols.take(keep), [refs[k] for k in keep.tolist()]))
-    labels, faults = group_labels(label_rows, limits)
-    out.labels = labels
+    out.labels, faults = _labels(label_msgs, limits)
     out.dead.extend(faults)
     return out
+
+
+def _labels(
+    messages: list[tuple[int, Record, bool]], limits: Limits
+) -> tuple[list[tuple[LabelColumns, list[int]]], list[tuple[int, Fault]]]:
+    """Labels grouped by (tenant, model version or unknown), rows in message order. When
+    every message is a LabelBatch shown clean as a whole, its columns are used as they are;
+    otherwise every row is checked and grouped on its own (the same groups and order)."""
+    now = now_ms()
+    clean = [clean_label_batch(rec, limits, now) if batch else None for _, rec, batch in messages]
+    if all(c is not None for c in clean):
+        groups: dict[tuple[str, str | None, str | None], list[tuple[int, LabelColumns]]] = {}
+        for (ref, _, _), cols in zip(messages, clean, strict=True):
+            assert cols is not None
+            key = (cols.tenant, cols.model_name, cols.model_version)
+            groups.setdefault(key, []).append((ref, cols))
+        return [_joined_labels(members) for members in groups.values()], []
+    rows: list[tuple[int, Record]] = []
+    dead: list[tuple[int, Fault]] = []
+    for ref, rec, batch in messages:
+        if not batch:
+            rows.append((ref, rec))
+        elif fault := _expand_label_batch(ref, rec, rows):
+            dead.append((ref, fault))
+    labels, faults = group_labels(rows, limits, now)
+    return labels, dead + faults
+
+
+def _joined_labels(members: list[tuple[int, LabelColumns]]) -> tuple[LabelColumns, list[int]]:
+    first = members[0][1]
+    if len(members) == 1:
+        return first, [members[0][0]] * len(first)
+    return (
+        LabelColumns(
+            tenant=first.tenant,
+            model_name=first.model_name,
+            model_version=first.model_version,
+            event_ids=[e for _, c in members for e in c.event_ids],
+            ground_truths=[g for _, c in members for g in c.ground_truths],
+            sources=[v for _, c in members for v in c.sources],
+            label_time_ms=np.concatenate([c.label_time_ms for _, c in members]),
+        ),
+        [ref for ref, c in members for _ in range(len(c))],
+    )
 
 
 def _batch_rows(

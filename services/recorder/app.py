@@ -38,6 +38,7 @@ def build_app(settings: RecorderSettings) -> faust.App:
                 assignment="range",
                 topics=[topics.decisions, topics.labels, topics.alerts],
                 transactional=False,
+                batch=True,
                 max_messages=settings.recorder_max_messages,
                 poll_timeout=0.02,
                 max_poll_interval_ms=settings.recorder_max_poll_interval_s * 1000,

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 import numpy as np
+import orjson
 
 from shared.contracts.batches import DecisionColumns, LabelColumns
 
@@ -191,7 +192,7 @@ def _features(d: DecisionColumns) -> list[str | None]:
         for row, c in zip(rows, cats, strict=True):
             if c:
                 row[name] = c
-    return [json.dumps(r) if r else None for r in rows]
+    return [orjson.dumps(r).decode() if r else None for r in rows]
 
 
 def _probabilities(d: DecisionColumns) -> list[str | None]:
@@ -200,7 +201,9 @@ def _probabilities(d: DecisionColumns) -> list[str | None]:
         return [None] * len(p)
     labels = p.class_labels
     return [
-        json.dumps(dict(zip(labels, row, strict=True))) if row and row[0] == row[0] else None
+        orjson.dumps(dict(zip(labels, row, strict=True))).decode()
+        if row and row[0] == row[0]
+        else None
         for row in p.probabilities.tolist()
     ]
 
@@ -216,7 +219,11 @@ def decision_columns(decisions: Sequence[DecisionColumns]) -> list[list[Any]]:
             if p.uncertainties is None
             else [None if u != u else u for u in p.uncertainties.tolist()]
         )
-        metadata = [json.dumps(m) if m else None for m in p.metadata] if p.metadata else [None] * n
+        metadata = (
+            [orjson.dumps(m).decode() if m else None for m in p.metadata]
+            if p.metadata
+            else [None] * n
+        )
         parts: list[list[Any]] = [
             p.event_ids,
             [p.tenant] * n,

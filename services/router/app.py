@@ -71,6 +71,7 @@ def build_app(settings: RouterSettings) -> faust.App:
                 assignment="range",
                 topics=[topics.routing, topics.predictions, topics.labels, topics.deadletter],
                 transactional=False,
+                batch=True,
                 max_messages=settings.router_max_messages,
             ),
             processor,

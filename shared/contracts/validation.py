@@ -64,6 +64,25 @@ _CANONICAL_UUID = re.compile(
 )
 
 
+_CANONICAL_UUID_LINES = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+    r"(?:\n[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})*"
+)
+
+
+def all_canonical_uuids(values: Sequence[object]) -> bool:
+    """True when every value is a canonical UUID string: one regular-expression pass over the
+    batch, where :func:`check_event_id` is a call per event (False may still mean every id
+    is acceptable, in another spelling: then check each)."""
+    if not values or not all(type(v) is str for v in values):
+        return False
+    joined = "\n".join(values)  # type: ignore[arg-type]
+    # As many ids as values (a value holding a line break and two ids is not one id).
+    return (
+        len(joined) == 37 * len(values) - 1 and _CANONICAL_UUID_LINES.fullmatch(joined) is not None
+    )
+
+
 def check_event_id(value: object) -> Fault | None:
     if type(value) is str and _CANONICAL_UUID.fullmatch(value):
         return None
@@ -564,6 +583,8 @@ def check_batch_rows(
     """Per-event structural checks of a decoded batch: ids, labels, times, ground truths,
     category values and metadata, each row on its own (one bad row costs only that row)."""
     now = now_ms() if now is None else now
+    if _rows_clean(cols, limits, now):
+        return []
     faults: list[tuple[int, Fault]] = []
     truths = cols.ground_truths
     metadata = cols.metadata
@@ -595,6 +616,65 @@ def check_batch_rows(
         if fault:
             faults.append((i, Fault(fault.code, fault.message, fault.field, eid)))
     return faults
+
+
+def _rows_clean(cols: PredictionColumns, limits: Limits, now: int) -> bool:
+    """Whether every row of ``cols`` passes :func:`check_batch_rows`, shown on the batch
+    (ids in one pass, each distinct label or category once, times as an array). False
+    means only that the row-by-row check must run, which finds the faults."""
+    if cols.metadata is not None or not all_canonical_uuids(cols.event_ids):
+        return False
+    if not _times_clean(cols.event_time_ms, limits, now):
+        return False
+    if any(_name_fault("predicted_label", v, limits, None) for v in set(cols.predicted_labels)):
+        return False
+    if cols.ground_truths is not None and any(
+        v is not None and string_fault("ground_truth", v, limits.max_string, required=False)
+        for v in set(cols.ground_truths)
+    ):
+        return False
+    return not any(
+        v and string_fault("features", v, limits.max_string)
+        for values in cols.categorical_features.values()
+        for v in set(values)
+    )
+
+
+def _times_clean(times: np.ndarray, limits: Limits, now: int) -> bool:
+    """Every epoch-ms time within what :func:`check_time` accepts."""
+    lo, hi = now - limits.max_event_age_ms, now + limits.max_clock_skew_ms
+    return bool(times.dtype == np.int64 and np.all((times >= lo) & (times <= hi)))
+
+
+def clean_label_batch(rec: Record, limits: Limits, now: int) -> LabelColumns | None:
+    """A LabelBatch record as columns when every row passes :func:`check_label`, shown on
+    the batch; None when some row may not (then check them one by one)."""
+    eids = rec["event_ids"]
+    truths, sources = rec["ground_truths"], rec["sources"]
+    if not (len(truths) == len(sources) == len(rec["label_time_ms"]) == len(eids)):
+        return None
+    if not all_canonical_uuids(eids) or not set(sources) <= LABEL_SOURCES:
+        return None
+    names = [("tenant", rec.get("tenant"))] + [
+        (n, rec.get(n)) for n in ("model_name", "model_version") if rec.get(n) is not None
+    ]
+    if any(_name_fault(n, v, limits, None) for n, v in names):
+        return None
+    if any(_name_fault("ground_truth", v, limits, None) for v in set(truths)):
+        return None
+    times = np.asarray(rec["label_time_ms"], dtype=np.int64)
+    if not _times_clean(times, limits, now):
+        return None
+    known = rec.get("model_name") is not None and rec.get("model_version") is not None
+    return LabelColumns(
+        tenant=rec["tenant"],
+        model_name=rec["model_name"] if known else None,
+        model_version=rec["model_version"] if known else None,
+        event_ids=list(eids),
+        ground_truths=list(truths),
+        sources=list(sources),
+        label_time_ms=times,
+    )
 
 
 def check_label(

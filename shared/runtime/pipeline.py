@@ -80,6 +80,12 @@ class PipelineConfig:
     """Start an iteration as soon as one message is there, with whatever else has arrived
     (latency-bound workers). Otherwise each fetch waits up to ``poll_timeout`` for
     ``max_messages`` (throughput-bound workers: fuller batches)."""
+    batch: bool = False
+    """Off the decision path (its output is read by people and dashboards, not by the next
+    hop of a decision): each fetch gathers for ``Settings.batch_linger_seconds`` and the
+    consumer asks the broker for at least ``Settings.batch_fetch_min_bytes`` per fetch, so
+    the fixed cost of an iteration (a commit, store round trips, one write per touched
+    counter) and of a fetch is paid a few times a second, not once per arriving message."""
     max_linger: float | None = None
     """Bound of the adaptive linger of a throughput-bound worker; None:
     ``Settings.linger_max_seconds``. A worker on the decision path keeps it short."""
@@ -151,6 +157,9 @@ class Pipeline:
         self._linger = config.poll_timeout
         bound = settings.linger_max_seconds if config.max_linger is None else config.max_linger
         self._max_linger = max(config.poll_timeout, min(bound, settings.linger_max_seconds))
+        if config.batch:
+            self._linger = max(config.poll_timeout, settings.batch_linger_seconds)
+            self._max_linger = self._linger
         self.ready = asyncio.Event()
         """Set once the consumer has its first assignment."""
 
@@ -176,6 +185,11 @@ class Pipeline:
                 **{
                     "max.poll.interval.ms": cfg.max_poll_interval_ms,
                     "partition.assignment.strategy": cfg.assignment,
+                    **(
+                        {"fetch.min.bytes": self._settings.batch_fetch_min_bytes}
+                        if cfg.batch
+                        else {}
+                    ),
                 },
             ),
             max_workers=2,
@@ -213,11 +227,7 @@ class Pipeline:
                     started = time.perf_counter()
                     await self._iteration(real)
                     took = time.perf_counter() - started
-                    # Adaptive linger: collect the next batch for as long as this one took
-                    # to process (bounded), so batches, and the share of fixed cost per
-                    # iteration they carry, grow with the load while a light load waits
-                    # only a few milliseconds.
-                    self._linger = min(max(cfg.poll_timeout, took), self._max_linger)
+                    self._adapt_linger(took)
                     if self._hooks:
                         self._hooks.batch_done(len(real), took)
                 if self._hooks and time.monotonic() - last_lag > cfg.lag_every_seconds:
@@ -225,6 +235,14 @@ class Pipeline:
                     self._hooks.lag(await self._lag())
         finally:
             await self._close()
+
+    def _adapt_linger(self, took: float) -> None:
+        """Adaptive linger: collect the next batch for as long as this one took to process
+        (bounded), so batches, and the share of fixed cost per iteration they carry, grow
+        with the load while a light load waits only a few milliseconds. A batch worker
+        always gathers for its fixed linger."""
+        if not self._config.batch:
+            self._linger = min(max(self._config.poll_timeout, took), self._max_linger)
 
     async def _fetch(self) -> list[Message]:
         """The next batch. consume() with a timeout waits for a full batch; poll() returns
