@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +37,7 @@ from shared.recalibration.segments import encode_pair, segment_id
 from shared.recalibration.serving import Paired, paired
 from shared.runtime import clock
 from shared.runtime.pipeline import Output
+from shared.runtime.pipeline_metrics import observe_many
 from shared.windows.rollout import decision_fields, label_fields
 
 logger = logging.getLogger(__name__)
@@ -265,43 +266,88 @@ class AggregatorProcessor:
         if self._metrics is not None:
             self._metrics.events.labels("prediction").inc(predictions)
             self._metrics.events.labels("label").inc(len(joined))
-            for j in joined:
-                self._metrics.label_delay.observe(max(j.label_ms - j.record.event_ms, 0) / 1000)
+            delays = [max(j.label_ms - j.record.event_ms, 0) / 1000 for j in joined]
+            observe_many(self._metrics.label_delay, delays)
 
 
-def _prediction_records(d: DecisionColumns) -> Iterator[tuple[str, PredictionRecord]]:
-    """(event id, the record a later label needs) of every prediction of the batch; a row of
-    probabilities that is missing (NaN) leaves the record without them."""
-    p = d.predictions
-    probs = p.probabilities.tolist() if p.probabilities is not None else None
-    calibrated = d.calibrated_confidences.tolist()
-    auto = (~d.review).tolist()
-    key, values = d.segment_key, d.segments
-    segments = (
-        [segment_id(key, v) if v else "" for v in values]
-        if key is not None and values is not None and len(values) == len(p)
-        else [""] * len(p)
-    )
-    pair = decision_pair(d)
-    for i, eid in enumerate(p.event_ids):
-        row = probs[i] if probs is not None and probs[i] and probs[i][0] == probs[i][0] else None
-        rec = PredictionRecord(
-            p.key,
-            int(p.event_time_ms[i]),
-            float(p.confidences[i]),
-            p.predicted_labels[i],
-            p.class_labels if row else [],
-            row,
-            calibrated=calibrated[i],
-            auto=auto[i],
-            segment=segments[i],
+class BatchRows:
+    """One decision batch's columns as Python values, from which a row's join record is
+    built only when a label joins it now, and otherwise encoded straight to its text (the
+    text :meth:`PredictionRecord.encode` gives): most predictions are stored unlabeled, and
+    a record object per event cost more than the rest of their path."""
+
+    __slots__ = (
+        "auto", "calibrated", "classes", "conf", "event_ms", "key", "pair", "predicted",
+        "probs", "segments",
+    )  # fmt: skip
+
+    def __init__(self, d: DecisionColumns) -> None:
+        p = d.predictions
+        n = len(p)
+        self.key = p.key
+        self.event_ms: list[int] = p.event_time_ms.tolist()
+        self.conf: list[float] = p.confidences.tolist()
+        self.predicted = p.predicted_labels
+        self.classes = p.class_labels
+        # A row of probabilities that is missing (NaN) leaves the record without them.
+        self.probs: list[list[float] | None] = (
+            [None] * n
+            if p.probabilities is None
+            else [row if row and row[0] == row[0] else None for row in p.probabilities.tolist()]
         )
-        if pair is not None:
-            rec.shadow_version = pair.candidate_version
-            rec.active = float(pair.active[i])
-            rec.candidate = float(pair.candidate[i])
-            rec.canary = bool(pair.canary[i])
-        yield eid, rec
+        self.calibrated: list[float] = d.calibrated_confidences.tolist()
+        self.auto: list[bool] = (~d.review).tolist()
+        key, values = d.segment_key, d.segments
+        self.segments = (
+            [segment_id(key, v) if v else "" for v in values]
+            if key is not None and values is not None and len(values) == n
+            else [""] * n
+        )
+        pair = decision_pair(d)
+        self.pair = pair if pair is not None and pair.candidate_version else None
+
+    def record(self, i: int) -> PredictionRecord:
+        """The join record of row ``i``."""
+        row = self.probs[i]
+        rec = PredictionRecord(
+            self.key,
+            self.event_ms[i],
+            self.conf[i],
+            self.predicted[i],
+            self.classes if row else [],
+            row,
+            calibrated=self.calibrated[i],
+            auto=self.auto[i],
+            segment=self.segments[i],
+        )
+        if self.pair is not None:
+            rec.shadow_version = self.pair.candidate_version
+            rec.active = float(self.pair.active[i])
+            rec.candidate = float(self.pair.candidate[i])
+            rec.canary = bool(self.pair.canary[i])
+        return rec
+
+    def encoded(self, i: int, slot: int) -> str:
+        """``record(i)`` stored in arrival slot ``slot``, encoded."""
+        if self.pair is not None:
+            rec = self.record(i)
+            rec.slot = slot
+            return rec.encode()
+        row = self.probs[i]
+        return FIELD_SEP.join(
+            (
+                self.key,
+                str(self.event_ms[i]),
+                repr(self.conf[i]),
+                self.predicted[i],
+                CLASS_SEP.join(self.classes) if row else "",
+                ",".join(map(repr, row)) if row else "",
+                str(slot),
+                repr(self.calibrated[i]),
+                "1" if self.auto[i] else "0",
+                _escape_segment(self.segments[i]),
+            )
+        )
 
 
 def decision_pair(d: DecisionColumns) -> Paired | None:
@@ -330,22 +376,24 @@ class _JoinPlan:
     joined: list[Joined] = field(default_factory=list)
     rollout: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
     """Increments of the rollout hashes, by (model key, candidate version)."""
-    batch_preds: dict[tuple[str, str], PredictionRecord] = field(default_factory=dict)
+    batch_preds: dict[tuple[str, str], tuple[BatchRows, int]] = field(default_factory=dict)
+    """Predictions of this batch no label has joined yet: their batch and row."""
     labeled_now: set[tuple[str, str]] = field(default_factory=set)
 
     def add_predictions(self, d: DecisionColumns, waiting: dict[tuple[str, str], Any]) -> None:
         """Join each prediction with the label that waited for it, or keep it for this
         batch's labels (and, unlabeled, for later ones)."""
         store, tenant = self.store, d.predictions.tenant
-        for eid, rec in _prediction_records(d):
+        rows = BatchRows(d)
+        for i, eid in enumerate(d.predictions.event_ids):
             pending = waiting.get((tenant, eid))
             if pending is not None:
                 truth, label_ms = decode_pending_label(pending)
-                self.joined.append(Joined(rec, truth, label_ms))
+                self.joined.append(Joined(rows.record(i), truth, label_ms))
                 self.deletes.append(store.pending_key(tenant, eid))
                 self.sets.append((store.pred_key(tenant, eid), LABELED, store.horizon))
             else:
-                self.batch_preds[(tenant, eid)] = rec
+                self.batch_preds[(tenant, eid)] = (rows, i)
 
     def add_labels(self, lbl: LabelColumns, known: dict[tuple[str, str], Any]) -> None:
         """Join each label with its prediction from this batch or from Redis, else leave it
@@ -357,7 +405,8 @@ class _JoinPlan:
             scoped = (lbl.tenant, eid)
             if scoped in self.labeled_now:
                 continue  # a second label of the same prediction counts nothing
-            found: PredictionRecord | None = self.batch_preds.pop(scoped, None)
+            in_batch = self.batch_preds.pop(scoped, None)
+            found = None if in_batch is None else in_batch[0].record(in_batch[1])
             raw = known.get(scoped)
             stored = raw is not None and raw != LABELED
             if found is None and stored:
@@ -403,11 +452,11 @@ class _JoinPlan:
 
     def store_unlabeled(self) -> None:
         """The batch's predictions no label joined wait in Redis, counted in their slot."""
-        for scoped, rec in self.batch_preds.items():
-            rec.slot = self.slot
-            self.sets.append((self.store.pred_key(*scoped), rec.encode(), self.store.horizon))
-            key = (rec.model, self.slot)
-            self.counts[key] = self.counts.get(key, 0) + 1
+        store, slot, counts = self.store, self.slot, self.counts
+        for scoped, (rows, i) in self.batch_preds.items():
+            self.sets.append((store.pred_key(*scoped), rows.encoded(i, slot), store.horizon))
+            key = (rows.key, slot)
+            counts[key] = counts.get(key, 0) + 1
 
 
 @dataclass(slots=True)

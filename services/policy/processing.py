@@ -26,6 +26,7 @@ from shared.recalibration.segments import batch_segments
 from shared.recalibration.serving import Candidate, ServePlan, serve
 from shared.runtime import clock
 from shared.runtime.pipeline import Output
+from shared.runtime.pipeline_metrics import observe_many
 
 PREDICTION_BATCH = {"PredictionBatch"}
 SegmentMaps = Callable[[str, str], Mapping[str, CalibrationMap]]
@@ -196,10 +197,9 @@ class PolicyProcessor:
             self._metrics.unregistered.inc(tally.unregistered)
         for code, n in tally.dead_letters.items():
             self._metrics.dead_letters.labels(code).inc(n)
-        observe = self._metrics.decision_latency.observe
-        for lat in tally.latencies:
-            for value in np.clip(lat, 0.0, None).tolist():
-                observe(value)
+        if tally.latencies:
+            latencies = np.clip(np.concatenate(tally.latencies), 0.0, None)
+            observe_many(self._metrics.decision_latency, latencies)
 
     def lag(self, partition_lag: dict[tuple[str, int], int]) -> None:
         if self._metrics is not None:

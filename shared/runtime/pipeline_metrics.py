@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 BATCH_BUCKETS = (
@@ -54,3 +56,20 @@ class PipelineMetrics:
     def lag(self, partition_lag: dict[tuple[str, int], int]) -> None:
         for (topic, partition), lag in partition_lag.items():
             self.consumer_lag.labels(topic, str(partition)).set(lag)
+
+
+def observe_many(histogram: Histogram, values: npt.ArrayLike) -> None:
+    """``histogram.observe(v)`` for every value, counted per bucket with numpy: the same
+    buckets, count and sum as one call per value, for what a batch of thousands of events
+    observes (one lock and one loop over the buckets per event otherwise)."""
+    amounts = np.asarray(values, dtype=np.float64).ravel()
+    if not amounts.size:
+        return
+    histogram._raise_if_not_observable()
+    bounds = np.asarray(histogram._upper_bounds, dtype=np.float64)
+    # observe() counts a value in the first bucket whose bound it does not exceed.
+    counts = np.bincount(np.searchsorted(bounds, amounts, side="left"), minlength=len(bounds))
+    histogram._sum.inc(float(amounts.sum()))
+    for bucket, n in zip(histogram._buckets, counts.tolist(), strict=False):
+        if n:
+            bucket.inc(n)
