@@ -2,8 +2,8 @@
 
 A claim is ``SET <prefix>ingest:<kind>:{~dS}:<tenant>/<event_id> <position>|<model key>|<event
 ms> NX GET`` with a TTL of the label horizon; ``S`` is the dedupe shard of ``tenant/event_id``
-(``shared.runtime.redis_client.shard_tag``), so one Lua call claims one shard's events and
-stays in one Redis Cluster slot. Event ids are unique within a tenant only: another
+(``shared.runtime.redis_client.shard_tag``), so on Redis Cluster one Lua call claims one
+shard's events and stays in one slot (a single Redis takes the whole batch in one call). Event ids are unique within a tenant only: another
 tenant's event with the same id is neither a duplicate nor a prediction its labels can find.
 The position (topic:partition:offset of the source message) makes replays safe: when a
 transaction aborts after its claims were written, the same message comes back, finds claims
@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from shared.runtime import redis_client
 from shared.runtime.redis_client import shard_tag
@@ -32,8 +32,9 @@ return out
 """
 
 
-@dataclass(frozen=True, slots=True)
-class Claim:
+class Claim(NamedTuple):
+    """One event's claim (a tuple: one is built per event)."""
+
     tenant: str
     event_id: str
     position: str
@@ -57,6 +58,7 @@ class Deduper:
         self._prefix = prefix
         self._ttl = ttl_seconds
         self._claim = client.register_script(_CLAIM)
+        self._cluster = redis_client.is_cluster(client)
 
     def _key(self, kind: str, tenant: str, event_id: str) -> str:
         scoped = f"{tenant}/{event_id}"
@@ -66,10 +68,14 @@ class Deduper:
         """True for each claim that is new (or this message's own, replayed)."""
         if not claims:
             return []
-        by_shard: dict[str, list[int]] = {}
         keys = [self._key(kind, c.tenant, c.event_id) for c in claims]
-        for i, key in enumerate(keys):
-            by_shard.setdefault(redis_client.hash_tag(key) or "", []).append(i)
+        by_shard: dict[str, list[int]] = {}
+        if self._cluster:
+            for i, key in enumerate(keys):
+                by_shard.setdefault(redis_client.hash_tag(key) or "", []).append(i)
+        else:
+            # One Redis holds every shard: one call (one round trip) for the whole batch.
+            by_shard[""] = list(range(len(keys)))
         answers = await asyncio.gather(
             *(
                 self._claim(
