@@ -105,16 +105,19 @@ class IngestProcessor:
         claims: list[Claim] = []
         spans: list[tuple[PredictionColumns, list[int]]] = []
         seen: set[tuple[str, str]] = set()
+        where = _positions(sources)
         for cols, refs in parsed.predictions:
             rows = []
-            times = cols.event_time_ms.tolist()
-            tenant = cols.tenant
-            for row, (eid, ref) in enumerate(zip(cols.event_ids, refs, strict=True)):
-                if (tenant, eid) in seen:
+            tenant, key = cols.tenant, cols.key
+            for row, (eid, ref, ms) in enumerate(
+                zip(cols.event_ids, refs, cols.event_time_ms.tolist(), strict=True)
+            ):
+                scoped = (tenant, eid)
+                if scoped in seen:
                     outcome.predictions_duplicate += 1
                     continue
-                seen.add((tenant, eid))
-                claims.append(Claim(tenant, eid, sources[ref].position, cols.key, times[row]))
+                seen.add(scoped)
+                claims.append(Claim(tenant, eid, where[ref], key, ms))
                 rows.append(row)
             spans.append((cols, rows))
         verdicts = await self._dedupe.claim("seen", claims)
@@ -138,8 +141,9 @@ class IngestProcessor:
     ) -> list[tuple[LabelColumns, list[str]]]:
         """Labels with their model filled in from the prediction, where ingest has seen it."""
         out: list[tuple[LabelColumns, list[str]]] = []
+        where = _positions(sources)
         for cols, refs in parsed.labels:
-            positions = [sources[r].position for r in refs]
+            positions = [where[r] for r in refs]
             if cols.key is not None:
                 out.append((cols, positions))
                 continue
@@ -215,6 +219,11 @@ class IngestProcessor:
         m.labels("any", "rejected").inc(outcome.rejected)
         for code, n in outcome.dead_letter_codes.items():
             self._metrics.dead_letters.labels(code).inc(n)
+
+
+def _positions(sources: Sequence[Source]) -> list[str]:
+    """Each source message's position, built once per message rather than once per event."""
+    return [s.position for s in sources]
 
 
 def _dead_letter(src: Source, fault: Fault, now_ms: int) -> dict[str, object]:
