@@ -1,14 +1,15 @@
 """Duplicate detection by (tenant, event_id) in Redis, safe under transaction replays.
 
-A claim is ``SET <prefix>ingest:<kind>:{~dS}:<tenant>/<event_id> <position>|<model key>|<event
-ms> NX GET`` with a TTL of the label horizon; ``S`` is the dedupe shard of ``tenant/event_id``
-(``shared.runtime.redis_client.shard_tag``), so on Redis Cluster one Lua call claims one
-shard's events and stays in one slot (a single Redis takes the whole batch in one call).
-Event ids are unique within a tenant only: another tenant's event with the same id is
-neither a duplicate nor a prediction its labels can find. The position (topic:partition:offset of the source message) makes replays safe: when a
-transaction aborts after its claims were written, the same message comes back, finds claims
-holding its own position and keeps its events, while a real duplicate (another message)
-finds someone else's position and is dropped.
+A claim is ``SET <prefix>ingest:<kind>:{~dS}:<tenant>/<event_id> <position>|<model
+key>|<event ms> NX GET`` with a TTL of the label horizon; ``S`` is the dedupe shard of
+``tenant/event_id`` (``shared.runtime.redis_client.shard_tag``), so on Redis Cluster one Lua
+call claims one shard's events and stays in one slot (a single Redis takes the whole batch
+in one call). Event ids are unique within a tenant only: another tenant's event with the
+same id is neither a duplicate nor a prediction its labels can find. The position
+(topic:partition:offset of the source message) makes replays safe: when a transaction aborts
+after its claims were written, the same message comes back, finds claims holding its own
+position and keeps its events, while a real duplicate (another message) finds someone else's
+position and is dropped.
 """
 
 from __future__ import annotations
