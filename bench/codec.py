@@ -24,6 +24,7 @@ import resource
 import time
 import tracemalloc
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -94,11 +95,12 @@ def allocated_kib(fn: Callable[[], object]) -> float:
     return peak / 1024
 
 
-def cases(
-    cols: PredictionColumns, decisions: DecisionColumns
-) -> list[tuple[str, Callable[[], object], Callable[[], object]]]:
+Step = Callable[[], object]
+
+
+def cases(cols: PredictionColumns, decisions: DecisionColumns) -> list[tuple[str, Step, Step]]:
     """(label, fastavro path, columnar path) of every measured step."""
-    out: list[tuple[str, Callable[[], object], Callable[[], object]]] = []
+    out: list[tuple[str, Step, Step]] = []
     for name, obj, from_record in (
         ("PredictionBatch", cols, PredictionColumns.from_record),
         ("DecisionBatch", decisions, DecisionColumns.from_record),
@@ -109,26 +111,38 @@ def cases(
         out += [
             (
                 f"{name} encode (record → bytes)",
-                lambda n=name, r=rec_lists: fastavro_encode(n, r),
-                lambda n=name, r=rec_arrays: CODEC.encode(n, r),
+                partial(fastavro_encode, name, rec_lists),
+                partial(CODEC.encode, name, rec_arrays),
             ),
             (
                 f"{name} decode (bytes → record)",
-                lambda n=name, d=data: fastavro_decode(n, d),
-                lambda d=data: columnar_decode(d),
+                partial(fastavro_decode, name, data),
+                partial(columnar_decode, data),
             ),
             (
                 f"{name} encode (columns → bytes)",
-                lambda n=name, o=obj: fastavro_encode(n, o.to_record()),
-                lambda n=name, o=obj: CODEC.encode(n, o.to_columnar_record()),
+                partial(_encode_columns, fastavro_encode, name, obj, columnar=False),
+                partial(_encode_columns, CODEC.encode, name, obj, columnar=True),
             ),
             (
                 f"{name} decode (bytes → columns)",
-                lambda n=name, d=data, f=from_record: f(fastavro_decode(n, d)),
-                lambda d=data, f=from_record: f(columnar_decode(d)),
+                partial(_decode_columns, partial(fastavro_decode, name), from_record, data),
+                partial(_decode_columns, columnar_decode, from_record, data),
             ),
         ]
     return out
+
+
+def _encode_columns(
+    encode: Callable[[str, dict[str, Any]], bytes], name: str, obj: Any, columnar: bool
+) -> bytes:
+    return encode(name, obj.to_columnar_record() if columnar else obj.to_record())
+
+
+def _decode_columns(
+    decode: Callable[[bytes], Any], from_record: Callable[[Any], object], data: bytes
+) -> object:
+    return from_record(decode(data))
 
 
 def main() -> None:

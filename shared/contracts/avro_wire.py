@@ -62,14 +62,15 @@ def read_long(data: bytes, pos: int) -> tuple[int, int]:
     return (n >> 1) ^ -(n & 1), pos + 1
 
 
-_SMALL = [bytes([(i << 1) & 0xFF]) if i < 64 else b"" for i in range(64)]
+SMALL_LONGS = [bytes([i << 1]) for i in range(64)]
+"""The one-byte varints of 0..63."""
 
 
 def long_bytes(value: int) -> bytes:
     """The zig-zag varint of one integer (it must fit in int64)."""
     value = operator.index(value)
     if 0 <= value < 64:
-        return _SMALL[value]
+        return SMALL_LONGS[value]
     if not -(1 << 63) <= value < (1 << 63):
         raise OverflowError(f"{value} does not fit in a 64-bit long")
     n = ((value << 1) ^ (value >> 63)) & _MASK64

@@ -148,20 +148,21 @@ def _numeric_array(kind: str) -> Reader:
 
 
 def _string_block(data: bytes, pos: int, count: int) -> tuple[list[str], int]:
-    out = []
-    n = len(data)
+    out: list[str] = []
+    append = out.append
     for _ in range(count):
         b = data[pos]
-        if b < 0x80:
-            size = (b >> 1) ^ -(b & 1)
-            pos += 1
+        if b & 0x81:  # a length of 64 or more bytes, or a negative one
+            size, start = read_long(data, pos)
+            if size < 0:
+                raise MalformedBody(f"a string of {size} bytes at offset {pos}")
         else:
-            size, pos = read_long(data, pos)
-        end = pos + size
-        if size < 0 or end > n:
-            raise MalformedBody(f"a string of {size} bytes at offset {pos} runs past the body")
-        out.append(data[pos:end].decode("utf-8"))
-        pos = end
+            size, start = b >> 1, pos + 1
+        pos = start + size
+        append(data[start:pos].decode("utf-8"))
+    # A slice past the end is only shorter; the offset tells (it never decreases).
+    if pos > len(data):
+        raise MalformedBody(f"the strings of the array at offset {pos} run past the body")
     return out, pos
 
 

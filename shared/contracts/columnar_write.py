@@ -14,6 +14,7 @@ from shared.contracts.avro_wire import (
     NUMERIC_ITEMS,
     PACK_D,
     PACK_F,
+    SMALL_LONGS,
     ZERO,
     SchemaWalk,
     UnsupportedSchema,
@@ -109,10 +110,12 @@ def _numeric_array(kind: str) -> Writer:
 def _write_strings(out: list[bytes], values: list[str]) -> None:
     if len(values):
         out.append(long_bytes(len(values)))
+        append = out.append
         for value in values:
             raw = value.encode("utf-8")
-            out.append(long_bytes(len(raw)))
-            out.append(raw)
+            size = len(raw)
+            append(SMALL_LONGS[size] if size < 64 else long_bytes(size))
+            append(raw)
     out.append(ZERO)
 
 
