@@ -5,7 +5,8 @@ as parallel arrays. A general Avro library makes one Python object per array ele
 module compiles, once per schema, a reader and a writer that turn an array of ``double`` or
 ``float`` into one :func:`numpy.frombuffer` call, and an array of ``long``/``int`` (zig-zag
 varints) or of an ``enum`` into a handful of vectorised numpy operations (Avro specification,
-"Binary Encoding"). Strings, maps and unions stay short Python loops.
+"Binary Encoding"; docs/architecture.md, "Why a batch consumer inside a Faust app"). Strings,
+maps and unions stay short Python loops.
 
 The writer produces exactly the bytes fastavro's ``schemaless_writer`` produces for the same
 record (one block per non-empty array or map, then the end marker); it takes numpy arrays or
