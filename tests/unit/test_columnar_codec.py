@@ -528,10 +528,46 @@ def test_corrupt_bodies_are_faults_with_a_reason(body: bytes, words: str) -> Non
     assert words in fault.message
 
 
+def _sample_decisions() -> bytes:
+    cols = PredictionColumns.from_record(_columnar("PredictionBatch", _sample_message()).record)
+    decisions = DecisionColumns(
+        cols,
+        np.array([0.5, 0.7]),
+        np.array([True, False]),
+        0.6,
+        "registry",
+        "v1",
+        9,
+        calibrator_versions=["v1", "v2"],
+        segment_key="region",
+        segments=[None, "eu"],
+        shadow_calibrator_version="v3",
+        shadow_confidences=np.array([0.1, 0.9]),
+        shadow_review=np.array([True, False]),
+    )
+    return CODEC.encode("DecisionBatch", decisions.to_columnar_record())
+
+
+def _sample_labels() -> bytes:
+    labels = LabelColumns(
+        "t", "m", "1", ["a", "b"], ["x", "y"], ["feed", "event"], np.array([5, 2**40]), None
+    )
+    return CODEC.encode("LabelBatch", labels.to_columnar_record())
+
+
+SAMPLES = {
+    "PredictionBatch": _sample_message(),
+    "DecisionBatch": _sample_decisions(),
+    "LabelBatch": _sample_labels(),
+}
+
+
 @settings(max_examples=300, deadline=None)
-@given(st.data())
-def test_random_corruption_never_raises_and_never_invents_values(data: st.DataObject) -> None:
-    message = bytearray(_sample_message())
+@given(st.sampled_from(BATCHES), st.data())
+def test_random_corruption_never_raises_and_never_invents_values(
+    name: str, data: st.DataObject
+) -> None:
+    message = bytearray(SAMPLES[name])
     for _ in range(data.draw(st.integers(1, 3))):
         i = data.draw(st.integers(HEADER_SIZE, len(message) - 1))
         action = data.draw(st.sampled_from(["flip", "cut", "insert"]))
@@ -546,9 +582,8 @@ def test_random_corruption_never_raises_and_never_invents_values(data: st.DataOb
         assert decoded.code is ErrorCode.MALFORMED_AVRO
         return
     # What the columnar reader accepts, fastavro reads to the same values.
-    assert _same(
-        _lists(decoded.record), _fastavro_decode(CODEC.schema("PredictionBatch"), bytes(message))
-    )
+    expected = _fastavro_decode(CODEC.schema(name), bytes(message))
+    assert _same(_lists(decoded.record), expected)
 
 
 # --- encoding errors -----------------------------------------------------------------------
