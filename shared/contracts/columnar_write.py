@@ -4,7 +4,8 @@ same record: a non-empty array or map is one block (count, items) then a zero co
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import numbers
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,14 @@ from shared.contracts.avro_wire import (
 )
 
 _INT64_MAX = np.iinfo(np.int64).max
-_ALLOWED_KINDS = {"double": "fiub", "float": "fiub", "long": "iub", "int": "iub", "boolean": "fiub"}
+_ALLOWED_KINDS = {
+    "double": "fiub",
+    "float": "fiub",
+    "long": "fiub",
+    "int": "fiub",
+    "boolean": "fiub",
+}
+_TWO_63 = 2.0**63
 
 
 def _write_null(out: list[bytes], value: Any) -> None:
@@ -37,6 +45,8 @@ def _write_boolean(out: list[bytes], value: Any) -> None:
 
 
 def _write_long(out: list[bytes], value: Any) -> None:
+    if isinstance(value, float):  # as fastavro does: towards zero (NaN and inf refused)
+        value = int(value)
     out.append(long_bytes(value))
 
 
@@ -93,6 +103,9 @@ def _numeric_payload(kind: str, values: Any) -> tuple[int, bytes]:
         return len(arr), (arr != 0).astype(np.uint8).tobytes()
     if arr.dtype.kind == "u" and int(arr.max()) > _INT64_MAX:
         raise OverflowError(f"{int(arr.max())} does not fit in a 64-bit long")
+    if arr.dtype.kind == "f" and not np.all((arr >= -_TWO_63) & (arr < _TWO_63)):
+        raise OverflowError("a NaN, infinite or too large number in an array of longs")
+    # Floats go towards zero, as fastavro writes them.
     return len(arr), varints_bytes(arr.astype(np.int64, copy=False))
 
 
@@ -221,13 +234,16 @@ class _WriterCompiler:
             raise UnsupportedSchema("only unions of null and one other type are compiled")
         null_tag, value_tag = long_bytes(1 - others[0]), long_bytes(others[0])
         branch = self.compile(schema[others[0]])
+        fits = _BRANCH_CHECKS.get(kind_of(self.walk.resolve(schema[others[0]])), _anything)
 
         def write(out: list[bytes], value: Any) -> None:
             if value is None:
                 out.append(null_tag)
-            else:
+            elif fits(value):
                 out.append(value_tag)
                 branch(out, value)
+            else:
+                raise ValueError(f"{value!r} (type {type(value).__name__}) does not match {schema}")
 
         return write
 
@@ -242,6 +258,40 @@ class _WriterCompiler:
                 raise ValueError(f"{value!r} is not one of {symbols}") from None
 
         return write
+
+
+def _anything(value: Any) -> bool:
+    return True
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_sequence(value: Any) -> bool:
+    return isinstance(value, np.ndarray) or (
+        isinstance(value, Sequence) and not isinstance(value, str)
+    )
+
+
+# What fastavro checks before it writes a union's non-null branch (a union of null and a
+# long refuses 1.5, where a plain long field would write 1); numpy arrays pass as sequences.
+_BRANCH_CHECKS = {
+    "long": _is_integer,
+    "int": _is_integer,
+    "double": _is_real,
+    "float": _is_real,
+    "boolean": lambda v: isinstance(v, bool),
+    "string": lambda v: isinstance(v, str),
+    "bytes": lambda v: isinstance(v, bytes | bytearray),
+    "array": _is_sequence,
+    "map": lambda v: isinstance(v, Mapping),
+    "record": lambda v: isinstance(v, Mapping),
+}
 
 
 def _through_float(writer: Writer) -> Writer:

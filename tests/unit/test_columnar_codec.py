@@ -594,7 +594,8 @@ def test_random_corruption_never_raises_and_never_invents_values(
     [
         ("confidences", [0.5, None]),
         ("confidences", ["0.5"]),
-        ("event_time_ms", [1.5]),
+        ("event_time_ms", [float("nan")]),
+        ("event_time_ms", [1e19]),
         ("event_time_ms", [2**63]),
         ("event_time_ms", np.array([2**63], np.uint64)),
         ("event_ids", [1]),
@@ -614,6 +615,40 @@ def test_a_record_that_does_not_match_raises_codec_error(field: str, value: Any)
     record[field] = value
     with pytest.raises(CodecError, match="PredictionBatch"):
         CODEC.encode("PredictionBatch", record)
+
+
+def test_floats_for_longs_go_towards_zero_as_fastavro_writes_them() -> None:
+    record: dict[str, Any] = {
+        "predictions": {
+            "model_name": "m",
+            "model_version": "1",
+            "model_version_id": 7,
+            "event_ids": ["a", "b", "c"],
+            "event_time_ms": [1.5, -2.7, 3.0],
+            "predicted_labels": ["x", "y", "z"],
+            "confidences": [1, 0, True],
+        },
+        "calibrated_confidences": [0.5, 0.5, 0.5],
+        "statuses": ["auto", "auto", "review"],
+        "threshold": 1,
+        "threshold_source": "default",
+        "calibrator_version": "identity",
+        "decided_at_ms": -4.5,
+    }
+    data = CODEC.encode("DecisionBatch", record)
+    assert data[HEADER_SIZE:] == _fastavro_body("DecisionBatch", record)
+    as_numpy = _numpy(record)
+    assert isinstance(as_numpy["predictions"]["event_time_ms"], np.ndarray)
+    assert CODEC.encode("DecisionBatch", as_numpy) == data
+    rec = _columnar("DecisionBatch", data).record
+    assert rec["predictions"]["event_time_ms"].tolist() == [1, -2, 3]
+    assert rec["decided_at_ms"] == -4 and rec["predictions"]["model_version_id"] == 7
+    # A union of null and long is stricter in fastavro: it refuses a float.
+    record["predictions"]["model_version_id"] = 7.9
+    with pytest.raises(ValueError, match="do not match"):
+        _fastavro_body("DecisionBatch", record)
+    with pytest.raises(CodecError, match="does not match"):
+        CODEC.encode("DecisionBatch", record)
 
 
 def test_missing_field_without_default_raises_codec_error() -> None:
