@@ -167,20 +167,19 @@ def _string_block(data: bytes, pos: int, count: int) -> tuple[list[str], int]:
 
 
 def _optional_string_block(null_first: bool) -> BlockReader:
-    null_index, str_index = (0, 2) if null_first else (2, 0)
+    null_index = 0 if null_first else 1
 
     def block(data: bytes, pos: int, count: int) -> tuple[list[str | None], int]:
         out: list[str | None] = []
         for _ in range(count):
-            b = data[pos]
-            if b == null_index:
+            index, pos = read_long(data, pos)
+            if index == null_index:
                 out.append(None)
-                pos += 1
-            elif b == str_index:
-                value, pos = read_string(data, pos + 1)
+            elif index == 1 - null_index:
+                value, pos = read_string(data, pos)
                 out.append(value)
             else:
-                raise MalformedBody(f"union branch byte {b} at offset {pos} is not 0 or 1")
+                raise MalformedBody(f"union branch {index} before offset {pos} does not exist")
         return out, pos
 
     return block

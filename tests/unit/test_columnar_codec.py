@@ -705,3 +705,12 @@ def test_unsupported_schemas_are_refused_at_compile_time() -> None:
         compile_reader({"type": "long", "logicalType": "timestamp-millis"})
     reader = compile_reader(["null", "string", "long"])
     assert reader(b"\x04\x06", 0) == (3, 2)
+
+
+def test_numbers_written_in_more_bytes_than_needed_still_read() -> None:
+    # 0 and 1 as two-byte varints (0x80 0x00, 0x82 0x00): legal, if no library writes them.
+    schema = {"type": "array", "items": ["null", "string"]}
+    reader = compile_reader(schema)
+    data = b"\x04" + b"\x80\x00" + b"\x82\x00\x82\x00a" + b"\x00"
+    assert reader(data, 0) == ([None, "a"], len(data))
+    assert schemaless_reader(io.BytesIO(data), schema, None) == [None, "a"]
