@@ -11,6 +11,7 @@ import io
 import json
 import random
 import struct
+import uuid
 from typing import Any
 
 import numpy as np
@@ -32,7 +33,7 @@ from shared.contracts.codec import (
 )
 from shared.contracts.columnar import UnsupportedSchema, compile_reader, compile_writer
 from shared.contracts.errors import ErrorCode, Fault
-from shared.contracts.validation import check_batch_record
+from shared.contracts.validation import check_batch_record, check_batch_rows, validate_columns
 
 CODEC = AvroCodec()
 BATCHES = ("PredictionBatch", "DecisionBatch", "LabelBatch")
@@ -292,6 +293,33 @@ def test_validation_sees_the_same_record_either_way() -> None:
     assert fault == check_batch_record(plain.record)
     assert fault is not None and fault.code is ErrorCode.BATCH_SHAPE
     assert fault.field == "uncertainties"
+
+
+def test_row_checks_find_the_same_faults_either_way() -> None:
+    now = 1_765_000_000_000
+    record = {
+        "model_name": "m",
+        "model_version": "1",
+        "event_ids": [str(uuid.UUID(int=i + 1, version=4)) for i in range(5)],
+        "event_time_ms": [now, now, now, -1, now],
+        "predicted_labels": ["x", "y", "x", "x", "y"],
+        "confidences": [float("nan"), 1.5, 0.9, 0.8, 0.6],
+        "class_labels": ["x", "y"],
+        "probabilities": [0.5, 0.5, 0.2, 0.8, 0.9, 0.1, 0.8, 0.2, 0.7, 0.7],
+        "numeric_features": {"f": [1.0, float("inf"), float("nan"), 2.0, -0.0]},
+    }
+    data = CODEC.encode("PredictionBatch", record)
+    plain = CODEC.decode(data)
+    assert isinstance(plain, Decoded)
+    a = PredictionColumns.from_record(_columnar("PredictionBatch", data).record)
+    b = PredictionColumns.from_record(plain.record)
+    mask_a, faults_a = validate_columns(a)
+    mask_b, faults_b = validate_columns(b)
+    assert mask_a.tolist() == mask_b.tolist()
+    assert faults_a == faults_b
+    assert {row for row, _ in faults_a} >= {0, 1}  # NaN and 1.5 confidences
+    assert check_batch_rows(a, now=now) == check_batch_rows(b, now=now)
+    assert [row for row, _ in check_batch_rows(a, now=now)] == [3]  # the negative time
 
 
 # --- every legal block layout --------------------------------------------------------------
