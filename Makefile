@@ -74,6 +74,7 @@ bench: up ## run the benchmarks and print throughput, latency percentiles and me
 	@echo "== segments: Redis of 1,000 calibration segments, refit and serve cost"; $(PYTHON) -m bench.segments
 	@echo "== calibrator rollout: serve(), the policy CPU a candidate adds, POST /api/calibrate"; $(PYTHON) -m bench.rollout
 	@echo "== ownership fence: fenced saves/s, a round over 1,000 model versions, Redis per model version"; $(PYTHON) -m bench.ownership
+	@echo "== Avro codec of the batch records: fastavro against the columnar codec"; $(PYTHON) -m bench.codec
 
 bench-pipeline: up ## the whole pipeline under load: highest sustained rate, latency, freshness, CPU, memory
 	@$(PYTHON) -m bench.pipeline --out reports

@@ -184,7 +184,7 @@ class AggregatorProcessor:
         # Every message is decoded, not only the fresh ones: a replay after a crash then sends
         # an undecodable message's dead letter again rather than never.
         for m in messages:
-            decoded = self._codec.decode(m.value(), {"DecisionBatch", "LabelBatch"})
+            decoded = self._codec.decode(m.value(), {"DecisionBatch", "LabelBatch"}, columnar=True)
             if not isinstance(decoded, Decoded):
                 dead.append(
                     dead_letter(

@@ -138,7 +138,7 @@ class DriftProcessor:
         unit_of = {id(m): i for i, u in enumerate(units) for m in u}
         by_unit: list[dict[str, list[PredictionColumns]]] = [{} for _ in units]
         for m in messages:
-            decoded = self._codec.decode(m.value(), {"PredictionBatch"})
+            decoded = self._codec.decode(m.value(), {"PredictionBatch"}, columnar=True)
             if not isinstance(decoded, Decoded):
                 dead.append(
                     dead_letter(

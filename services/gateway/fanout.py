@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from confluent_kafka import Message
 from confluent_kafka.aio import AIOConsumer
 
@@ -103,10 +104,10 @@ def decision_events(record: dict[str, Any], predictions: bool = False) -> Iterat
     for eid, label, conf, cal, status, t in zip(
         p["event_ids"],
         p["predicted_labels"],
-        p["confidences"],
-        record["calibrated_confidences"],
+        _plain(p["confidences"]),
+        _plain(record["calibrated_confidences"]),
         record["statuses"],
-        p["event_time_ms"],
+        _plain(p["event_time_ms"]),
         strict=True,
     ):
         event: Event = {
@@ -126,6 +127,11 @@ def decision_events(record: dict[str, Any], predictions: bool = False) -> Iterat
         yield event
         if predictions:
             yield {**event, "type": "prediction"}
+
+
+def _plain(values: Any) -> list[Any]:
+    """Python numbers for JSON: a columnar decode gives numpy arrays."""
+    return values.tolist() if isinstance(values, np.ndarray) else values
 
 
 def route(
@@ -202,7 +208,7 @@ async def follow(
                 tenant = _tenant_of(m)
                 if tenant is None or not hub.listening(tenant):
                     continue  # nobody of that tenant is connected: skip decoding
-                decoded = codec.decode(m.value())
+                decoded = codec.decode(m.value(), columnar=True)
                 if not isinstance(decoded, Decoded):
                     logger.warning(
                         "live feed: undecodable message at %s[%s]@%s: %s",

@@ -210,7 +210,7 @@ def batch_messages(
                 if len(cols) <= max_events
                 else cols.take(np.arange(start, min(start + max_events, len(cols))))
             )
-            out.append((key, codec.encode("PredictionBatch", part.to_record())))
+            out.append((key, codec.encode("PredictionBatch", part.to_columnar_record())))
     return out
 
 

@@ -61,7 +61,9 @@ def parse(
     columns: list[tuple[PredictionColumns, list[int]]] = []
     for i, src in enumerate(sources):
         is_prediction = src.topic == prediction_topic
-        decoded = codec.decode(src.value, PREDICTION_TYPES if is_prediction else LABEL_TYPES)
+        decoded = codec.decode(
+            src.value, PREDICTION_TYPES if is_prediction else LABEL_TYPES, columnar=True
+        )
         if isinstance(decoded, Fault):
             out.dead.append((i, decoded))
         elif decoded.name == "InferenceEvent":
@@ -160,8 +162,11 @@ def _expand_label_batch(ref: int, rec: Record, rows: list[tuple[int, Record]]) -
                 f"{name} has {len(rec[name])} entries; event_ids say {n}",
                 name,
             )
+    times = rec["label_time_ms"]
+    # Per-label checks want Python ints (a columnar decode gives an int64 array).
+    times = times.tolist() if isinstance(times, np.ndarray) else times
     for eid, truth, source, t in zip(
-        rec["event_ids"], rec["ground_truths"], rec["sources"], rec["label_time_ms"], strict=True
+        rec["event_ids"], rec["ground_truths"], rec["sources"], times, strict=True
     ):
         rows.append(
             (

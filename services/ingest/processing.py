@@ -83,7 +83,7 @@ class IngestProcessor:
                     Output(
                         self._topics.predictions,
                         chunk.key.encode(),
-                        self._codec.encode("PredictionBatch", chunk.to_record()),
+                        self._codec.encode("PredictionBatch", chunk.to_columnar_record()),
                     )
                 )
         labels = [lbl for cols, pos in predictions if (lbl := _event_labels(cols, pos)) is not None]
@@ -93,7 +93,7 @@ class IngestProcessor:
                 Output(
                     self._topics.labels,
                     (label_cols.key or label_cols.tenant).encode(),
-                    self._codec.encode("LabelBatch", label_cols.to_record()),
+                    self._codec.encode("LabelBatch", label_cols.to_columnar_record()),
                 )
             )
         return outputs, outcome

@@ -139,7 +139,7 @@ class PolicyProcessor:
         now_ms = clock.now_ms()
         out = []
         for m in messages:
-            decoded = self._codec.decode(m.value(), PREDICTION_BATCH)
+            decoded = self._codec.decode(m.value(), PREDICTION_BATCH, columnar=True)
             if not isinstance(decoded, Decoded):
                 # Ingest validated every batch; anything else is a bug upstream: keep it.
                 out.append(self._dead_letter(m, decoded.code, decoded.message, now_ms))
@@ -153,7 +153,7 @@ class PolicyProcessor:
                 Output(
                     self._topics.decisions,
                     decision.key.encode(),
-                    self._codec.encode("DecisionBatch", decision.to_record()),
+                    self._codec.encode("DecisionBatch", decision.to_columnar_record()),
                 )
             )
         return out

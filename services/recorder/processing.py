@@ -103,7 +103,8 @@ class RecorderProcessor:
     def parse(self, messages: Sequence[Message]) -> Parsed:
         out = Parsed()
         for i, m in enumerate(messages):
-            decoded = self._codec.decode(m.value(), self._expected.get(str(m.topic()), set()))
+            expected = self._expected.get(str(m.topic()), set())
+            decoded = self._codec.decode(m.value(), expected, columnar=True)
             if not isinstance(decoded, Decoded):
                 out.faults.append((i, str(decoded.code), decoded.message))
                 continue

@@ -140,7 +140,8 @@ class RouterProcessor:
 
     def _collect_links(self, m: Message, links: dict[tuple[str, str], str]) -> None:
         """Links from the routed predictions of a batch to their decision (and label)."""
-        pred = self._codec.decode(m.value(), {"PredictionBatch"})
+        # Columnar: the numbers (unused here) stay numpy arrays, never Python objects.
+        pred = self._codec.decode(m.value(), {"PredictionBatch"}, columnar=True)
         if not isinstance(pred, Decoded):
             return
         rec = pred.record
@@ -154,7 +155,7 @@ class RouterProcessor:
 
     def _collect_labels(self, m: Message, labels: list[tuple[str, str, str, str | None]]) -> None:
         """(tenant, event id, ground truth, model) of every label of a batch."""
-        lab = self._codec.decode(m.value(), {"LabelBatch"})
+        lab = self._codec.decode(m.value(), {"LabelBatch"}, columnar=True)
         if not isinstance(lab, Decoded):
             return
         rec = lab.record

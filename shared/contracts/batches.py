@@ -33,14 +33,37 @@ def _floats(values: Any) -> FloatArray:
     return np.asarray(values, dtype=np.float64)
 
 
-def _matrix(flat: list[float], n: int, width: int) -> FloatArray | None:
-    if not flat or width == 0:
+def _size(values: Any) -> int:
+    """Length of an optional array: a list, a numpy array or None (never its truth value,
+    which a numpy array does not have)."""
+    return 0 if values is None else len(values)
+
+
+def _matrix(flat: Any, n: int, width: int) -> FloatArray | None:
+    if not _size(flat) or width == 0:
         return None
     return np.asarray(flat, dtype=np.float64).reshape(n, width)
 
 
-def _flat(matrix: FloatArray | None) -> list[float]:
-    return [] if matrix is None else matrix.ravel().tolist()
+_NO_FLOATS: FloatArray = np.empty(0, np.float64)
+_NO_INTS: IntArray = np.empty(0, np.int64)
+
+
+def _flat_array(matrix: FloatArray | None) -> FloatArray:
+    return _NO_FLOATS if matrix is None else matrix.ravel()
+
+
+def _statuses(review: BoolArray) -> list[str]:
+    return ["review" if r else "auto" for r in review.tolist()]
+
+
+def _tolist(record: Record, names: tuple[str, ...]) -> Record:
+    """``record`` with the numpy arrays among ``names`` turned into lists."""
+    for name in names:
+        value = record[name]
+        if isinstance(value, np.ndarray):
+            record[name] = value.tolist()
+    return record
 
 
 @dataclass(slots=True)
@@ -98,27 +121,38 @@ class PredictionColumns:
         )
 
     def to_record(self) -> Record:
+        """The ``PredictionBatch`` record with every array a list (fastavro's shape)."""
+        rec = self.to_columnar_record()
+        rec["numeric_features"] = {k: v.tolist() for k, v in self.numeric_features.items()}
+        return _tolist(
+            rec, ("event_time_ms", "confidences", "probabilities", "logits", "uncertainties")
+        )
+
+    def to_columnar_record(self) -> Record:
+        """The ``PredictionBatch`` record with numeric arrays as numpy arrays, for
+        :meth:`AvroCodec.encode` (no copy through Python lists)."""
         return {
             "tenant": self.tenant,
             "model_name": self.model_name,
             "model_version": self.model_version,
             "model_version_id": self.model_version_id,
             "event_ids": self.event_ids,
-            "event_time_ms": self.event_time_ms.tolist(),
+            "event_time_ms": self.event_time_ms,
             "predicted_labels": self.predicted_labels,
-            "confidences": self.confidences.tolist(),
+            "confidences": self.confidences,
             "class_labels": self.class_labels,
-            "probabilities": _flat(self.probabilities),
-            "logits": _flat(self.logits),
-            "numeric_features": {k: v.tolist() for k, v in self.numeric_features.items()},
+            "probabilities": _flat_array(self.probabilities),
+            "logits": _flat_array(self.logits),
+            "numeric_features": dict(self.numeric_features),
             "categorical_features": self.categorical_features,
             "ground_truths": self.ground_truths or [],
-            "uncertainties": [] if self.uncertainties is None else self.uncertainties.tolist(),
+            "uncertainties": _NO_FLOATS if self.uncertainties is None else self.uncertainties,
             "metadata": self.metadata or [],
         }
 
     @classmethod
     def from_record(cls, rec: Record) -> PredictionColumns:
+        """From a decoded record: numeric arrays as lists or numpy arrays (``columnar``)."""
         n = len(rec["event_ids"])
         width = len(rec.get("class_labels") or ())
         return cls(
@@ -131,14 +165,16 @@ class PredictionColumns:
             predicted_labels=rec["predicted_labels"],
             confidences=_floats(rec["confidences"]),
             class_labels=list(rec.get("class_labels") or ()),
-            probabilities=_matrix(rec.get("probabilities") or [], n, width),
-            logits=_matrix(rec.get("logits") or [], n, width),
+            probabilities=_matrix(rec.get("probabilities"), n, width),
+            logits=_matrix(rec.get("logits"), n, width),
             numeric_features={
                 k: _floats(v) for k, v in (rec.get("numeric_features") or {}).items()
             },
             categorical_features=dict(rec.get("categorical_features") or {}),
             ground_truths=rec.get("ground_truths") or None,
-            uncertainties=_floats(rec["uncertainties"]) if rec.get("uncertainties") else None,
+            uncertainties=_floats(rec["uncertainties"])
+            if _size(rec.get("uncertainties"))
+            else None,
             metadata=rec.get("metadata") or None,
         )
 
@@ -263,10 +299,17 @@ class DecisionColumns:
         )
 
     def to_record(self) -> Record:
+        """The ``DecisionBatch`` record with every array a list (fastavro's shape)."""
+        rec = self.to_columnar_record()
+        rec["predictions"] = self.predictions.to_record()
+        return _tolist(rec, ("calibrated_confidences", "shadow_confidences"))
+
+    def to_columnar_record(self) -> Record:
+        """The ``DecisionBatch`` record with numeric arrays as numpy arrays."""
         return {
-            "predictions": self.predictions.to_record(),
-            "calibrated_confidences": self.calibrated_confidences.tolist(),
-            "statuses": ["review" if r else "auto" for r in self.review.tolist()],
+            "predictions": self.predictions.to_columnar_record(),
+            "calibrated_confidences": self.calibrated_confidences,
+            "statuses": _statuses(self.review),
             "threshold": self.threshold,
             "threshold_source": self.threshold_source,
             "calibrator_version": self.calibrator_version,
@@ -275,12 +318,10 @@ class DecisionColumns:
             "segment_key": self.segment_key,
             "segments": self.segments,
             "shadow_calibrator_version": self.shadow_calibrator_version,
-            "shadow_confidences": None
-            if self.shadow_confidences is None
-            else self.shadow_confidences.tolist(),
+            "shadow_confidences": self.shadow_confidences,
             "shadow_statuses": None
             if self.shadow_review is None
-            else ["review" if r else "auto" for r in self.shadow_review.tolist()],
+            else _statuses(self.shadow_review),
         }
 
     @classmethod
@@ -344,6 +385,11 @@ class LabelColumns:
         )
 
     def to_record(self) -> Record:
+        """The ``LabelBatch`` record with every array a list (fastavro's shape)."""
+        return _tolist(self.to_columnar_record(), ("label_time_ms", "prediction_time_ms"))
+
+    def to_columnar_record(self) -> Record:
+        """The ``LabelBatch`` record with numeric arrays as numpy arrays."""
         return {
             "tenant": self.tenant,
             "model_name": self.model_name,
@@ -351,15 +397,16 @@ class LabelColumns:
             "event_ids": self.event_ids,
             "ground_truths": self.ground_truths,
             "sources": self.sources,
-            "label_time_ms": self.label_time_ms.tolist(),
-            "prediction_time_ms": []
+            "label_time_ms": self.label_time_ms,
+            "prediction_time_ms": _NO_INTS
             if self.prediction_time_ms is None
-            else self.prediction_time_ms.tolist(),
+            else self.prediction_time_ms,
         }
 
     @classmethod
     def from_record(cls, rec: Record) -> LabelColumns:
-        pt = rec.get("prediction_time_ms") or None
+        pt = rec.get("prediction_time_ms")
+        pt = pt if _size(pt) else None
         return cls(
             tenant=rec["tenant"],
             model_name=rec.get("model_name"),

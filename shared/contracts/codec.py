@@ -11,6 +11,11 @@ version in ``schemas/released/<Name>/<n>.avsc``; a message written with an older
 resolved to the current reader schema of the same record type. Decoding never raises: bad
 bytes come back as a :class:`~shared.contracts.errors.Fault` value so a worker can dead-letter them
 and go on.
+
+The batch records (:data:`COLUMNAR_TYPES`) are written by the compiled writer of
+:mod:`shared.contracts.columnar` (same bytes as fastavro, numpy arrays taken as they are), and
+``decode(..., columnar=True)`` reads them with numeric arrays as numpy arrays; every other
+record, and the default ``decode``, goes through fastavro.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import Any
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
+from shared.contracts import columnar as fastpath
 from shared.contracts.errors import ErrorCode, Fault
 
 MAGIC = b"\xc3\x01"
@@ -46,6 +52,9 @@ SCHEMA_ORDER = (
     "StackIdentity",
     "SegmentMap",
 )
+
+COLUMNAR_TYPES = ("PredictionBatch", "DecisionBatch", "LabelBatch")
+"""Records whose numeric arrays the columnar reader and writer move as numpy arrays."""
 
 Record = dict[str, Any]
 
@@ -89,6 +98,16 @@ def _parse_in_order(
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class _Columnar:
+    """The compiled reader and writer of one current schema."""
+
+    reader: fastpath.Reader
+    writer: fastpath.Writer
+    columns: fastpath.Convert
+    """Takes a record fastavro decoded (an older writer version) to the columnar shape."""
+
+
 class AvroCodec:
     """Encodes records with the current schemas and decodes any known writer version."""
 
@@ -113,6 +132,11 @@ class AvroCodec:
             # definition never shadows the current one.
             (_, parsed, fp) = _parse_in_order([(name, raw)], dict(named))[0]
             self._by_fingerprint.setdefault(fp, WriterSchema(name, version, parsed, fp))
+        self._columnar: dict[str, _Columnar] = {}
+        for name in COLUMNAR_TYPES:
+            compiled = _compile(self._current[name].parsed, named)
+            if compiled is not None:
+                self._columnar[name] = compiled
 
     @property
     def names(self) -> list[str]:
@@ -128,7 +152,15 @@ class AvroCodec:
         return list(self._by_fingerprint.values())
 
     def encode(self, name: str, record: Mapping[str, Any]) -> bytes:
+        """The message of ``record``; numeric arrays of the batch records may be numpy arrays."""
         ws = self.schema(name)
+        fast = self._columnar.get(name)
+        if fast is not None:
+            try:
+                body = fastpath.write_body(fast.writer, record)
+            except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+                raise CodecError(f"record does not match schema {name}: {exc}") from exc
+            return MAGIC + ws.fingerprint + body
         buf = io.BytesIO()
         buf.write(MAGIC)
         buf.write(ws.fingerprint)
@@ -138,8 +170,17 @@ class AvroCodec:
             raise CodecError(f"record does not match schema {name}: {exc}") from exc
         return buf.getvalue()
 
-    def decode(self, data: bytes | None, expected: Iterable[str] | None = None) -> Decoded | Fault:
-        """Decode one message; a :class:`Fault` (never an exception) when it cannot be."""
+    def decode(
+        self,
+        data: bytes | None,
+        expected: Iterable[str] | None = None,
+        *,
+        columnar: bool = False,
+    ) -> Decoded | Fault:
+        """Decode one message; a :class:`Fault` (never an exception) when it cannot be.
+
+        With ``columnar``, the numeric arrays of a batch record (:data:`COLUMNAR_TYPES`) come
+        back as numpy arrays; otherwise every value has fastavro's shape (lists)."""
         if data is None or len(data) < HEADER_SIZE or data[:2] != MAGIC:
             return Fault(
                 ErrorCode.NOT_AVRO,
@@ -159,25 +200,60 @@ class AvroCodec:
                 f"this topic carries {', '.join(sorted(expected))}, not {writer.name}",
             )
         reader = self._current[writer.name]
-        body = io.BytesIO(data[HEADER_SIZE:])
-        try:
-            record = schemaless_reader(
-                body, writer.parsed, None if reader is writer else reader.parsed
-            )
-        except Exception as exc:  # fastavro raises many types on corrupt bodies
-            return Fault(
-                ErrorCode.MALFORMED_AVRO,
-                f"body does not decode as {writer.name} ({writer.version}): "
-                f"{type(exc).__name__}: {exc}",
-            )
-        trailing = len(data) - HEADER_SIZE - body.tell()
-        if trailing:
-            return Fault(
-                ErrorCode.MALFORMED_AVRO,
-                f"{trailing} bytes left over after a complete {writer.name}: the message was "
-                "framed or truncated wrongly",
-            )
-        return Decoded(writer.name, record, writer.version)  # type: ignore[arg-type]
+        fast = self._columnar.get(writer.name) if columnar else None
+        if fast is not None and reader is writer:
+            return _decode_fast(fast, writer, bytes(data))
+        decoded = _decode_fastavro(data, writer, reader)
+        if fast is not None and isinstance(decoded, Decoded):
+            return Decoded(decoded.name, fast.columns(decoded.record), decoded.writer_version)
+        return decoded
+
+
+def _compile(parsed: Any, named: Mapping[str, Any]) -> _Columnar | None:
+    """The columnar reader and writer of a schema; None (use fastavro) when it cannot be."""
+    try:
+        return _Columnar(
+            fastpath.compile_reader(parsed, named),
+            fastpath.compile_writer(parsed, named),
+            fastpath.compile_columns(parsed, named),
+        )
+    except fastpath.UnsupportedSchema:
+        return None
+
+
+def _decode_fast(fast: _Columnar, writer: WriterSchema, data: bytes) -> Decoded | Fault:
+    try:
+        record, end = fastpath.read_body(fast.reader, data, HEADER_SIZE)
+    except fastpath.MalformedBody as exc:
+        return Fault(
+            ErrorCode.MALFORMED_AVRO,
+            f"body does not decode as {writer.name} ({writer.version}): {exc}",
+        )
+    return _trailing_fault(writer, len(data) - end) or Decoded(writer.name, record, writer.version)
+
+
+def _trailing_fault(writer: WriterSchema, trailing: int) -> Fault | None:
+    if not trailing:
+        return None
+    return Fault(
+        ErrorCode.MALFORMED_AVRO,
+        f"{trailing} bytes left over after a complete {writer.name}: the message was "
+        "framed or truncated wrongly",
+    )
+
+
+def _decode_fastavro(data: bytes, writer: WriterSchema, reader: WriterSchema) -> Decoded | Fault:
+    body = io.BytesIO(data[HEADER_SIZE:])
+    try:
+        record = schemaless_reader(body, writer.parsed, None if reader is writer else reader.parsed)
+    except Exception as exc:  # fastavro raises many types on corrupt bodies
+        return Fault(
+            ErrorCode.MALFORMED_AVRO,
+            f"body does not decode as {writer.name} ({writer.version}): "
+            f"{type(exc).__name__}: {exc}",
+        )
+    trailing = len(data) - HEADER_SIZE - body.tell()
+    return _trailing_fault(writer, trailing) or Decoded(writer.name, record, writer.version)  # type: ignore[arg-type]
 
 
 def _load(path: Path) -> Any:

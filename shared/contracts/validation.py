@@ -553,13 +553,13 @@ def _batch_shape_fault(rec: Record, n: int, width: int) -> Fault | None:
         "confidences": n,
     }
     for opt in ("ground_truths", "uncertainties", "metadata"):
-        if rec.get(opt):
+        if _size(rec.get(opt)):
             expect[opt] = n
     for opt in ("probabilities", "logits"):
-        if rec.get(opt):
+        if _size(rec.get(opt)):
             expect[opt] = n * width
     for fname, want in expect.items():
-        got = len(rec.get(fname) or ())
+        got = _size(rec.get(fname))
         if got != want:
             return _shape_fault(fname, got, want)
     for group in ("numeric_features", "categorical_features"):
@@ -567,6 +567,11 @@ def _batch_shape_fault(rec: Record, n: int, width: int) -> Fault | None:
             if len(values) != n:
                 return _shape_fault(f"{group}.{fname}", len(values), n)
     return None
+
+
+def _size(values: object) -> int:
+    """Length of an optional array field, a list or a numpy array (columnar decoding)."""
+    return 0 if values is None else len(values)  # type: ignore[arg-type]
 
 
 def _shape_fault(field: str, got: int, want: int) -> Fault:

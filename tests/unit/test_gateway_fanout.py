@@ -131,3 +131,16 @@ def test_prediction_messages_follow_each_decision_when_asked(codec: AvroCodec) -
     assert {k: v for k, v in events[1].items() if k != "type"} == {
         k: v for k, v in events[0].items() if k != "type"
     }
+
+
+def test_columnar_decode_gives_the_same_json_messages(codec: AvroCodec) -> None:
+    data = codec.encode("DecisionBatch", decision_record(5))
+    plain, columnar = codec.decode(data), codec.decode(data, columnar=True)
+    assert isinstance(plain, Decoded) and isinstance(columnar, Decoded)
+    assert isinstance(columnar.record["calibrated_confidences"], np.ndarray)
+    routed_plain = route(plain, {}.get, predictions=True)
+    routed_columnar = route(columnar, {}.get, predictions=True)
+    assert routed_plain is not None and routed_columnar is not None
+    texts = [json.dumps(e) for e in routed_columnar[2]]  # numpy values would not serialise
+    assert texts == [json.dumps(e) for e in routed_plain[2]]
+    assert json.loads(texts[2])["event_time_ms"] == 20

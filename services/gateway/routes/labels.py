@@ -97,7 +97,7 @@ async def post_labels(
         (
             state.topics.labels_raw,
             (cols.key or cols.tenant).encode(),
-            state.codec.encode("LabelBatch", cols.to_record()),
+            state.codec.encode("LabelBatch", cols.to_columnar_record()),
         )
         for cols, _ in groups
     ]
