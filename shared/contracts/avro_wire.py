@@ -85,8 +85,20 @@ def long_bytes(value: int) -> bytes:
 # --- vectorised varints --------------------------------------------------------------------
 
 
+SMALL_ARRAY = 48
+"""Below this many numbers a Python loop beats the dozen numpy calls of the vectorised path
+(each costs about a microsecond whatever its size): messages of a few events are common at
+moderate rates."""
+
+
 def read_varints(data: bytes, pos: int, count: int) -> tuple[npt.NDArray[np.int64], int]:
     """``count`` consecutive zig-zag varints at ``pos`` as int64, and the offset after them."""
+    if count < SMALL_ARRAY:
+        values = []
+        for _ in range(count):
+            value, pos = read_long(data, pos)
+            values.append(value)
+        return np.array(values, dtype=np.int64), pos
     window = np.frombuffer(data, np.uint8, min(count * _MAX_VARINT, len(data) - pos), pos)
     ends = np.flatnonzero(window < 0x80)
     if len(ends) < count:
@@ -116,6 +128,8 @@ def read_varints(data: bytes, pos: int, count: int) -> tuple[npt.NDArray[np.int6
 
 def varints_bytes(values: npt.NDArray[np.int64]) -> bytes:
     """The zig-zag varints of an int64 array, concatenated."""
+    if len(values) < SMALL_ARRAY:
+        return b"".join(map(long_bytes, values.tolist()))
     v = values.astype(np.int64, copy=False)
     u = ((v << 1) ^ (v >> 63)).view(np.uint64)
     nbytes = np.ones(len(u), np.int64)

@@ -20,7 +20,14 @@ from fastavro import schemaless_reader, schemaless_writer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared.contracts.avro_wire import long_bytes, read_long, read_varints, varints_bytes
+from shared.contracts.avro_wire import (
+    SMALL_ARRAY,
+    MalformedBody,
+    long_bytes,
+    read_long,
+    read_varints,
+    varints_bytes,
+)
 from shared.contracts.batches import DecisionColumns, LabelColumns, PredictionColumns
 from shared.contracts.codec import (
     HEADER_SIZE,
@@ -708,9 +715,11 @@ def test_varints_match_fastavro_one_by_one_and_vectorised() -> None:
         assert got == v
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.lists(INT64, min_size=1, max_size=50))
+@settings(max_examples=300, deadline=None)
+@given(st.lists(INT64, min_size=1, max_size=3 * SMALL_ARRAY))
 def test_vectorised_varints_round_trip(values: list[int]) -> None:
+    """Both ways of reading and writing a run of numbers: a loop below ``SMALL_ARRAY``
+    numbers, numpy from it on."""
     raw = varints_bytes(np.array(values, np.int64))
     assert raw == b"".join(_fastavro_long(v) for v in values)
     back, end = read_varints(raw + b"\x80", 0, len(values))
@@ -742,3 +751,14 @@ def test_numbers_written_in_more_bytes_than_needed_still_read() -> None:
     data = b"\x04" + b"\x80\x00" + b"\x82\x00\x82\x00a" + b"\x00"
     assert reader(data, 0) == ([None, "a"], len(data))
     assert schemaless_reader(io.BytesIO(data), schema, None) == [None, "a"]
+
+
+@pytest.mark.parametrize("n", [SMALL_ARRAY - 1, SMALL_ARRAY])
+def test_both_sides_of_the_small_array_bound_agree(n: int) -> None:
+    values = [(-1) ** i * (7 ** (i % 23)) for i in range(n)]
+    raw = varints_bytes(np.array(values, np.int64))
+    assert raw == b"".join(_fastavro_long(v) for v in values)
+    back, end = read_varints(raw, 0, n)
+    assert back.dtype == np.int64 and back.tolist() == values and end == len(raw)
+    with pytest.raises(MalformedBody):
+        read_varints(raw[:-1] + b"\x80", 0, n)  # the last number never ends
