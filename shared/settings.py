@@ -168,21 +168,14 @@ class Settings(BaseSettings):
         "load and a light load waits milliseconds",
     )
     batch_linger_seconds: float = Field(
-        default=0.2,
+        default=0.1,
         ge=0,
         le=5,
         description="how long a worker off the decision path (aggregator, drift, recorder, "
-        "router, calibrator, the gateway's live feed) gathers its input before one iteration; "
+        "router, calibrator) gathers its input before one iteration; "
         "every iteration costs a commit, Redis and PostgreSQL round trips and one write per "
         "touched counter, so its batches, not the events, set the cost; adds at most this to "
         "metric freshness",
-    )
-    batch_fetch_min_bytes: int = Field(
-        default=256 * 1024,
-        ge=1,
-        description="such a worker's fetch.min.bytes: the broker answers its fetch once this "
-        "much is there (or after CALIBER_KAFKA_FETCH_WAIT_MS), so a busy topic costs the broker "
-        "a few large fetches a second instead of one per arriving batch",
     )
     kafka_fetch_wait_ms: int = Field(
         default=100,

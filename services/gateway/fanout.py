@@ -184,13 +184,7 @@ async def follow(
         consumer_config(
             settings,
             f"{settings.topic_namespace}-gateway-live-{uuid.uuid4().hex[:12]}",
-            **{
-                "auto.offset.reset": "latest",
-                "partition.assignment.strategy": "range",
-                # A person watches this feed: a tenth of a second more is not seen, while a
-                # fetch per arriving batch is a broker request per batch of every topic.
-                "fetch.min.bytes": settings.batch_fetch_min_bytes,
-            },
+            **{"auto.offset.reset": "latest", "partition.assignment.strategy": "range"},
         ),
         max_workers=1,
     )

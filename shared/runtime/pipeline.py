@@ -82,10 +82,9 @@ class PipelineConfig:
     ``max_messages`` (throughput-bound workers: fuller batches)."""
     batch: bool = False
     """Off the decision path (its output is read by people and dashboards, not by the next
-    hop of a decision): each fetch gathers for ``Settings.batch_linger_seconds`` and the
-    consumer asks the broker for at least ``Settings.batch_fetch_min_bytes`` per fetch, so
-    the fixed cost of an iteration (a commit, store round trips, one write per touched
-    counter) and of a fetch is paid a few times a second, not once per arriving message."""
+    hop of a decision): each fetch gathers for ``Settings.batch_linger_seconds``, so the
+    fixed cost of an iteration (a commit, store round trips, one write per touched counter)
+    is paid a few times a second, not once per arriving message."""
     max_linger: float | None = None
     """Bound of the adaptive linger of a throughput-bound worker; None:
     ``Settings.linger_max_seconds``. A worker on the decision path keeps it short."""
@@ -185,11 +184,6 @@ class Pipeline:
                 **{
                     "max.poll.interval.ms": cfg.max_poll_interval_ms,
                     "partition.assignment.strategy": cfg.assignment,
-                    **(
-                        {"fetch.min.bytes": self._settings.batch_fetch_min_bytes}
-                        if cfg.batch
-                        else {}
-                    ),
                 },
             ),
             max_workers=2,
