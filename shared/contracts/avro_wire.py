@@ -7,7 +7,7 @@ from __future__ import annotations
 import operator
 import struct
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -193,3 +193,27 @@ class SchemaWalk:
 
     def leave(self, name: str) -> None:
         self._open.discard(name)
+
+
+C = TypeVar("C")
+
+
+class SchemaCompiler(Generic[C]):
+    """Compiles a parsed schema into nested closures of type ``C`` (readers or writers):
+    a scalar from ``scalars``, any other type from the method ``_<type>(schema)``; a type
+    without one is an :class:`UnsupportedSchema`."""
+
+    scalars: Mapping[str, C] = {}
+
+    def __init__(self, walk: SchemaWalk) -> None:
+        self.walk = walk
+
+    def compile(self, schema: Any) -> C:
+        schema = self.walk.resolve(schema)
+        kind = kind_of(schema)
+        if kind in self.scalars:
+            return self.scalars[kind]
+        build: Callable[[Any], C] | None = getattr(self, f"_{kind}", None)
+        if build is None:
+            raise UnsupportedSchema(f"type {kind!r}")
+        return build(schema)

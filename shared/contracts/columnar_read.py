@@ -14,8 +14,8 @@ from shared.contracts.avro_wire import (
     PACK_F,
     MalformedBody,
     Reader,
+    SchemaCompiler,
     SchemaWalk,
-    UnsupportedSchema,
     kind_of,
     read_long,
     read_varints,
@@ -218,28 +218,8 @@ def _list_array(block: BlockReader, min_item: int) -> Reader:
     return read
 
 
-class _ReaderCompiler:
-    def __init__(self, walk: SchemaWalk) -> None:
-        self.walk = walk
-
-    def compile(self, schema: Any) -> Reader:
-        schema = self.walk.resolve(schema)
-        kind = kind_of(schema)
-        if kind in _SCALARS:
-            return _SCALARS[kind]
-        if kind == "record":
-            return self._record(schema)
-        if kind == "array":
-            return self._array(schema)
-        if kind == "map":
-            return self._map(schema)
-        if kind == "union":
-            return self._union(schema)
-        if kind == "enum":
-            return self._enum(schema)
-        if kind == "fixed":
-            return self._fixed(int(schema["size"]))
-        raise UnsupportedSchema(f"type {kind!r}")
+class _ReaderCompiler(SchemaCompiler[Reader]):
+    scalars = _SCALARS
 
     def _record(self, schema: Any) -> Reader:
         name = self.walk.enter(schema)
@@ -310,7 +290,9 @@ class _ReaderCompiler:
         return read
 
     @staticmethod
-    def _fixed(size: int) -> Reader:
+    def _fixed(schema: Any) -> Reader:
+        size = int(schema["size"])
+
         def read(data: bytes, pos: int) -> tuple[bytes, int]:
             end = pos + size
             if end > len(data):

@@ -17,6 +17,7 @@ from shared.contracts.avro_wire import (
     PACK_F,
     SMALL_LONGS,
     ZERO,
+    SchemaCompiler,
     SchemaWalk,
     UnsupportedSchema,
     Writer,
@@ -158,26 +159,8 @@ def _items_array(item: Writer) -> Writer:
     return write
 
 
-class _WriterCompiler:
-    def __init__(self, walk: SchemaWalk) -> None:
-        self.walk = walk
-
-    def compile(self, schema: Any) -> Writer:
-        schema = self.walk.resolve(schema)
-        kind = kind_of(schema)
-        if kind in _SCALARS:
-            return _SCALARS[kind]
-        if kind == "record":
-            return self._record(schema)
-        if kind == "array":
-            return self._array(schema)
-        if kind == "map":
-            return self._map(schema)
-        if kind == "union":
-            return self._union(schema)
-        if kind == "enum":
-            return self._enum(schema)
-        raise UnsupportedSchema(f"type {kind!r}")
+class _WriterCompiler(SchemaCompiler[Writer]):
+    scalars = _SCALARS
 
     def _record(self, schema: Any) -> Writer:
         name = self.walk.enter(schema)
