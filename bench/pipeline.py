@@ -232,7 +232,10 @@ class Load:
                     cols = pools[v].take(rows)
                     cols.event_time_ms = np.full(len(rows), now_ms, dtype=np.int64)
                     self._send(
-                        self.topics.inference_raw, cols.key, "PredictionBatch", cols.to_record()
+                        self.topics.inference_raw,
+                        cols.key,
+                        "PredictionBatch",
+                        cols.to_columnar_record(),
                     )
                     step.events += len(rows)
                     half = rows[::2]
@@ -240,7 +243,10 @@ class Load:
             while pending and pending[0][0] <= time.monotonic():
                 _, labels = pending.pop(0)
                 self._send(
-                    self.topics.labels_raw, labels.key or "", "LabelBatch", labels.to_record()
+                    self.topics.labels_raw,
+                    labels.key or "",
+                    "LabelBatch",
+                    labels.to_columnar_record(),
                 )
                 step.labels += len(labels)
             self.producer.poll(0)
@@ -249,7 +255,9 @@ class Load:
             if ahead > 0:
                 time.sleep(ahead)
         for _, labels in pending:
-            self._send(self.topics.labels_raw, labels.key or "", "LabelBatch", labels.to_record())
+            self._send(
+                self.topics.labels_raw, labels.key or "", "LabelBatch", labels.to_columnar_record()
+            )
             step.labels += len(labels)
         self.producer.flush(30)
         step.ended_ms = int(time.time() * 1000)
@@ -303,10 +311,12 @@ class Probes:
         cols = self.pool.take([i])
         cols.event_time_ms = np.array([now_ms], dtype=np.int64)
         load = self.load
-        load._send(load.topics.inference_raw, cols.key, "PredictionBatch", cols.to_record())
+        load._send(
+            load.topics.inference_raw, cols.key, "PredictionBatch", cols.to_columnar_record()
+        )
         labels = _labels(self.pool, np.array([i]), now_ms)
         labels.label_time_ms = np.array([now_ms], dtype=np.int64)
-        load._send(load.topics.labels_raw, cols.key, "LabelBatch", labels.to_record())
+        load._send(load.topics.labels_raw, cols.key, "LabelBatch", labels.to_columnar_record())
         load.producer.flush(5)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
