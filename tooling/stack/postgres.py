@@ -123,14 +123,12 @@ def server_arguments(data: Path, port: int, socket_dir: Path) -> list[str]:
         # Caliber writes a row per prediction: with the default 1 GB of WAL between
         # checkpoints a sustained load checkpoints every minute or so, and the first change
         # of every page after a checkpoint writes the whole page to the WAL again. Fewer
-        # checkpoints and compressed page images write a fraction of it; durability is
-        # unchanged (every commit still reaches the disk before it returns).
+        # checkpoints write a fraction of it; durability is unchanged (every commit still
+        # reaches the disk before it returns).
         "-c",
         "max_wal_size=4GB",
         "-c",
         "checkpoint_timeout=15min",
-        "-c",
-        "wal_compression=lz4",
     ]
 
 
