@@ -65,13 +65,6 @@ def storage_lines(settings: Settings, data_dir: Path, replicas: int, min_isr: in
         "log.retention.hours=168",
         "log.segment.bytes=268435456",
         "message.max.bytes=10485760",
-        # Thread pools sized for the small machines the local stack runs on (the defaults,
-        # 3 network and 8 request threads, are a server's): at rest every thread wakes to
-        # poll, and a broker with four consumers connected used 0.037 of a core with the
-        # defaults against 0.025 with these, at the same CPU under a steady load.
-        "num.network.threads=1",
-        "num.io.threads=2",
-        "background.threads=2",
     ]
 
 
