@@ -81,31 +81,26 @@ class PredictionRecord:
     """Decided by the candidate (canary arm)."""
 
     def encode(self) -> str:
-        probs = "" if self.probabilities is None else ",".join(repr(p) for p in self.probabilities)
-        return FIELD_SEP.join(
-            [
-                self.model,
-                str(self.event_ms),
-                repr(self.confidence),
-                self.predicted,
-                CLASS_SEP.join(self.classes),
-                probs,
-                str(self.slot),
-                "" if self.calibrated is None else repr(self.calibrated),
-                "1" if self.auto else "0",
-                _escape_segment(self.segment),
-            ]
-            + (
-                [
-                    self.shadow_version,
-                    repr(self.active),
-                    repr(self.candidate),
-                    "1" if self.canary else "0",
-                ]
-                if self.shadow_version
-                else []
-            )
+        fields = _record_fields(
+            self.model,
+            self.event_ms,
+            self.confidence,
+            self.predicted,
+            self.classes,
+            self.probabilities,
+            self.slot,
+            self.calibrated,
+            self.auto,
+            self.segment,
         )
+        if self.shadow_version:
+            fields += [
+                self.shadow_version,
+                repr(self.active),
+                repr(self.candidate),
+                "1" if self.canary else "0",
+            ]
+        return FIELD_SEP.join(fields)
 
     @classmethod
     def decode(cls, raw: str) -> PredictionRecord:
@@ -124,6 +119,34 @@ class PredictionRecord:
             _unescape_segment(rest[3]) if len(rest) > 3 else "",
             *((shadow[0], float(shadow[1]), float(shadow[2]), shadow[3] == "1") if shadow else ()),
         )
+
+
+def _record_fields(
+    model: str,
+    event_ms: int,
+    confidence: float,
+    predicted: str,
+    classes: list[str],
+    probabilities: list[float] | None,
+    slot: int,
+    calibrated: float | None,
+    auto: bool,
+    segment: str,
+) -> list[str]:
+    """The fields of a prediction record before the optional shadow ones (one encoding for
+    :meth:`PredictionRecord.encode` and :meth:`BatchRows.encoded`)."""
+    return [
+        model,
+        str(event_ms),
+        repr(confidence),
+        predicted,
+        CLASS_SEP.join(classes),
+        "" if probabilities is None else ",".join(map(repr, probabilities)),
+        str(slot),
+        "" if calibrated is None else repr(calibrated),
+        "1" if auto else "0",
+        _escape_segment(segment),
+    ]
 
 
 def _escape_segment(segment: str) -> str:
@@ -335,17 +358,17 @@ class BatchRows:
             return rec.encode()
         row = self.probs[i]
         return FIELD_SEP.join(
-            (
+            _record_fields(
                 self.key,
-                str(self.event_ms[i]),
-                repr(self.conf[i]),
+                self.event_ms[i],
+                self.conf[i],
                 self.predicted[i],
-                CLASS_SEP.join(self.classes) if row else "",
-                ",".join(map(repr, row)) if row else "",
-                str(slot),
-                repr(self.calibrated[i]),
-                "1" if self.auto[i] else "0",
-                _escape_segment(self.segments[i]),
+                self.classes if row else [],
+                row,
+                slot,
+                self.calibrated[i],
+                self.auto[i],
+                self.segments[i],
             )
         )
 

@@ -95,13 +95,15 @@ def _labels(
     every message is a LabelBatch shown clean as a whole, its columns are used as they are;
     otherwise every row is checked and grouped on its own (the same groups and order)."""
     now = now_ms()
-    clean = [clean_label_batch(rec, limits, now) if batch else None for _, rec, batch in messages]
-    if all(c is not None for c in clean):
-        groups: dict[tuple[str, str | None, str | None], list[tuple[int, LabelColumns]]] = {}
-        for (ref, _, _), cols in zip(messages, clean, strict=True):
-            assert cols is not None
-            key = (cols.tenant, cols.model_name, cols.model_version)
-            groups.setdefault(key, []).append((ref, cols))
+    groups: dict[tuple[str, str | None, str | None], list[tuple[int, LabelColumns]]] = {}
+    for ref, rec, batch in messages:
+        cols = clean_label_batch(rec, limits, now) if batch else None
+        if cols is None:
+            break  # some row may be at fault: check them all, one by one
+        groups.setdefault((cols.tenant, cols.model_name, cols.model_version), []).append(
+            (ref, cols)
+        )
+    else:
         return [_joined_labels(members) for members in groups.values()], []
     rows: list[tuple[int, Record]] = []
     dead: list[tuple[int, Fault]] = []

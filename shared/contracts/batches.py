@@ -33,14 +33,14 @@ def _floats(values: Any) -> FloatArray:
     return np.asarray(values, dtype=np.float64)
 
 
-def _size(values: Any) -> int:
+def size_of(values: Any) -> int:
     """Length of an optional array: a list, a numpy array or None (never its truth value,
     which a numpy array does not have)."""
     return 0 if values is None else len(values)
 
 
 def _matrix(flat: Any, n: int, width: int) -> FloatArray | None:
-    if not _size(flat) or width == 0:
+    if not size_of(flat) or width == 0:
         return None
     return np.asarray(flat, dtype=np.float64).reshape(n, width)
 
@@ -173,7 +173,7 @@ class PredictionColumns:
             categorical_features=dict(rec.get("categorical_features") or {}),
             ground_truths=rec.get("ground_truths") or None,
             uncertainties=_floats(rec["uncertainties"])
-            if _size(rec.get("uncertainties"))
+            if size_of(rec.get("uncertainties"))
             else None,
             metadata=rec.get("metadata") or None,
         )
@@ -406,7 +406,7 @@ class LabelColumns:
     @classmethod
     def from_record(cls, rec: Record) -> LabelColumns:
         pt = rec.get("prediction_time_ms")
-        pt = pt if _size(pt) else None
+        pt = pt if size_of(pt) else None
         return cls(
             tenant=rec["tenant"],
             model_name=rec.get("model_name"),

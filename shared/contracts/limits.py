@@ -171,13 +171,18 @@ def number_fault(
     )
 
 
+def time_window(limits: Limits, now: int) -> tuple[int, int]:
+    """The epoch-ms times accepted at ``now``: [now − max age, now + max clock skew]."""
+    return now - limits.max_event_age_ms, now + limits.max_clock_skew_ms
+
+
 def time_fault(
     field: str, value: object, limits: Limits, now: int, event_id: str | None = None
 ) -> Fault | None:
     """An epoch-millisecond time within [now − max age, now + max clock skew]."""
     if type(value) is not int:
         return Fault(ErrorCode.WRONG_TYPE, f"{field} must be epoch milliseconds", field, event_id)
-    lo, hi = now - limits.max_event_age_ms, now + limits.max_clock_skew_ms
+    lo, hi = time_window(limits, now)
     if not lo <= value <= hi:
         return Fault(
             ErrorCode.INVALID_TIME,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared.contracts.batches import LabelColumns, PredictionColumns, Record
+from shared.contracts.batches import LabelColumns, PredictionColumns, Record, size_of
 from shared.contracts.errors import ErrorCode, Fault
 from shared.contracts.limits import (
     DEFAULT_LIMITS,
@@ -26,6 +26,7 @@ from shared.contracts.limits import (
     number_fault,
     string_fault,
     time_fault,
+    time_window,
 )
 
 __all__ = ["DEFAULT_LIMITS", "Limits", "Rows"]
@@ -64,10 +65,7 @@ _CANONICAL_UUID = re.compile(
 )
 
 
-_CANONICAL_UUID_LINES = re.compile(
-    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-    r"(?:\n[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})*"
-)
+_CANONICAL_UUID_LINES = re.compile(f"{_CANONICAL_UUID.pattern}(?:\\n{_CANONICAL_UUID.pattern})*")
 
 
 def all_canonical_uuids(values: Sequence[object]) -> bool:
@@ -553,13 +551,13 @@ def _batch_shape_fault(rec: Record, n: int, width: int) -> Fault | None:
         "confidences": n,
     }
     for opt in ("ground_truths", "uncertainties", "metadata"):
-        if _size(rec.get(opt)):
+        if size_of(rec.get(opt)):
             expect[opt] = n
     for opt in ("probabilities", "logits"):
-        if _size(rec.get(opt)):
+        if size_of(rec.get(opt)):
             expect[opt] = n * width
     for fname, want in expect.items():
-        got = _size(rec.get(fname))
+        got = size_of(rec.get(fname))
         if got != want:
             return _shape_fault(fname, got, want)
     for group in ("numeric_features", "categorical_features"):
@@ -567,11 +565,6 @@ def _batch_shape_fault(rec: Record, n: int, width: int) -> Fault | None:
             if len(values) != n:
                 return _shape_fault(f"{group}.{fname}", len(values), n)
     return None
-
-
-def _size(values: object) -> int:
-    """Length of an optional array field, a list or a numpy array (columnar decoding)."""
-    return 0 if values is None else len(values)  # type: ignore[arg-type]
 
 
 def _shape_fault(field: str, got: int, want: int) -> Fault:
@@ -647,7 +640,7 @@ def _rows_clean(cols: PredictionColumns, limits: Limits, now: int) -> bool:
 
 def _times_clean(times: np.ndarray, limits: Limits, now: int) -> bool:
     """Every epoch-ms time within what :func:`check_time` accepts."""
-    lo, hi = now - limits.max_event_age_ms, now + limits.max_clock_skew_ms
+    lo, hi = time_window(limits, now)
     return bool(times.dtype == np.int64 and np.all((times >= lo) & (times <= hi)))
 
 

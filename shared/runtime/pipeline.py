@@ -158,7 +158,6 @@ class Pipeline:
         self._max_linger = max(config.poll_timeout, min(bound, settings.linger_max_seconds))
         if config.batch:
             self._linger = max(config.poll_timeout, settings.batch_linger_seconds)
-            self._max_linger = self._linger
         self.ready = asyncio.Event()
         """Set once the consumer has its first assignment."""
 
