@@ -177,6 +177,15 @@ class Settings(BaseSettings):
         "touched counter, so its batches, not the events, set the cost; adds at most this to "
         "metric freshness",
     )
+    background_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="how much lower a worker off the decision path (aggregator, drift, "
+        "recorder, router, calibrator) runs in the CPU scheduler (a nice value added to every "
+        "thread); when the cores are busy, ingest, the policy and Kafka run first, so a "
+        "decision does not wait behind a metrics batch; 0: the same priority as the others",
+    )
     kafka_fetch_wait_ms: int = Field(
         default=100,
         ge=1,

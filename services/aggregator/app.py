@@ -106,4 +106,4 @@ def build_app(settings: AggregatorSettings) -> faust.App:
 def main() -> None:
     settings = AggregatorSettings()
     configure_logging(settings.log_level)
-    run(build_app(settings), settings)
+    run(build_app(settings), settings, background=True)

@@ -88,4 +88,4 @@ def rollout_config(settings: CalibratorSettings) -> RolloutConfig:
 def main() -> None:
     settings = CalibratorSettings()
     configure_logging(settings.log_level)
-    run(build_app(settings), settings)
+    run(build_app(settings), settings, background=True)

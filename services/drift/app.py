@@ -78,4 +78,4 @@ def build_app(settings: DriftSettings) -> faust.App:
 def main() -> None:
     settings = DriftSettings()
     configure_logging(settings.log_level)
-    run(build_app(settings), settings)
+    run(build_app(settings), settings, background=True)

@@ -65,4 +65,4 @@ def build_app(settings: RecorderSettings) -> faust.App:
 def main() -> None:
     settings = RecorderSettings()
     configure_logging(settings.log_level)
-    run(build_app(settings), settings)
+    run(build_app(settings), settings, background=True)

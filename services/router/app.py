@@ -89,4 +89,4 @@ def build_app(settings: RouterSettings) -> faust.App:
 def main() -> None:
     settings = RouterSettings()
     configure_logging(settings.log_level)
-    run(build_app(settings), settings)
+    run(build_app(settings), settings, background=True)

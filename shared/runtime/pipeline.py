@@ -295,12 +295,17 @@ class Pipeline:
                 TopicPartition(topic, partition, int(keep.offset() or 0) + 1 if same else first)
             )
 
-    async def _settled(self, attempt: _Attempt) -> None:
+    async def _settled(self, attempt: _Attempt, *, committed: bool) -> None:
+        """A committed normal attempt leaves its mark: it ends at the attempt's last offset,
+        so the next attempt, which starts after it, finds it stale and overwrites it with its
+        own (no Redis call here, one fewer round trip per iteration). An attempt not
+        committed (abandoned) must not look like a crash when it is read again: its mark
+        goes."""
         if self._crashes is None:
             return
         if attempt.careful:
             await self._crashes.finished(attempt.offsets)
-        else:
+        elif not committed:
             await self._crashes.forget(attempt.offsets)
 
     async def _run_attempt(self, attempt: _Attempt) -> list[Output]:
@@ -375,7 +380,7 @@ class Pipeline:
         count = getattr(self._hooks, "quarantined", None)
         if attempt.quarantine is not None and count is not None:
             count(str(attempt.quarantine.topic()))
-        await self._settle_quietly(attempt)
+        await self._settle_quietly(attempt, committed=True)
 
     async def _abandon(self, attempt: _Attempt, err: KafkaError) -> None:
         """The group moved on under this batch (a rebalance this replica joined late, or it
@@ -398,14 +403,14 @@ class Pipeline:
                     await self._consumer.seek(TopicPartition(topic, partition, first))
                 except KafkaException as exc:  # no longer assigned here: its owner reads it
                     logger.info("not rewinding %s:%d (%s)", topic, partition, exc.args[0])
-        await self._settle_quietly(attempt)
+        await self._settle_quietly(attempt, committed=False)
 
-    async def _settle_quietly(self, attempt: _Attempt) -> None:
+    async def _settle_quietly(self, attempt: _Attempt, *, committed: bool) -> None:
         """Clear the attempt's crash mark; if Redis is away the mark stays, which at worst
         makes the next attempt at that offset a careful one (never a wrong quarantine: the
         committed offset has moved on, so the record no longer matches)."""
         try:
-            await self._settled(attempt)
+            await self._settled(attempt, committed=committed)
         except REDIS_UNAVAILABLE as exc:
             logger.warning("could not clear the crash record (%s); it will be stale", exc)
 

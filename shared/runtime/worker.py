@@ -11,8 +11,10 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import faust
 
@@ -88,10 +90,31 @@ async def run_beside(
             await beside
 
 
-def run(app: faust.App, settings: Settings) -> None:
+def lower_priority(nice: int) -> None:
+    """Add ``nice`` to the CPU-scheduler niceness of every thread of this process (never
+    raising one). Linux keeps a nice value per thread and a new thread takes its creator's,
+    so after this call the threads started later (librdkafka's, the executors') run lower
+    too."""
+    if nice <= 0:
+        return
+    tasks = Path("/proc/self/task")
+    threads = [int(t) for t in os.listdir(tasks)] if tasks.is_dir() else [0]
+    for tid in threads:
+        try:
+            now = os.getpriority(os.PRIO_PROCESS, tid)
+            os.setpriority(os.PRIO_PROCESS, tid, max(now, min(now + nice, 19)))
+        except (ProcessLookupError, PermissionError):  # a thread that ended meanwhile
+            continue
+
+
+def run(app: faust.App, settings: Settings, *, background: bool = False) -> None:
     """Check that the stores belong to one stack, then start the worker and block until it
-    stops (SIGTERM/SIGINT)."""
+    stops (SIGTERM/SIGINT). A ``background`` worker (off the decision path: its output is
+    read by people and dashboards, not by the next hop of a decision) yields the CPU to the
+    decision path (``Settings.background_nice``)."""
     refuse_mixed_stores(settings, str(app.conf.id))
+    if background:
+        lower_priority(settings.background_nice)
     # Everything imported and built so far lives as long as the process: out of the cyclic
     # collector's sight, a full collection walks only what the batches allocate (it walked
     # every module object, a pause on the decision path each time).
