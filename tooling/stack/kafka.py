@@ -85,6 +85,7 @@ def render_properties(settings: Settings, data_dir: Path) -> str:
             # At rest the controller appended a no-op record to the metadata log every
             # 500 ms (the default); a single-node cluster has no follower to reassure.
             "metadata.max.idle.interval.ms=5000",
+            "transaction.partition.verification.enable=false",
             "",
         ]
     )
