@@ -104,10 +104,10 @@ class CrashRecord:
             key = self._key(*tp)
             known = suspects.get(tp)
             crashes = (known.crashes if known else 0) + 1
-            fields: dict[str, int] = {"offset": first, "crashes": crashes}
             if known is None:
-                fields["until"] = last
-            pipe.hset(key, mapping=fields)
+                pipe.hset(key, mapping={"offset": first, "crashes": crashes, "until": last})
+            else:
+                pipe.hset(key, mapping={"offset": first, "crashes": crashes})
         await pipe.execute()
 
     async def finished(self, attempt: dict[tuple[str, int], tuple[int, int]]) -> None:
