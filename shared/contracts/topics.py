@@ -60,3 +60,15 @@ class Topics:
     @property
     def compacted(self) -> frozenset[str]:
         return frozenset({self.model_updates, self.stack, self.segment_maps})
+
+
+def worker_app_id(namespace: str, worker: str) -> str:
+    """The id of a worker's Faust app: the group Faust joins for itself and the prefix of the
+    internal topics it declares (``<namespace>-<worker>-worker-…``)."""
+    return f"{namespace}-{worker}-worker"
+
+
+def is_worker_app_topic(topic: str, namespace: str) -> bool:
+    """Whether ``topic`` is an internal topic of a worker's Faust app in ``namespace``."""
+    rest = topic.removeprefix(f"{namespace}-")
+    return rest != topic and "-worker-" in rest

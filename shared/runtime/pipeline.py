@@ -406,9 +406,10 @@ class Pipeline:
         await self._settle_quietly(attempt, committed=False)
 
     async def _settle_quietly(self, attempt: _Attempt, *, committed: bool) -> None:
-        """Clear the attempt's crash mark; if Redis is away the mark stays, which at worst
-        makes the next attempt at that offset a careful one (never a wrong quarantine: the
-        committed offset has moved on, so the record no longer matches)."""
+        """Settle the attempt's crash mark (:meth:`_settled`); if Redis is away the mark
+        stays, which at worst makes the next attempt at that offset a careful one (never a
+        wrong quarantine: the committed offset has moved on, so the record no longer
+        matches)."""
         try:
             await self._settled(attempt, committed=committed)
         except REDIS_UNAVAILABLE as exc:

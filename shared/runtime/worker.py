@@ -18,6 +18,7 @@ from pathlib import Path
 
 import faust
 
+from shared.contracts.topics import worker_app_id
 from shared.runtime.identity import refuse_mixed_stores
 from shared.settings import Settings
 
@@ -35,7 +36,7 @@ def create_app(name: str, settings: Settings, loop: Loop) -> faust.App:
     datadir.parent.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         # Not the pipeline's consumer group name: Faust joins its own group with this id.
-        f"{settings.topic_namespace}-{name}-worker",
+        worker_app_id(settings.topic_namespace, name),
         broker=f"kafka://{settings.kafka_servers}",
         store="memory://",
         datadir=str(datadir),
@@ -102,7 +103,7 @@ def lower_priority(nice: int) -> None:
     for tid in threads:
         try:
             now = os.getpriority(os.PRIO_PROCESS, tid)
-            os.setpriority(os.PRIO_PROCESS, tid, max(now, min(now + nice, 19)))
+            os.setpriority(os.PRIO_PROCESS, tid, min(now + nice, 19))
         except (ProcessLookupError, PermissionError):  # a thread that ended meanwhile
             continue
 

@@ -7,7 +7,7 @@ import logging
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import NewTopic
 
-from shared.contracts.topics import Topics
+from shared.contracts.topics import Topics, is_worker_app_topic
 from shared.runtime.kafka import make_admin
 from shared.settings import Settings
 
@@ -90,15 +90,9 @@ def delete_topics(settings: Settings, namespace: str) -> None:
     names = Topics.for_namespace(namespace).all()
     existing = set(admin.list_topics(timeout=10).topics)
     doomed = [n for n in names if n in existing]
-    doomed += sorted(n for n in existing if _faust_topic_of(n, namespace))
+    doomed += sorted(n for n in existing if is_worker_app_topic(n, namespace))
     for future in admin.delete_topics(doomed, operation_timeout=30).values() if doomed else []:
         try:
             future.result()
         except KafkaException:
             logger.warning("could not delete a topic of %s", namespace, exc_info=True)
-
-
-def _faust_topic_of(topic: str, namespace: str) -> bool:
-    """Whether ``topic`` is an internal topic of a worker's Faust app in ``namespace``."""
-    rest = topic.removeprefix(f"{namespace}-")
-    return rest != topic and "-worker-" in rest
