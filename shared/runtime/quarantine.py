@@ -77,8 +77,10 @@ class CrashRecord:
 
     async def suspects(self, starts: dict[tuple[str, int], int]) -> dict[tuple[str, int], Suspect]:
         """The partitions (of ``starts``: partition → first offset) with a crash record that
-        still applies. A stale record (``until`` before the start: the mark of an attempt
-        that committed) is left for :meth:`mark` to overwrite."""
+        still applies: one whose span, from its ``offset`` to ``until``, holds the start. A
+        record ending before the start (the mark of an attempt that committed) or starting
+        after it (the group's offsets were moved back, for a replay) is stale and left for
+        :meth:`mark` to overwrite, so a replay is not read one message at a time."""
         keys = list(starts)
         pipe = self._redis.pipeline(transaction=False)
         for topic, partition in keys:
@@ -87,7 +89,7 @@ class CrashRecord:
         out: dict[tuple[str, int], Suspect] = {}
         for tp, (offset, crashes, until) in zip(keys, found, strict=True):
             first = starts[tp]
-            if until is None or first > int(until):
+            if until is None or first > int(until) or (offset is not None and first < int(offset)):
                 continue
             same = offset is not None and int(offset) == first
             out[tp] = Suspect(int(crashes or 0) if same else 0, True)
