@@ -40,7 +40,6 @@ import asyncio
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import chain
 from typing import Any
 
 from confluent_kafka import Message
@@ -59,26 +58,12 @@ for tp, first in pairs(ops.first) do
   local done = redis.call('HGET', KEYS[1], tp)
   if done and tonumber(done) >= first then return 0 end
 end
-local i = 4
-for _ = 1, tonumber(ARGV[3]) do
-  local key, ttl, n = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
-  i = i + 3
-  for _ = 1, n do
-    redis.call('HINCRBY', key, ARGV[i], ARGV[i + 1])
-    i = i + 2
-  end
-  if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+for _, b in ipairs(ops.incr) do
+  for f, v in pairs(b[3]) do redis.call('HINCRBY', b[1], f, v) end
+  if b[2] > 0 then redis.call('EXPIRE', b[1], b[2]) end
 end
-local sets = tonumber(ARGV[i])
-i = i + 1
-for _ = 1, sets do
-  local ttl = tonumber(ARGV[i + 2])
-  if ttl > 0 then
-    redis.call('SET', ARGV[i], ARGV[i + 1], 'EX', ttl)
-  else
-    redis.call('SET', ARGV[i], ARGV[i + 1])
-  end
-  i = i + 3
+for _, s in ipairs(ops.set) do
+  if s[3] > 0 then redis.call('SET', s[1], s[2], 'EX', s[3]) else redis.call('SET', s[1], s[2]) end
 end
 for _, k in ipairs(ops.del) do redis.call('DEL', k) end
 for _, z in ipairs(ops.zadd) do
@@ -214,8 +199,6 @@ _OPS = (
 )
 """Effect fields, in the order the Lua call applies them."""
 _LUA_NAME = {"delete": "del"}
-_BULK = ("incr", "set")
-"""Effect fields passed to the Lua call as flat arguments (:func:`_bulk`), not JSON."""
 _GLOBAL_OPS = frozenset({"sadd", "hmax", "expire"})
 """Writes allowed on keys without a hash tag: idempotent and independent of their order, so
 they may go before the fence and again on a replay."""
@@ -341,28 +324,12 @@ class OffsetFence:
         self, tag: str, effect: Effect, first: dict[str, int], last: dict[str, int]
     ) -> bool:
         ops: dict[str, Any] = {"first": first, "last": last}
-        # cjson decodes an empty JSON array as an empty table, which ipairs accepts.
+        # Tuples encode as JSON arrays as they are: no copies of what can be thousands of
+        # writes. cjson decodes an empty JSON array as an empty table, which ipairs accepts.
         for op in _OPS:
-            if op not in _BULK:
-                ops[_LUA_NAME.get(op, op)] = getattr(effect, op)
+            ops[_LUA_NAME.get(op, op)] = getattr(effect, op)
+        ops["incr"] = [i for i in effect.incr if i[2]]
         fence = self.part_key(tag)
         keys = [fence, *effect_keys(effect)]
-        args = [json.dumps(ops), PART_FENCE_TTL_S, *_bulk(effect)]
-        result = await self._apply(keys=keys, args=args)
+        result = await self._apply(keys=keys, args=[json.dumps(ops), PART_FENCE_TTL_S])
         return bool(result)
-
-
-def _bulk(effect: Effect) -> list[Any]:
-    """The increments and plain sets of ``effect`` (the bulk of a batch: thousands of writes)
-    as flat arguments, read by the Lua call in place: a JSON document of them cost Redis more
-    to decode than the writes themselves. ``n, (key, ttl, k, field, value × k) × n`` of the
-    increments (hashes without a field skipped), then ``n, (key, value, ttl) × n`` of the
-    sets."""
-    incr = [i for i in effect.incr if i[2]]
-    out: list[Any] = [len(incr)]
-    for key, ttl, fields in incr:
-        out += (key, ttl, len(fields))
-        out += chain.from_iterable(fields.items())
-    out.append(len(effect.set))
-    out += chain.from_iterable(effect.set)
-    return out

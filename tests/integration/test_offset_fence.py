@@ -1,9 +1,8 @@
 """The fenced write of shared/runtime/offset_fence.py on the real Redis.
 
-Increments and plain sets travel as flat Lua arguments (the bulk of a batch), the other
-writes as JSON; these tests check each kind lands as written, that a replay changes
-nothing, and that the global keys (watermarks, sets of model versions) are written only
-after the parts they announce.
+Each kind of write lands as written (increments summed, TTLs set or not, hashes without a
+field skipped), a replay changes nothing, and the global keys (watermarks, sets of model
+versions) are written only after the parts they announce.
 """
 
 from __future__ import annotations
