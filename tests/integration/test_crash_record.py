@@ -8,30 +8,19 @@ before.
 
 from __future__ import annotations
 
-import asyncio
-import uuid
 from collections.abc import Awaitable, Callable
 
-from shared.runtime import redis_client
 from shared.runtime.quarantine import CrashRecord, Suspect
 from shared.settings import Settings
+from tests.integration.redis_scratch import with_scratch_prefix
 
 TP = ("caliber.inference.raw", 3)
 
 
 def _with_record(settings: Settings, body: Callable[[CrashRecord], Awaitable[None]]) -> None:
-    async def go() -> None:
-        client = redis_client.async_client(settings.redis_dsn)
-        prefix = f"crashtest{uuid.uuid4().hex[:8]}:"
-        try:
-            await body(CrashRecord(client, prefix, "grp", limit=3))
-        finally:
-            keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
-            if keys:
-                await client.delete(*keys)
-            await client.aclose()
-
-    asyncio.run(go())
+    with_scratch_prefix(
+        settings, "crashtest", lambda client, prefix: body(CrashRecord(client, prefix, "grp", 3))
+    )
 
 
 def test_a_committed_attempts_mark_is_overwritten_and_never_reads_as_a_crash(

@@ -7,16 +7,14 @@ versions) are written only after the parts they announce.
 
 from __future__ import annotations
 
-import asyncio
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from confluent_kafka import Message
 
-from shared.runtime import redis_client
 from shared.runtime.offset_fence import Effect, OffsetFence
 from shared.settings import Settings
+from tests.integration.redis_scratch import with_scratch_prefix
 
 
 class _Msg:
@@ -43,18 +41,11 @@ def _msgs(*offsets: int, partition: int = 0) -> list[Message]:
 def _with_fence(
     settings: Settings, body: Callable[[Any, OffsetFence, str], Awaitable[None]]
 ) -> None:
-    async def go() -> None:
-        client = redis_client.async_client(settings.redis_dsn)
-        prefix = f"fencetest{uuid.uuid4().hex[:8]}:"
-        try:
-            await body(client, OffsetFence(client, f"{prefix}offsets"), prefix)
-        finally:
-            keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
-            if keys:
-                await client.delete(*keys)
-            await client.aclose()
-
-    asyncio.run(go())
+    with_scratch_prefix(
+        settings,
+        "fencetest",
+        lambda client, prefix: body(client, OffsetFence(client, f"{prefix}offsets"), prefix),
+    )
 
 
 def _text(raw: dict[bytes, bytes]) -> dict[str, str]:
