@@ -14,28 +14,12 @@ from confluent_kafka import Message
 
 from shared.runtime.offset_fence import Effect, OffsetFence
 from shared.settings import Settings
+from tests.fence_message import FenceMessage
 from tests.integration.redis_scratch import with_scratch_prefix
 
 
-class _Msg:
-    """What the fence reads of a consumed message: its topic, partition and offset."""
-
-    def __init__(self, offset: int, partition: int = 0) -> None:
-        self._offset = offset
-        self._partition = partition
-
-    def topic(self) -> str:
-        return "caliber.decisions"
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-
 def _msgs(*offsets: int, partition: int = 0) -> list[Message]:
-    return [cast(Message, _Msg(o, partition)) for o in offsets]
+    return [cast(Message, FenceMessage("caliber.decisions", partition, o)) for o in offsets]
 
 
 def _with_fence(

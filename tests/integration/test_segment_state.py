@@ -14,23 +14,10 @@ from services.aggregator.store import AggregatorStore
 from shared.runtime import redis_client
 from shared.settings import Settings
 from shared.windows.segments import OVERFLOW, SegmentState
+from tests.fence_message import FenceMessage
 from tooling.benchmarking import delete_redis_prefix
 
 pytestmark = pytest.mark.integration
-
-
-class Msg:
-    def __init__(self, offset: int, partition: int = 0) -> None:
-        self._offset, self._partition = offset, partition
-
-    def topic(self) -> str:
-        return "t.labels"
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
 
 
 @pytest.fixture()
@@ -46,7 +33,9 @@ Windows = dict[tuple[str, str], list[int]]
 
 
 async def _apply(store: AggregatorStore, offset: int, windows: Windows) -> bool:
-    return await store.apply([Msg(offset)], new_increments(), [], [], {}, 0, windows)
+    return await store.apply(
+        [FenceMessage("t.labels", 0, offset)], new_increments(), [], [], {}, 0, windows
+    )
 
 
 def test_windows_keep_the_last_w_count_once_and_cap_segments(settings: Settings) -> None:

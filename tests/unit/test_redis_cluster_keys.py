@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import zlib
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -32,6 +31,7 @@ from shared.windows.calibration import WindowReader, alert_key, unlabeled_key
 from shared.windows.drift import DriftKeys
 from shared.windows.rollout import rollout_key
 from shared.windows.segments import SegmentLayout
+from tests.fence_message import FenceMessage
 
 P = "caliber:t:"
 M = "acme/churn/v3"
@@ -39,24 +39,6 @@ M = "acme/churn/v3"
 
 def slot(key: str) -> int:
     return int(key_slot(key.encode()))
-
-
-@dataclass
-class FakeMessage:
-    """What the fence reads of a Kafka message."""
-
-    t: str
-    p: int
-    o: int
-
-    def topic(self) -> str:
-        return self.t
-
-    def partition(self) -> int:
-        return self.p
-
-    def offset(self) -> int:
-        return self.o
 
 
 def test_hash_tag_reads_braces_as_redis_cluster_does() -> None:
@@ -113,8 +95,8 @@ def test_model_version_keys_share_the_model_slot() -> None:
     assert len(others) > 40
 
 
-def _messages() -> list[FakeMessage]:
-    return [FakeMessage("d", 0, 10), FakeMessage("d", 0, 11), FakeMessage("l", 1, 4)]
+def _messages() -> list[FenceMessage]:
+    return [FenceMessage("d", 0, 10), FenceMessage("d", 0, 11), FenceMessage("l", 1, 4)]
 
 
 def _captured_aggregator_effect() -> tuple[AggregatorStore, Effect]:
