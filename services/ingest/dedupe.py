@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from shared.runtime import redis_client
-from shared.runtime.redis_client import shard_tag
+from shared.runtime.redis_client import Script, shard_tag
 
 # One round trip and one command for a whole batch: per-command client overhead, not Redis,
 # dominates a pipeline of thousands of SETs. Returns, per key, the previous value or "".
@@ -58,7 +58,7 @@ class Deduper:
         self._client = client
         self._prefix = prefix
         self._ttl = ttl_seconds
-        self._claim = client.register_script(_CLAIM)
+        self._claim = Script(client, _CLAIM)
         self._cluster = redis_client.is_cluster(client)
 
     def _key(self, kind: str, tenant: str, event_id: str) -> str:

@@ -40,11 +40,12 @@ import asyncio
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 from confluent_kafka import Message
 
-from shared.runtime.redis_client import hash_tag, tagged
+from shared.runtime.redis_client import Script, hash_tag, tagged
 
 PART_FENCE_TTL_S = 7 * 86_400
 """How long a part's fence outlives its last write: it only matters until the applied
@@ -58,12 +59,24 @@ for tp, first in pairs(ops.first) do
   local done = redis.call('HGET', KEYS[1], tp)
   if done and tonumber(done) >= first then return 0 end
 end
-for _, b in ipairs(ops.incr) do
-  for f, v in pairs(b[3]) do redis.call('HINCRBY', b[1], f, v) end
-  if b[2] > 0 then redis.call('EXPIRE', b[1], b[2]) end
+local i = 4
+for _ = 1, tonumber(ARGV[3]) do
+  local key, ttl, n = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  i = i + 3
+  for _ = 1, n do
+    redis.call('HINCRBY', key, ARGV[i], ARGV[i + 1])
+    i = i + 2
+  end
+  if ttl > 0 then redis.call('EXPIRE', key, ttl) end
 end
-for _, s in ipairs(ops.set) do
-  if s[3] > 0 then redis.call('SET', s[1], s[2], 'EX', s[3]) else redis.call('SET', s[1], s[2]) end
+for _ = 1, tonumber(ARGV[i]) do
+  local ttl = tonumber(ARGV[i + 3])
+  if ttl > 0 then
+    redis.call('SET', ARGV[i + 1], ARGV[i + 2], 'EX', ttl)
+  else
+    redis.call('SET', ARGV[i + 1], ARGV[i + 2])
+  end
+  i = i + 3
 end
 for _, k in ipairs(ops.del) do redis.call('DEL', k) end
 for _, z in ipairs(ops.zadd) do
@@ -199,6 +212,8 @@ _OPS = (
 )
 """Effect fields, in the order the Lua call applies them."""
 _LUA_NAME = {"delete": "del"}
+_BULK = ("incr", "set")
+"""Effect fields passed to the Lua call as flat arguments (:func:`_bulk`), not JSON."""
 _GLOBAL_OPS = frozenset({"sadd", "hmax", "expire"})
 """Writes allowed on keys without a hash tag: idempotent and independent of their order, so
 they may go before the fence and again on a replay."""
@@ -213,19 +228,34 @@ def _keys_of(op: str, item: Any) -> list[str]:
     return [item[0]]
 
 
+def _first_keys(op: str, items: list[Any]) -> list[str]:
+    """The key of each write of ``op`` (the first, for a ring)."""
+    return list(items) if op == "delete" else [item[0] for item in items]
+
+
 def split_effect(effect: Effect) -> dict[str | None, Effect]:
     """``effect`` by hash tag (None: keys without one). Raises ValueError for a write whose
-    keys do not share one tag, or for a write on a key without a tag that is not idempotent."""
+    keys do not share one tag, or for a write on a key without a tag that is not idempotent.
+    Writes keep their order within each part. (Thousands of writes per batch: one tag and
+    one append per write, nothing more.)"""
     parts: dict[str | None, Effect] = {}
     for op in _OPS:
-        for item in getattr(effect, op):
-            tags = {hash_tag(k) for k in _keys_of(op, item)}
-            if len(tags) != 1:
+        items = getattr(effect, op)
+        if not items:
+            continue
+        by_tag: dict[str | None, list[Any]] = {}
+        for item, key in zip(items, _first_keys(op, items), strict=True):
+            tag = hash_tag(key)
+            if op == "ring" and any(hash_tag(item[i]) != tag for i in _RING_KEYS):
                 raise ValueError(f"{op} on keys of different hash tags: {item!r}")
-            (tag,) = tags
-            if tag is None and op not in _GLOBAL_OPS:
-                raise ValueError(f"{op} on {_keys_of(op, item)[0]!r}, a key without a hash tag")
-            getattr(parts.setdefault(tag, Effect()), op).append(item)
+            group = by_tag.get(tag)
+            if group is None:
+                if tag is None and op not in _GLOBAL_OPS:
+                    raise ValueError(f"{op} on {key!r}, a key without a hash tag")
+                group = by_tag[tag] = []
+            group.append(item)
+        for tag, group in by_tag.items():
+            getattr(parts.setdefault(tag, Effect()), op).extend(group)
     return parts
 
 
@@ -233,8 +263,12 @@ def effect_keys(effect: Effect) -> list[str]:
     """Every key ``effect`` writes, once each, in a stable order."""
     out: dict[str, None] = {}
     for op in _OPS:
-        for item in getattr(effect, op):
-            out.update(dict.fromkeys(_keys_of(op, item)))
+        items = getattr(effect, op)
+        if op == "ring":
+            for item in items:
+                out.update(dict.fromkeys(_keys_of(op, item)))
+        elif items:
+            out.update(dict.fromkeys(_first_keys(op, items)))
     return list(out)
 
 
@@ -260,8 +294,8 @@ class OffsetFence:
         self._r = client
         self._key = offsets_key
         self._inflight = f"{offsets_key}:inflight"
-        self._apply = client.register_script(_APPLY)
-        self._max = client.register_script(_MAX)
+        self._apply = Script(client, _APPLY)
+        self._max = Script(client, _MAX)
 
     def part_key(self, tag: str) -> str:
         """The fence hash of the parts of ``tag``, in its slot."""
@@ -327,9 +361,28 @@ class OffsetFence:
         # Tuples encode as JSON arrays as they are: no copies of what can be thousands of
         # writes. cjson decodes an empty JSON array as an empty table, which ipairs accepts.
         for op in _OPS:
-            ops[_LUA_NAME.get(op, op)] = getattr(effect, op)
-        ops["incr"] = [i for i in effect.incr if i[2]]
+            if op not in _BULK:
+                ops[_LUA_NAME.get(op, op)] = getattr(effect, op)
         fence = self.part_key(tag)
         keys = [fence, *effect_keys(effect)]
-        result = await self._apply(keys=keys, args=[json.dumps(ops), PART_FENCE_TTL_S])
+        result = await self._apply(
+            keys=keys, args=[json.dumps(ops), PART_FENCE_TTL_S, *_bulk(effect)]
+        )
         return bool(result)
+
+
+def _bulk(effect: Effect) -> list[Any]:
+    """The increments and plain sets of ``effect`` (the bulk of a batch: thousands of
+    writes) as flat arguments, which the Lua call reads in place: decoding them from one JSON
+    document cost Redis about as much as the writes themselves. ``n, (key, ttl, k, (field,
+    value) × k) × n`` for the increments (hashes without a field skipped), then ``n, (key,
+    value, ttl) × n`` for the sets. The arguments go out packed in one C call
+    (:class:`shared.runtime.redis_client.Script`), not one Python encode each."""
+    incr = [i for i in effect.incr if i[2]]
+    out: list[Any] = [len(incr)]
+    for key, ttl, fields in incr:
+        out += (key, ttl, len(fields))
+        out += chain.from_iterable(fields.items())
+    out.append(len(effect.set))
+    out += chain.from_iterable(effect.set)
+    return out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 import uuid
 from pathlib import Path
@@ -15,12 +14,7 @@ import httpx
 from services.gateway.auth import create_key
 from shared.settings import Settings
 from tests.integration.conftest import start_service
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.ports import free_port
 
 
 def wait_http(url: str, timeout: float = 60, proc: Any = None) -> None:

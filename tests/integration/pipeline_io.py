@@ -3,7 +3,6 @@ commit everything, read the metrics of a running worker, dump PostgreSQL tables.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 import uuid
@@ -71,12 +70,6 @@ def wait_committed(
         raise AssertionError(f"{group} did not commit up to the end of {behind} in {timeout} s")
     finally:
         probe.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def metric(port: int, name: str, labels: dict[str, str] | None = None) -> float:

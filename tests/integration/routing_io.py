@@ -8,7 +8,7 @@ from pathlib import Path
 
 import redis
 
-from tests.integration.gateway_client import free_port
+from tests.ports import free_port
 
 
 class PrivateRedis:

@@ -36,10 +36,11 @@ from simulator.generator import Generated, ModelSpec, generate
 from simulator.producer import event_records, label_columns
 from tests.integration.conftest import start_service
 from tests.integration.edge_io import event_ids_on
-from tests.integration.gateway_client import free_port, make_keys, wait_http
+from tests.integration.gateway_client import make_keys, wait_http
 from tests.integration.kafka_io import TopicReader
 from tests.integration.test_rebuild import WORKER_ENV, WORKERS, Stack
 from tests.integration.test_rebuild import stack as private_stack
+from tests.ports import free_port
 from tooling.stack.kafka import Kafka
 from tooling.stack.postgres import Postgres
 from tooling.stack.redis import Redis

@@ -32,7 +32,7 @@ from shared.runtime.kafka import make_producer
 from shared.settings import CLUSTER_NODES, Settings
 from simulator.generator import ModelSpec
 from tests.integration.conftest import start_service
-from tests.integration.gateway_client import free_port, make_keys, wait_http
+from tests.integration.gateway_client import make_keys, wait_http
 from tests.integration.kafka_io import TopicReader
 from tests.integration.redis_cluster import free_range
 from tests.integration.test_chaos import (
@@ -46,7 +46,8 @@ from tests.integration.test_chaos import (
     print_counts,
     workload,
 )
-from tests.integration.test_rebuild import WORKER_ENV, Stack, _free_pair
+from tests.integration.test_rebuild import WORKER_ENV, Stack, _log_tails
+from tests.ports import free_pair, free_port
 from tooling.stack.kafka_cluster import KafkaCluster
 from tooling.stack.postgres import Postgres, data_root
 from tooling.stack.redis import Redis
@@ -113,8 +114,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     ports = {
         "CALIBER_KAFKA_CLUSTER_PORT": free_range(2 * CLUSTER_NODES, 30_000, 40_000),
         "CALIBER_REDIS_CLUSTER_PORT": free_range(CLUSTER_NODES, 40_000, 45_000, 10_000),
-        "CALIBER_POSTGRES_PORT": _free_pair(),
-        "CALIBER_REDIS_PORT": _free_pair(),
+        "CALIBER_POSTGRES_PORT": free_pair(),
+        "CALIBER_REDIS_PORT": free_pair(),
     }
     env = {k: v for k, v in os.environ.items() if not k.startswith("CALIBER_")}
     env.update({k: str(v) for k, v in ports.items()})
@@ -147,7 +148,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         if single_redis is not None:
             single_redis.start()
         up = st.caliber("stack", "up", timeout=600)
-        assert up.returncode == 0, up.stdout + up.stderr
+        assert up.returncode == 0, up.stdout + up.stderr + _log_tails(settings.logs_dir)
         yield st
     finally:
         st.caliber("stack", "down", timeout=180)

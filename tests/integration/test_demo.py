@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,21 +17,11 @@ from pathlib import Path
 import pytest
 
 from shared.settings import Settings
+from tests.ports import free_pair
 from tooling.stack.postgres import data_root
 from tooling.stack.process import port_open
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_pair() -> int:
-    """A port p with p + 1 free too (Kafka's controller listens on the next port)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port < 65535 and not port_open(port + 1):
-            return port
-    raise AssertionError("no two adjacent free ports")
 
 
 def _caliber(env: dict[str, str], *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
@@ -70,10 +59,10 @@ def _processes_of(home: Path) -> list[str]:
 def test_demo_ends_with_a_summary_and_stop_leaves_nothing_running(tmp_path: Path) -> None:
     home = tmp_path / "home"
     ports = {
-        "CALIBER_KAFKA_PORT": _free_pair(),
-        "CALIBER_REDIS_PORT": _free_pair(),
-        "CALIBER_POSTGRES_PORT": _free_pair(),
-        "CALIBER_GATEWAY_PORT": _free_pair(),
+        "CALIBER_KAFKA_PORT": free_pair(),
+        "CALIBER_REDIS_PORT": free_pair(),
+        "CALIBER_POSTGRES_PORT": free_pair(),
+        "CALIBER_GATEWAY_PORT": free_pair(),
     }
     env = {
         k: v

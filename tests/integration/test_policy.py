@@ -22,7 +22,8 @@ from shared.contracts.topics import Topics
 from shared.runtime.kafka import transactional_producer_config
 from shared.settings import Settings
 from tests.integration.conftest import start_service
-from tests.integration.pipeline_io import KeyedReader, free_port, metric, produce, wait_metric
+from tests.integration.pipeline_io import KeyedReader, metric, produce, wait_metric
+from tests.ports import free_port
 from tooling.benchmarking import scrape
 
 DEFAULT = 0.70

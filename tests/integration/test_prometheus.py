@@ -17,13 +17,13 @@ from simulator.generator import ModelSpec, generate
 from tests.integration.aggregator_io import send_decisions_and_labels
 from tests.integration.conftest import start_service
 from tests.integration.gateway_client import (
-    free_port,
     insert_predictions,
     make_keys,
     start_gateway,
     wait_http,
 )
 from tests.integration.test_aggregator import wait_counts
+from tests.ports import free_port
 from tooling.stack.prometheus import PrometheusServer, ScrapeJob
 
 

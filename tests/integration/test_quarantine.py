@@ -24,7 +24,8 @@ from tests.integration.edge_io import (
     produce_raw,
 )
 from tests.integration.kafka_io import TopicReader
-from tests.integration.pipeline_io import free_port, wait_metric
+from tests.integration.pipeline_io import wait_metric
+from tests.ports import free_port
 
 MARKER = "poison-3f9c1e"
 

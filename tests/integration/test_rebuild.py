@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -31,11 +30,11 @@ import pytest
 from services.drift.settings import DriftSettings
 from shared.settings import Settings
 from tests.integration.conftest import start_service
-from tests.integration.gateway_client import free_port, make_keys, wait_http
+from tests.integration.gateway_client import make_keys, wait_http
+from tests.ports import free_pair, free_port
 from tooling.log_reader import Progress
 from tooling.rebuild import COUNTS, rebuild_postgres, rebuild_redis
 from tooling.stack.postgres import Postgres, data_root
-from tooling.stack.process import port_open
 from tooling.stack.redis import Redis
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,14 +64,14 @@ def _killer() -> Any:
     return report
 
 
-def _free_pair() -> int:
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port < 65535 and not port_open(port + 1):
-            return port
-    raise AssertionError("no two adjacent free ports")
+def _log_tails(logs: Path, lines: int = 40) -> str:
+    """The last lines of each server log of a stack home (the home is removed after a
+    failed start, its logs with it)."""
+    out = []
+    for log in sorted(logs.glob("*.log")):
+        tail = log.read_text(errors="replace").splitlines()[-lines:]
+        out.append(f"\n--- {log.name}\n" + "\n".join(tail))
+    return "".join(out)
 
 
 @dataclass
@@ -100,9 +99,9 @@ class Stack:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     home = tmp_path_factory.mktemp("rebuild") / "home"
     ports = {
-        "CALIBER_KAFKA_PORT": _free_pair(),
-        "CALIBER_REDIS_PORT": _free_pair(),
-        "CALIBER_POSTGRES_PORT": _free_pair(),
+        "CALIBER_KAFKA_PORT": free_pair(),
+        "CALIBER_REDIS_PORT": free_pair(),
+        "CALIBER_POSTGRES_PORT": free_pair(),
     }
     env = {k: v for k, v in os.environ.items() if not k.startswith("CALIBER_")}
     env.update({k: str(v) for k, v in ports.items()})
@@ -118,7 +117,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     st = Stack(settings, env, logs, home.parent / "redis-snapshot")
     try:
         up = st.caliber("stack", "up", timeout=600)
-        assert up.returncode == 0, up.stdout + up.stderr
+        assert up.returncode == 0, up.stdout + up.stderr + _log_tails(settings.logs_dir)
         assert "identity  stack" in up.stdout
         yield st
     finally:

@@ -33,7 +33,7 @@ from shared.settings import Settings
 from tests.integration.conftest import start_service
 from tests.integration.edge_io import inference_event, produce_raw
 from tests.integration.gateway_client import make_keys, start_gateway
-from tests.integration.pipeline_io import free_port
+from tests.ports import free_port
 from tests.unit.test_memory_bounds import largest_batch
 from tooling.benchmarking import peak_rss_mb, scrape
 

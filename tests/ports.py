@@ -1,0 +1,35 @@
+"""Free loopback ports for servers a test starts, taken below the kernel's ephemeral range
+(``net.ipv4.ip_local_port_range``, 32768–60999 by default): a port found free there could be
+handed to some client's outgoing connection (the suite opens thousands) before the server
+binds it, and the server then exits at start-up."""
+
+from __future__ import annotations
+
+import random
+import socket
+
+LOW, HIGH = 20_000, 32_000
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(span: int = 1) -> int:
+    """A port p with p … p + span - 1 free."""
+    for _ in range(200):
+        port = random.randrange(LOW, HIGH - span)
+        if all(_free(port + i) for i in range(span)):
+            return port
+    raise AssertionError(f"no {span} adjacent free ports in {LOW}-{HIGH}")
+
+
+def free_pair() -> int:
+    """A port p with p + 1 free too (Kafka's controller listens on the next port)."""
+    return free_port(2)
