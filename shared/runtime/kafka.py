@@ -12,6 +12,7 @@ from shared.settings import Settings
 
 SESSION_TIMEOUT_MS = 10_000
 """How long a silent consumer keeps its partitions; a paused replica loses them after it."""
+HEARTBEAT_INTERVAL_MS = 2_000
 
 
 def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
@@ -72,7 +73,7 @@ def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict
         # an idle consumer asks again (each ask is a wake-up in the client and the broker).
         "fetch.wait.max.ms": settings.kafka_fetch_wait_ms,
         "session.timeout.ms": SESSION_TIMEOUT_MS,
-        "heartbeat.interval.ms": 2_000,
+        "heartbeat.interval.ms": HEARTBEAT_INTERVAL_MS,
     }
     conf.update(overrides)
     return conf

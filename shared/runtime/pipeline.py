@@ -10,10 +10,12 @@ dead instance and aborts its open transaction at once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
+import os
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -32,6 +34,55 @@ from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
 REDIS_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError)
+
+STUCK_GRACE_SECONDS = 15.0
+"""How long past its own timeout a blocking client call may run before the worker gives up
+on the process (:func:`bounded`)."""
+EXIT_STUCK = 75
+"""The exit status of a worker that ended itself over a stuck client call (EX_TEMPFAIL: its
+supervisor starts it again)."""
+
+
+async def bounded(
+    call: Callable[[float], object],
+    seconds: float,
+    last_words: Callable[[], Awaitable[None]] | None = None,
+) -> object:
+    """Run a blocking librdkafka call that takes a timeout (``call(seconds)``) in the
+    executor, and end the process if it has not returned ``STUCK_GRACE_SECONDS`` after it.
+
+    librdkafka does not always honour the timeout of its transactional calls: when the group
+    or transaction coordinator went away (a broker restarted), ``send_offsets_to_transaction``
+    can wait forever for a coordinator request nobody retries (confluentinc/librdkafka#5456,
+    #5511). A thread stuck in C cannot be interrupted, and the producer it holds cannot be
+    used or closed meanwhile, so the worker exits at once (``os._exit``: an orderly exit would
+    wait for that thread) and its supervisor starts it again. Nothing is lost or counted
+    twice: the open transaction was not committed, the next instance's ``init_transactions``
+    under the same transactional id aborts it, and its consumer reads the batch again from
+    the last committed offsets (the Redis and PostgreSQL effects are fenced or idempotent).
+    ``last_words`` runs first (for at most ``STUCK_GRACE_SECONDS``): the pipeline takes back
+    its crash marks there, since a stuck client is not a poison message."""
+    loop = asyncio.get_running_loop()
+    pending = loop.run_in_executor(None, call, seconds)
+    try:
+        return await asyncio.wait_for(asyncio.shield(pending), seconds + STUCK_GRACE_SECONDS)
+    except TimeoutError:
+        named = call.func if isinstance(call, functools.partial) else call
+        name = getattr(named, "__name__", repr(named))
+        logger.critical(
+            "%s has not returned %.0f s after its %.0f s timeout: librdkafka is stuck; "
+            "ending the process so its supervisor starts a fresh one",
+            name,
+            STUCK_GRACE_SECONDS,
+            seconds,
+        )
+        if last_words is not None:
+            try:
+                await asyncio.wait_for(last_words(), STUCK_GRACE_SECONDS)
+            except Exception:
+                logger.exception("could not finish before ending the process")
+        logging.shutdown()
+        os._exit(EXIT_STUCK)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,13 +218,12 @@ class Pipeline:
     async def run(self, stopping: asyncio.Event | None = None) -> None:
         if stopping is not None:
             self._stopping = stopping
-        loop = asyncio.get_running_loop()
         cfg = self._config
         if cfg.transactional:
             self._producer = Producer(
                 transactional_producer_config(self._settings, cfg.transactional_id)
             )
-            await loop.run_in_executor(None, self._producer.init_transactions, 30.0)
+            await bounded(self._producer.init_transactions, 30.0)
         else:
             self._producer = Producer(producer_config(self._settings))
         self._consumer = AIOConsumer(
@@ -320,7 +370,6 @@ class Pipeline:
 
     async def _iteration(self, messages: list[Message]) -> None:
         assert self._consumer is not None and self._producer is not None
-        loop = asyncio.get_running_loop()
         producer = self._producer
         txn = self._config.transactional
         attempt: _Attempt | None = None
@@ -337,10 +386,14 @@ class Pipeline:
                 offsets = _next_offsets(attempt.messages)
                 if txn:
                     metadata = await self._consumer.consumer_group_metadata()
-                    await loop.run_in_executor(
-                        None, producer.send_offsets_to_transaction, offsets, metadata, 30.0
+                    await bounded(
+                        functools.partial(producer.send_offsets_to_transaction, offsets, metadata),
+                        30.0,
+                        functools.partial(self._forget, attempt),
                     )
-                    await loop.run_in_executor(None, producer.commit_transaction, 60.0)
+                    await bounded(
+                        producer.commit_transaction, 60.0, functools.partial(self._forget, attempt)
+                    )
                 else:
                     await self._flush_all()
                     await self._consumer.commit(offsets=offsets, asynchronous=False)
@@ -405,6 +458,14 @@ class Pipeline:
                     logger.info("not rewinding %s:%d (%s)", topic, partition, exc.args[0])
         await self._settle_quietly(attempt, committed=False)
 
+    async def _forget(self, attempt: _Attempt) -> None:
+        """Take back ``attempt``'s crash marks: it ends without a crash of its own making (a
+        stuck client call, :func:`bounded`), and read again as a batch, not one message at a
+        time (a real poison message among its messages crashes that batch and is found
+        again)."""
+        if self._crashes is not None:
+            await self._crashes.forget(attempt.offsets)
+
     async def _settle_quietly(self, attempt: _Attempt, *, committed: bool) -> None:
         """Settle the attempt's crash mark (:meth:`_settled`); if Redis is away the mark
         stays, which at worst makes the next attempt at that offset a careful one (never a
@@ -418,8 +479,7 @@ class Pipeline:
     async def _abort(self) -> None:
         assert self._producer is not None
         if self._config.transactional:
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(None, self._producer.abort_transaction, 30.0)
+            await bounded(self._producer.abort_transaction, 30.0)
 
     async def _flush_all(self) -> None:
         """Wait for every output's delivery report; a message that failed for good (too

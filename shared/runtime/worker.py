@@ -20,6 +20,7 @@ import faust
 
 from shared.contracts.topics import worker_app_id
 from shared.runtime.identity import refuse_mixed_stores
+from shared.runtime.kafka import HEARTBEAT_INTERVAL_MS, SESSION_TIMEOUT_MS
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,12 @@ def create_app(name: str, settings: Settings, loop: Loop) -> faust.App:
         # Faust's own topics (its assignor's) are as safe as Caliber's on a cluster.
         topic_replication_factor=settings.internal_replication_factor,
         producer_acks=-1,
+        # Faust's group holds nothing but its assignor: a worker killed and started again
+        # waits for its dead predecessor's session to end before the app starts the loop,
+        # 60 s at Faust's default; the pipeline's own consumer gives up a silent member's
+        # partitions after the same time.
+        broker_session_timeout=SESSION_TIMEOUT_MS / 1000,
+        broker_heartbeat_interval=HEARTBEAT_INTERVAL_MS / 1000,
     )
     stopping = asyncio.Event()
     state: dict[str, asyncio.Task[None]] = {}

@@ -383,14 +383,23 @@ def _settled(
     """The API and PostgreSQL counts once they equal ``want`` (or at the timeout), measured
     again a few seconds later: anything counted twice would show by then."""
     deadline = time.monotonic() + 600
+    shown = 0.0
     while time.monotonic() < deadline:
         sup.revive()
         try:
-            if _measure(sup.st, base, headers, ids) == want:
+            now = _measure(sup.st, base, headers, ids)
+            if now == want:
+                sup.note("API and PostgreSQL counts reached the expected ones")
                 break
+            if time.monotonic() - shown >= 60:  # which count lags, for a slow campaign
+                shown = time.monotonic()
+                short = {k: f"{now.get(k)}/{v}" for k, v in want.items() if now.get(k) != v}
+                sup.note(f"still short: {short}")
         except (httpx.HTTPError, psycopg.Error, KeyError):
             pass
         time.sleep(2)
+    else:
+        sup.note("API and PostgreSQL counts still short after 600 s")
     time.sleep(5)
     return _measure(sup.st, base, headers, ids)
 
@@ -467,6 +476,7 @@ def test_every_count_is_exact_after_a_crash_campaign(stack: Stack) -> None:
         expected = _expected_counts(work)
         measured = _settled(sup, base, headers, ids, expected)
         on_topics, measured_topics = _topic_counts(stack, work)
+        sup.note("decision and dead-letter topics read")
         expected.update(on_topics)
         measured.update(measured_topics)
     finally:
