@@ -168,7 +168,7 @@ class _Attempt:
     offsets: dict[tuple[str, int], tuple[int, int]]
     """partition → (first, last) offset processed."""
     careful: bool
-    """A crashed span, one message at a time."""
+    """Part of a crashed span, searched by halves."""
     quarantine: Message | None = None
     crashes: int = 0
 
@@ -315,8 +315,9 @@ class Pipeline:
 
     async def _guard(self, messages: list[Message]) -> _Attempt:
         """The messages this attempt processes, marked in the crash record: all of them, or,
-        after a crash, the first message of a crashed partition alone (the others are
-        fetched again), or that message's quarantine once it crashed often enough."""
+        after a crash, the first messages of a crashed partition, as many offsets as the
+        record allows (the others are fetched again), or the quarantine of its first message
+        once that message alone crashed often enough."""
         everything = _Attempt(messages, _spans(messages), careful=False)
         if self._crashes is None:
             return everything
@@ -326,23 +327,34 @@ class Pipeline:
             await self._crashes.mark(everything.offsets, suspects)
             return everything
         tp, suspect = next(iter(suspects.items()))
-        one = next(m for m in messages if (str(m.topic()), int(m.partition() or 0)) == tp)
-        await self._rewind(messages, one)
-        off = int(one.offset() or 0)
-        attempt = _Attempt([one], {tp: (off, off)}, careful=True)
-        if suspect.crashes >= self._crashes.limit:
-            attempt.quarantine, attempt.crashes = one, suspect.crashes
+        first = starts[tp]
+        kept = [
+            m
+            for m in messages
+            if (str(m.topic()), int(m.partition() or 0)) == tp
+            and int(m.offset() or 0) < first + suspect.width
+        ]
+        await self._rewind(messages, kept[-1])
+        attempt = _Attempt(kept, _spans(kept), careful=True)
+        if suspect.crashes >= self._crashes.limit and suspect.width == 1:
+            attempt.quarantine, attempt.crashes = kept[0], suspect.crashes
             return attempt
         await self._crashes.mark(attempt.offsets, {tp: suspect})
         return attempt
 
-    async def _rewind(self, messages: list[Message], keep: Message) -> None:
-        """Seek every partition of ``messages`` back to its first message not in ``keep``."""
+    async def _rewind(self, messages: list[Message], last_kept: Message) -> None:
+        """Seek every partition of ``messages`` back to its first message after those kept:
+        ``last_kept``'s partition to the offset after it, every other one to its first."""
         assert self._consumer is not None
         for (topic, partition), (first, _) in _spans(messages).items():
-            same = (topic, partition) == (str(keep.topic()), int(keep.partition() or 0))
+            same = (topic, partition) == (
+                str(last_kept.topic()),
+                int(last_kept.partition() or 0),
+            )
             await self._consumer.seek(
-                TopicPartition(topic, partition, int(keep.offset() or 0) + 1 if same else first)
+                TopicPartition(
+                    topic, partition, int(last_kept.offset() or 0) + 1 if same else first
+                )
             )
 
     async def _settled(self, attempt: _Attempt, *, committed: bool) -> None:

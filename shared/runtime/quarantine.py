@@ -5,13 +5,17 @@ the OOM killer, SIGKILL. Since the process does not survive it, the count lives 
 one hash per (consumer group, topic, partition):
 
 - ``offset``: the first offset of the partition's messages in the attempt under way;
-- ``crashes``: attempts started at ``offset`` that never finished;
-- ``until``: the last offset of the first attempt that crashed.
+- ``crashes``: attempts of the current width started at ``offset`` that never finished;
+- ``until``: the last offset of the first attempt that crashed;
+- ``width``: how many offsets the attempt under way may span.
 
 Before each attempt the pipeline marks it (``crashes + 1`` when it starts where the last
 unfinished one started). Once a partition has crashed, its messages up to ``until`` are
-processed one at a time (the batch that crashed is searched for its culprit); a single
-message at an offset with ``crashes`` at the setting (default 3) is not processed again but
+searched for the culprit by halves: the first careful attempt spans half the crashed one,
+an attempt that crashes again is halved again at the same start, one that commits is
+followed by the next of the same width, so a batch of n messages costs about log2(n) careful
+attempts per crash (a batch ended by SIGKILL with no culprit in it: two). A single message
+at an offset with ``crashes`` at the setting (default 3) is not processed again but
 replaced by a dead letter with code ``worker_crash``, committed like any other output, so
 exactly-once holds for every other message. Past ``until`` the hash no longer applies: an
 attempt that committed leaves its mark (``until`` = its last offset), and the next attempt,
@@ -44,9 +48,12 @@ class Suspect:
     """What the crash record says about one partition at the start of an attempt."""
 
     crashes: int
-    """Unfinished attempts that started at this very offset."""
+    """Unfinished attempts of ``width`` that started at this very offset."""
     careful: bool
-    """A crash happened in the span this offset belongs to: one message at a time."""
+    """A crash happened in the span this offset belongs to: ``width`` offsets at a time."""
+    width: int = 1
+    """How many offsets, from this one, the careful attempt may span (within the crashed
+    span; a single message once it is narrowed to one)."""
 
 
 def fault_injected(spec: str, service: str, messages: Sequence[Message]) -> None:
@@ -80,19 +87,25 @@ class CrashRecord:
         still applies: one whose span, from its ``offset`` to ``until``, holds the start. A
         record ending before the start (the mark of an attempt that committed) or starting
         after it (the group's offsets were moved back, for a replay) is stale and left for
-        :meth:`mark` to overwrite, so a replay is not read one message at a time."""
+        :meth:`mark` to overwrite, so a replay is not read one message at a time. An attempt
+        wider than one offset that crashed at this start is halved; one message that did is
+        counted (a record without a width, from before widths, reads as one message)."""
         keys = list(starts)
         pipe = self._redis.pipeline(transaction=False)
         for topic, partition in keys:
-            pipe.hmget(self._key(topic, partition), "offset", "crashes", "until")
+            pipe.hmget(self._key(topic, partition), "offset", "crashes", "until", "width")
         found = await pipe.execute()
         out: dict[tuple[str, int], Suspect] = {}
-        for tp, (offset, crashes, until) in zip(keys, found, strict=True):
+        for tp, (offset, crashes, until, width) in zip(keys, found, strict=True):
             first = starts[tp]
             if until is None or first > int(until) or (offset is not None and first < int(offset)):
                 continue
-            same = offset is not None and int(offset) == first
-            out[tp] = Suspect(int(crashes or 0) if same else 0, True)
+            crashed = offset is not None and int(offset) == first and int(crashes or 0) > 0
+            wide = int(width or 1)
+            count = int(crashes or 0) if crashed else 0
+            if crashed and wide > 1:
+                wide, count = wide // 2, 0
+            out[tp] = Suspect(count, True, max(1, min(wide, int(until) - first + 1)))
         return out
 
     async def mark(
@@ -100,21 +113,33 @@ class CrashRecord:
         attempt: dict[tuple[str, int], tuple[int, int]],
         suspects: dict[tuple[str, int], Suspect],
     ) -> None:
-        """Record that an attempt over ``attempt`` (partition → first, last offset) starts."""
+        """Record that an attempt over ``attempt`` (partition → first, last offset) starts:
+        a normal one opens a span of its own, as wide as it is; a careful one (``suspects``)
+        keeps its span and records the width it was given."""
         pipe = self._redis.pipeline(transaction=False)
         for tp, (first, last) in attempt.items():
             key = self._key(*tp)
             known = suspects.get(tp)
-            crashes = (known.crashes if known else 0) + 1
             if known is None:
-                pipe.hset(key, mapping={"offset": first, "crashes": crashes, "until": last})
+                pipe.hset(
+                    key,
+                    mapping={
+                        "offset": first,
+                        "crashes": 1,
+                        "until": last,
+                        "width": last - first + 1,
+                    },
+                )
             else:
-                pipe.hset(key, mapping={"offset": first, "crashes": crashes})
+                pipe.hset(
+                    key,
+                    mapping={"offset": first, "crashes": known.crashes + 1, "width": known.width},
+                )
         await pipe.execute()
 
     async def finished(self, attempt: dict[tuple[str, int], tuple[int, int]]) -> None:
         """The attempt committed: its partitions have no unfinished attempt any more (the
-        span stays careful until ``until``)."""
+        span stays careful until ``until``, the next attempt as wide as this one was given)."""
         pipe = self._redis.pipeline(transaction=False)
         for tp, (_, last) in attempt.items():
             pipe.hset(self._key(*tp), mapping={"offset": last + 1, "crashes": 0})

@@ -2,8 +2,8 @@
 
 A committed attempt leaves its mark for the next attempt to overwrite (two round trips per
 iteration instead of three); these tests check that such a leftover never reads as a crash,
-that a real crash still does, and that the careful span and an abandoned attempt behave as
-before.
+that a real crash still does, that a crashed span is searched by halves for its culprit,
+and that an abandoned attempt is forgotten.
 """
 
 from __future__ import annotations
@@ -32,12 +32,47 @@ def test_a_committed_attempts_mark_is_overwritten_and_never_reads_as_a_crash(
         # committed: nothing is removed; the next attempt starts after it
         assert await record.suspects({TP: 121}) == {}
         await record.mark({TP: (121, 130)}, {})
-        # a crash in that attempt: the restart reads from 121 again
-        assert await record.suspects({TP: 121}) == {TP: Suspect(crashes=1, careful=True)}
-        # one message later (the careful attempt over 121 committed): still careful, no crash
-        assert await record.suspects({TP: 122}) == {TP: Suspect(crashes=0, careful=True)}
+        # a crash in that attempt (10 offsets): the restart reads half of it from 121
+        assert await record.suspects({TP: 121}) == {TP: Suspect(crashes=0, careful=True, width=5)}
+        # later in the span with no crash there: careful, as wide as what is left of the span
+        assert await record.suspects({TP: 128}) == {TP: Suspect(crashes=0, careful=True, width=3)}
         # past the crashed span's end the record is stale again
         assert await record.suspects({TP: 131}) == {}
+
+    _with_record(stack_settings, body)
+
+
+def test_a_crashed_span_is_searched_by_halves_and_its_culprit_counted_alone(
+    stack_settings: Settings,
+) -> None:
+    async def body(record: CrashRecord) -> None:
+        await record.mark({TP: (100, 119)}, {})  # 20 offsets, crashed (the culprit: 106)
+        s = await record.suspects({TP: 100})
+        assert s == {TP: Suspect(crashes=0, careful=True, width=10)}
+        await record.mark({TP: (100, 109)}, s)  # 100..109 crashed again
+        s = await record.suspects({TP: 100})
+        assert s == {TP: Suspect(crashes=0, careful=True, width=5)}
+        await record.mark({TP: (100, 104)}, s)
+        await record.finished({TP: (100, 104)})  # 100..104 committed
+        s = await record.suspects({TP: 105})
+        assert s == {TP: Suspect(crashes=0, careful=True, width=5)}  # the same width goes on
+        await record.mark({TP: (105, 109)}, s)  # crashed
+        s = await record.suspects({TP: 105})
+        assert s == {TP: Suspect(crashes=0, careful=True, width=2)}
+        await record.mark({TP: (105, 106)}, s)  # crashed
+        s = await record.suspects({TP: 105})
+        assert s == {TP: Suspect(crashes=0, careful=True, width=1)}
+        await record.mark({TP: (105, 105)}, s)
+        await record.finished({TP: (105, 105)})  # 105 alone committed
+        s = await record.suspects({TP: 106})
+        assert s == {TP: Suspect(crashes=0, careful=True, width=1)}
+        # one message now: its crashes count up (the quarantine's count)
+        await record.mark({TP: (106, 106)}, s)
+        s = await record.suspects({TP: 106})
+        assert s == {TP: Suspect(crashes=1, careful=True, width=1)}
+        await record.mark({TP: (106, 106)}, s)
+        s = await record.suspects({TP: 106})
+        assert s == {TP: Suspect(crashes=2, careful=True, width=1)}
 
     _with_record(stack_settings, body)
 
@@ -46,7 +81,7 @@ def test_crashes_at_one_offset_count_up_and_a_careful_commit_moves_on(
     stack_settings: Settings,
 ) -> None:
     async def body(record: CrashRecord) -> None:
-        await record.mark({TP: (100, 120)}, {})  # crashed
+        await record.mark({TP: (100, 100)}, {})  # one message, crashed
         first = await record.suspects({TP: 100})
         assert first == {TP: Suspect(crashes=1, careful=True)}
         await record.mark({TP: (100, 100)}, first)  # careful, crashed again
@@ -54,14 +89,23 @@ def test_crashes_at_one_offset_count_up_and_a_careful_commit_moves_on(
         assert second == {TP: Suspect(crashes=2, careful=True)}
         await record.mark({TP: (100, 100)}, second)
         await record.finished({TP: (100, 100)})  # this time it committed
-        assert await record.suspects({TP: 101}) == {TP: Suspect(crashes=0, careful=True)}
-        # the span still ends where the first crash's attempt ended
-        assert await record.suspects({TP: 120}) == {TP: Suspect(crashes=0, careful=True)}
-        assert await record.suspects({TP: 121}) == {}
+        assert await record.suspects({TP: 101}) == {}  # the span was that message alone
         # and the next normal mark starts a span of its own
-        await record.mark({TP: (121, 125)}, {})
-        assert await record.suspects({TP: 121}) == {TP: Suspect(crashes=1, careful=True)}
+        await record.mark({TP: (101, 125)}, {})
+        assert await record.suspects({TP: 101}) == {TP: Suspect(crashes=0, careful=True, width=12)}
         assert await record.suspects({TP: 126}) == {}
+
+    _with_record(stack_settings, body)
+
+
+def test_a_record_written_before_widths_reads_as_one_message_at_a_time(
+    stack_settings: Settings,
+) -> None:
+    async def body(record: CrashRecord) -> None:
+        key = f"{record._prefix}{TP[0]}:{TP[1]}"
+        await record._redis.hset(key, mapping={"offset": 100, "crashes": 1, "until": 120})
+        assert await record.suspects({TP: 100}) == {TP: Suspect(crashes=1, careful=True)}
+        assert await record.suspects({TP: 110}) == {TP: Suspect(crashes=0, careful=True)}
 
     _with_record(stack_settings, body)
 

@@ -2,9 +2,10 @@
 
 The crash is injected (``CALIBER_FAULT_INJECT=ingest:<marker>`` makes ingest raise on a
 message holding the marker, which stops the worker process); the test plays the part of
-the supervisor and starts the worker again each time it exits. After three crashes at the
-poison's offset the message is dead-lettered with ``worker_crash`` and every other message,
-before and after it in the same partition, comes out exactly once.
+the supervisor and starts the worker again each time it exits. The crashed batch is searched
+by halves; after three crashes on the poison alone the message is dead-lettered with
+``worker_crash`` and every other message, before and after it in the same partition, comes
+out exactly once.
 """
 
 from __future__ import annotations
@@ -83,6 +84,6 @@ def test_a_poison_message_is_quarantined_after_three_crashes(
     (dead,) = [d for d in dead_letters(reader, topics.deadletter)]
     assert dead["error_code"] == "worker_crash" and dead["service"] == "ingest"
     assert dead["source_offset"] == 6 and dead["raw"] == values[6]
-    # Three crashes on the poison alone, after one on the batch that held it when that batch
-    # started before it (4 starts when a fetch happened to begin at the poison).
-    assert starts in (4, 5), f"{starts} starts"
+    # Three crashes on the poison alone, after one for each wider attempt that held it: the
+    # batch, then halves of it (13 messages: 13, 6, 3 at most), so 4 to 7 starts in all.
+    assert 4 <= starts <= 7, f"{starts} starts"
