@@ -292,3 +292,38 @@ def test_review_resolution_404_200_409_and_the_label_on_labels_raw(env: Env) -> 
     )
     assert truth == "no" and key_id is not None
     assert label.record["label_time_ms"] == resolved_ms
+
+
+def test_lists_by_model_find_predictions_recorded_before_the_version_was_registered(
+    env: Env,
+) -> None:
+    t0 = datetime(2026, 11, 3, tzinfo=UTC)
+    early, late = str(uuid.uuid4()), str(uuid.uuid4())
+    other = str(uuid.uuid4())
+
+    def row(event_id: str, version: str, mid: int | None, minute: int) -> dict[str, Any]:
+        return {
+            "event_id": event_id,
+            "tenant": "acme",
+            "model_name": "early-bird",
+            "model_version": version,
+            "model_version_id": mid,
+            "event_time": t0 + timedelta(minutes=minute),
+            "status": "review",
+            "ground_truth": None,
+            "confidence": 0.3,
+        }
+
+    # Recorded while the version was unregistered: no model version id on the row.
+    insert_predictions(env.settings, [row(early, "v1", None, 1), row(other, "v2", None, 3)])
+    with env.client("admin") as c:
+        m = register(c, "early-bird", "v1")
+    insert_predictions(env.settings, [row(late, "v1", m["id"], 2)])
+    with env.client("reviewer") as c:
+        listed = c.get("/api/predictions", params={"model_version_id": m["id"]}).json()
+        assert [p["event_id"] for p in listed] == [late, early], "newest first, v1 only"
+        queued = c.get("/api/review-queue", params={"model_version_id": m["id"]}).json()
+        assert [p["event_id"] for p in queued] == [early, late], "oldest first, v1 only"
+        for path in ("/api/predictions", "/api/review-queue"):
+            # an id that is not a version of this tenant: nothing, not every prediction
+            assert c.get(path, params={"model_version_id": 987654321}).json() == []

@@ -193,6 +193,17 @@ PREDICTION_COLUMNS = (
 )
 
 
+def of_model(param: str) -> str:
+    """SQL: the row (of tenant ``$1``) belongs to the registered model version whose id is
+    ``param``, matched by its name and version: the index on (tenant, name, version, time)
+    serves it, and rows recorded before the version was registered (their
+    ``model_version_id`` is NULL) are found too."""
+    return (
+        "(model_name, model_version) = (SELECT m.name, m.version FROM model_versions m "
+        f"WHERE m.id = {param} AND m.tenant_id = $1)"
+    )
+
+
 def prediction_out(r: Any) -> PredictionOut:
     return PredictionOut(
         id=r["event_id"],
@@ -233,9 +244,10 @@ async def list_predictions(
     offset: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0,
 ) -> list[PredictionOut]:
     """Recorded predictions of this tenant, newest first; filter by model and status."""
+    model = "$2::bigint IS NULL" if model_version_id is None else of_model("$2::bigint")
     rows = await state_of(request).pool.fetch(
         f"SELECT {PREDICTION_COLUMNS} FROM predictions WHERE tenant_id = $1 "
-        "AND ($2::bigint IS NULL OR model_version_id = $2) AND ($3::text IS NULL OR status = $3) "
+        f"AND {model} AND ($3::text IS NULL OR status = $3) "
         "ORDER BY event_time DESC, event_id LIMIT $4 OFFSET $5",
         who.tenant,
         model_version_id,

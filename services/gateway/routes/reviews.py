@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 
 from services.gateway.auth import READ, REVIEW, Principal, require
 from services.gateway.outbox import enqueue
-from services.gateway.routes.predictions import PREDICTION_COLUMNS, prediction_out
+from services.gateway.routes.predictions import PREDICTION_COLUMNS, of_model, prediction_out
 from services.gateway.schemas import (
     INT64_MAX,
     OptionalQueryId,
@@ -44,10 +44,10 @@ async def review_queue(
     A prediction leaves the queue as soon as it is resolved here, before its label has
     travelled through the pipeline back into the prediction.
     """
+    model = "$2::bigint IS NULL" if model_version_id is None else of_model("$2::bigint")
     rows = await state_of(request).pool.fetch(
         f"SELECT {PREDICTION_COLUMNS} FROM predictions p WHERE tenant_id = $1 "
-        "AND status = 'review' AND ($2::bigint IS NULL OR model_version_id = $2) "
-        f"AND {_UNRESOLVED} "
+        f"AND status = 'review' AND {model} AND {_UNRESOLVED} "
         "ORDER BY event_time, event_id LIMIT $3 OFFSET $4",
         who.tenant,
         model_version_id,
