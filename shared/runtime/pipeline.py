@@ -10,6 +10,7 @@ dead instance and aborts its open transaction at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 import logging
@@ -35,9 +36,11 @@ from shared.settings import Settings
 logger = logging.getLogger(__name__)
 REDIS_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError)
 
-STUCK_GRACE_SECONDS = 15.0
+STUCK_GRACE_SECONDS = 10.0
 """How long past its own timeout a blocking client call may run before the worker gives up
 on the process (:func:`bounded`)."""
+SEND_OFFSETS_TIMEOUT_SECONDS = 10.0
+"""librdkafka's own timeout for adding a batch's offsets to its transaction."""
 EXIT_STUCK = 75
 """The exit status of a worker that ended itself over a stuck client call (EX_TEMPFAIL: its
 supervisor starts it again)."""
@@ -398,9 +401,11 @@ class Pipeline:
                 offsets = _next_offsets(attempt.messages)
                 if txn:
                     metadata = await self._consumer.consumer_group_metadata()
+                    # Milliseconds on a healthy broker; a timeout is retried after an abort,
+                    # and a call librdkafka never ends costs the timeout and the grace.
                     await bounded(
                         functools.partial(producer.send_offsets_to_transaction, offsets, metadata),
-                        30.0,
+                        SEND_OFFSETS_TIMEOUT_SECONDS,
                         functools.partial(self._forget, attempt),
                     )
                     await bounded(
@@ -417,6 +422,7 @@ class Pipeline:
                     await self._abandon(attempt, err)
                     return
                 if err.fatal() or not (err.txn_requires_abort() or err.retriable()):
+                    await self._unless_to_blame(attempt, err)
                     raise
                 logger.warning("iteration attempt %d failed (%s); retrying", n, err)
                 await self._abort()
@@ -469,6 +475,15 @@ class Pipeline:
                 except KafkaException as exc:  # no longer assigned here: its owner reads it
                     logger.info("not rewinding %s:%d (%s)", topic, partition, exc.args[0])
         await self._settle_quietly(attempt, committed=False)
+
+    async def _unless_to_blame(self, attempt: _Attempt | None, err: KafkaError) -> None:
+        """Before the worker ends over ``err``: a fatal client error (the producer fenced, or
+        its transaction state lost with a broker) is not the batch's fault, so its crash
+        marks are taken back and the restarted worker reads it whole; any other error may be
+        the batch's (a message too large) and is counted as a crash."""
+        if err.fatal() and attempt is not None:
+            with contextlib.suppress(*REDIS_UNAVAILABLE):
+                await self._forget(attempt)
 
     async def _forget(self, attempt: _Attempt) -> None:
         """Take back ``attempt``'s crash marks: it ends without a crash of its own making (a
