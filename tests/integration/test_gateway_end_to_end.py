@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -138,7 +139,9 @@ def test_review_flow_end_to_end(env: Env) -> None:
             "the review queue to fill",
         )
         assert {p["event_id"] for p in queue} == expected_review
-        times = [p["event_time"] for p in queue]
+        # As instants: an ISO string on a whole second ("...:37Z") sorts after the same
+        # second's fractions ("...:37.070000Z") as text.
+        times = [datetime.fromisoformat(p["event_time"]) for p in queue]
         assert times == sorted(times), "oldest first"
         only_v2 = c.get("/api/review-queue", params={"model_version_id": env.models["v2"]}).json()
         assert {p["event_id"] for p in only_v2} == {
