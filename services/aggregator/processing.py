@@ -20,6 +20,7 @@ import numpy.typing as npt
 from confluent_kafka import Message
 
 from services.aggregator.counters import (
+    FieldSums,
     Increments,
     LabeledEvents,
     decision_increments,
@@ -253,9 +254,11 @@ class AggregatorProcessor:
             zip(all_ids, await store.mget([store.pending_key(*e) for e in all_ids]), strict=True)
         )
         for key, (event_ms, calibrated, review) in _by_model(decisions).items():
-            decision_increments(plan.inc, key, event_ms, review)
+            sums = FieldSums(key, event_ms)
+            decision_increments(plan.inc, key, event_ms, review, sums)
             if self._estimate:
-                estimate_increments(plan.inc, key, event_ms, calibrated, review)
+                estimate_increments(plan.inc, key, event_ms, calibrated, review, sums)
+            sums.into(plan.inc)
         for d in decisions:
             plan.add_predictions(d, waiting)
             plan.add_rollout_decisions(d)

@@ -11,8 +11,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from shared.contracts.batches import LabelColumns, PredictionColumns, Record
-from shared.contracts.codec import AvroCodec, Decoded
+from shared.contracts.batches import (
+    LabelColumns,
+    PredictionColumns,
+    Record,
+    concat_predictions,
+    runs_of,
+)
+from shared.contracts.codec import AvroCodec
 from shared.contracts.errors import ErrorCode, Fault
 from shared.contracts.limits import now_ms
 from shared.contracts.validation import (
@@ -58,7 +64,7 @@ def parse(
     out = Parsed()
     singles: list[tuple[int, Record]] = []
     label_msgs: list[tuple[int, Record, bool]] = []
-    columns: list[tuple[PredictionColumns, list[int]]] = []
+    batches: list[tuple[PredictionColumns, int]] = []
     for i, src in enumerate(sources):
         is_prediction = src.topic == prediction_topic
         decoded = codec.decode(
@@ -69,9 +75,14 @@ def parse(
         elif decoded.name == "InferenceEvent":
             singles.append((i, decoded.record))
         elif decoded.name == "PredictionBatch":
-            _batch_rows(i, decoded, limits, columns, out.dead)
+            fault = check_batch_record(decoded.record, limits)
+            if fault:
+                out.dead.append((i, fault))
+            else:
+                batches.append((PredictionColumns.from_record(decoded.record), i))
         else:
             label_msgs.append((i, decoded.record, decoded.name == "LabelBatch"))
+    columns = _batch_rows(batches, limits, out.dead)
     grouped, faults = group_events(singles, limits)
     out.dead.extend(faults)
     columns.extend((rows.columns, rows.refs) for rows in grouped)
@@ -135,24 +146,29 @@ def _joined_labels(members: list[tuple[int, LabelColumns]]) -> tuple[LabelColumn
 
 
 def _batch_rows(
-    ref: int,
-    decoded: Decoded,
+    batches: list[tuple[PredictionColumns, int]],
     limits: Limits,
-    columns: list[tuple[PredictionColumns, list[int]]],
     dead: list[tuple[int, Fault]],
-) -> None:
-    fault = check_batch_record(decoded.record, limits)
-    if fault:
-        dead.append((ref, fault))
-        return
-    cols = PredictionColumns.from_record(decoded.record)
-    faults = check_batch_rows(cols, limits)
-    dead.extend((ref, f) for _, f in faults)
-    if faults:
-        bad = {row for row, _ in faults}
-        cols = cols.take([i for i in range(len(cols)) if i not in bad])
-    if len(cols):
-        columns.append((cols, [ref] * len(cols)))
+) -> list[tuple[PredictionColumns, list[int]]]:
+    """The rows of PredictionBatch messages that pass the per-event structural checks, as
+    the runs of :func:`shared.contracts.batches.join_runs` (the batches of one model version
+    and shape, in order), each row with the index of its message. The checks, like the
+    numeric ones after them, run once per run and not once per message: their cost is a
+    few dozen array operations whatever the number of rows, and at moderate rates
+    producers send many small messages."""
+    out: list[tuple[PredictionColumns, list[int]]] = []
+    for run in runs_of([cols for cols, _ in batches]):
+        cols = concat_predictions([batches[i][0] for i in run])
+        refs = [batches[i][1] for i in run for _ in range(len(batches[i][0]))]
+        faults = check_batch_rows(cols, limits)
+        dead.extend((refs[row], f) for row, f in faults)
+        if faults:
+            bad = {row for row, _ in faults}
+            good = [i for i in range(len(cols)) if i not in bad]
+            cols, refs = cols.take(good), [refs[i] for i in good]
+        if len(cols):
+            out.append((cols, refs))
+    return out
 
 
 def _expand_label_batch(ref: int, rec: Record, rows: list[tuple[int, Record]]) -> Fault | None:

@@ -236,17 +236,22 @@ def join_runs(batches: list[PredictionColumns]) -> list[PredictionColumns]:
     The events of one model version keep their order (a batch of another shape ends the run
     and starts a new one after it), so what a reader of one key sees is the same rows in the
     same order, in fewer and larger messages."""
-    runs: list[list[PredictionColumns]] = []
+    return [concat_predictions([batches[i] for i in run]) for run in runs_of(batches)]
+
+
+def runs_of(batches: list[PredictionColumns]) -> list[list[int]]:
+    """The runs :func:`join_runs` joins, as indices into ``batches``, in its order."""
+    runs: list[list[int]] = []
     open_runs: dict[str, tuple[tuple[Any, ...], int]] = {}
-    for cols in batches:
+    for i, cols in enumerate(batches):
         shape = _shape(cols)
         current = open_runs.get(cols.key)
         if current is not None and current[0] == shape:
-            runs[current[1]].append(cols)
+            runs[current[1]].append(i)
         else:
             open_runs[cols.key] = (shape, len(runs))
-            runs.append([cols])
-    return [concat_predictions(run) for run in runs]
+            runs.append([i])
+    return runs
 
 
 @dataclass(slots=True)

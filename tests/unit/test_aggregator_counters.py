@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from services.aggregator.counters import (
+    FieldSums,
     LabeledEvents,
     decision_increments,
     labeled_increments,
@@ -28,6 +30,37 @@ def test_decisions_count_per_minute_hour_and_day() -> None:
     assert inc[("h", "t/m/v", HOUR)] == {"n": 3, "rv": 2}
     assert inc[("d", "t/m/v", DAY)] == {"n": 3, "rv": 2}
     assert len(inc) == 4
+
+
+def test_field_sums_group_every_family_once_and_roll_minutes_up() -> None:
+    # Two events in minute 22:13, one in the next hour; values chosen so one field sums to 0.
+    ms = np.array([T0 * 1000, T0 * 1000 + 5, (T0 + 3600) * 1000], dtype=np.int64)
+    inc = new_increments()
+    inc[("h", "t/m/v", HOUR)]["x"] = 10  # an existing field is added to, not replaced
+    sums = FieldSums("t/m/v", ms)
+    sums.add("x", np.array([1, 2, 4]))
+    sums.add("zero", np.array([3, -3, 0]))
+    sums.add_binned("b", np.array([0, 2, 2]), np.array([5, 6, 7]), width=3, suffix="|k")
+    sums.into(inc)
+    assert inc[("m", "t/m/v", MINUTE)] == {"x": 3, "b0|k": 5, "b2|k": 6}
+    assert inc[("m", "t/m/v", MINUTE + 3600)] == {"x": 4, "b2|k": 7}
+    assert inc[("h", "t/m/v", HOUR)] == {"x": 13, "b0|k": 5, "b2|k": 6}
+    assert inc[("h", "t/m/v", HOUR + 3600)] == {"x": 4, "b2|k": 7}
+    assert inc[("d", "t/m/v", DAY)] == {"x": 7, "b0|k": 5, "b2|k": 13}
+    assert len(inc) == 5
+    # Sums too large for exact float64 take the sorted path and stay exact.
+    big = FieldSums("t/m/v", ms[:2])
+    big.add("s", np.array([2**62, 1], dtype=np.int64))
+    out = new_increments()
+    big.into(out)
+    assert out[("m", "t/m/v", MINUTE)] == {"s": 2**62 + 1}
+
+
+def test_field_sums_refuse_a_bin_outside_its_width() -> None:
+    sums = FieldSums("t/m/v", np.array([T0 * 1000], dtype=np.int64))
+    sums.add_binned("b", np.array([3]), np.array([1]), width=3)
+    with pytest.raises(ValueError, match="bin outside"):
+        sums.into(new_increments())
 
 
 def test_labeled_events_fill_reliability_fine_and_delay_bins() -> None:

@@ -56,6 +56,33 @@ def test_batch_message_keeps_valid_rows_and_dead_letters_bad_ones() -> None:
     )
 
 
+def test_batches_of_one_model_version_are_checked_as_one_run() -> None:
+    """Three messages, two model versions: v1's two messages are checked and returned as one
+    batch, each row still naming its own message; a bad row costs only itself."""
+    a = batch(3)
+    b = batch(2, model_version="v2")
+    c = batch(3, confidences=np.array([0.7, 2.0, 0.8]))
+    c.event_ids[2] = "not-a-uuid"
+    sources = [
+        src(CODEC.encode("PredictionBatch", x.to_record()), offset=i)
+        for i, x in enumerate((a, b, c))
+    ]
+    parsed = parse(sources, RAW, CODEC, Limits())
+    by_key = {cols.key: (cols, refs) for cols, refs in parsed.predictions}
+    assert len(parsed.predictions) == 2
+    v1, refs = by_key["acme/fraud/v1"]
+    assert v1.event_ids == [*a.event_ids, c.event_ids[0]]
+    assert refs == [0, 0, 0, 2]
+    np.testing.assert_array_equal(v1.numeric_features["x"], [0.0, 1.0, 2.0, 0.0])
+    assert by_key["acme/fraud/v2"][1] == [1, 1]
+    assert sorted((ref, f.code, f.event_id) for ref, f in parsed.dead) == sorted(
+        [
+            (2, ErrorCode.CONFIDENCE_OUT_OF_RANGE, c.event_ids[1]),
+            (2, ErrorCode.INVALID_EVENT_ID, "not-a-uuid"),
+        ]
+    )
+
+
 def test_singles_labels_and_junk_in_one_poll() -> None:
     e1, e2 = event(), event(model_version="v2")
     label = {
