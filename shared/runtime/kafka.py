@@ -79,6 +79,19 @@ def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict
     return conf
 
 
+def gathering_fetch(linger_seconds: float) -> dict[str, Any]:
+    """Consumer settings of a worker that takes its input once per ``linger_seconds``: once
+    a partition has records waiting in the client, its next fetch waits out the linger
+    (``fetch.queue.backoff.ms``) instead of following every append. Each fetch is a request
+    the broker answers, and at moderate rates a busy topic is appended to hundreds of times
+    a second (every producer request, every transaction marker). With nothing waiting, the
+    consumer long-polls as usual, so a quiet topic's first record is fetched at once."""
+    return {
+        "queued.min.messages": 1,
+        "fetch.queue.backoff.ms": max(1, round(linger_seconds * 1000)),
+    }
+
+
 def make_producer(settings: Settings, **overrides: Any) -> Producer:
     return Producer(producer_config(settings, **overrides))
 

@@ -29,7 +29,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from shared.contracts.codec import AvroCodec
 from shared.contracts.topics import Topics
 from shared.runtime import redis_client
-from shared.runtime.kafka import consumer_config, producer_config, transactional_producer_config
+from shared.runtime.kafka import (
+    consumer_config,
+    gathering_fetch,
+    producer_config,
+    transactional_producer_config,
+)
 from shared.runtime.quarantine import CrashRecord, encode_quarantine, fault_injected
 from shared.settings import Settings
 
@@ -236,6 +241,7 @@ class Pipeline:
                 **{
                     "max.poll.interval.ms": cfg.max_poll_interval_ms,
                     "partition.assignment.strategy": cfg.assignment,
+                    **(gathering_fetch(self._linger) if cfg.batch else {}),
                 },
             ),
             max_workers=2,
