@@ -95,7 +95,13 @@ def _read_decisions(servers: str, topic: str, partitions: int, conn: Connection)
     to stop; then sends both arrays."""
     codec = AvroCodec()
     settings = Settings(kafka_bootstrap=servers)
-    consumer = Consumer(consumer_config(settings, f"bench-reader-{uuid.uuid4().hex[:6]}"))
+    # Read-only (nothing committed or sought): the librdkafka default long poll, as a
+    # client that follows the decisions would use; a new decision still answers it at once.
+    consumer = Consumer(
+        consumer_config(
+            settings, f"bench-reader-{uuid.uuid4().hex[:6]}", **{"fetch.wait.max.ms": 500}
+        )
+    )
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
     consumer.consume(1, timeout=1.0)
     conn.send("ready")
