@@ -194,6 +194,15 @@ class Settings(BaseSettings):
         "new (fetch.wait.max.ms); new records answer the fetch at once, but an offset commit "
         "on the same connection waits behind a held fetch",
     )
+    kafka_batch_fetch_wait_ms: int = Field(
+        default=500,
+        ge=1,
+        le=10_000,
+        description="fetch.wait.max.ms of the workers off the decision path (aggregator, "
+        "drift, recorder, router, calibrator): at rest each of them asks the broker this "
+        "often; while records flow their fetches are answered at once or skipped for the "
+        "linger, so a longer wait costs them no freshness",
+    )
     fault_inject: str = Field(
         default="",
         description="TESTS ONLY: '<service>:<marker>' makes that worker crash on every message "
