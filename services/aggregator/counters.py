@@ -79,9 +79,7 @@ class FieldSums:
     def __init__(self, model: str, event_ms: npt.NDArray[np.int64]) -> None:
         self._model = model
         self._seconds = np.asarray(event_ms, dtype=np.int64) // 1000
-        self._families: list[
-            tuple[str, str, int, npt.NDArray[np.int64] | None, npt.NDArray[Any]]
-        ] = []
+        self._families: list[_Family] = []
 
     def add(self, field: str, values: npt.ArrayLike) -> None:
         """``values`` (one per event) into ``field``."""
@@ -293,8 +291,8 @@ def labeled_increments(out: Increments, ev: LabeledEvents, estimate: bool = True
             nll = np.zeros(n)
             nll[usable] = nll_terms(p[usable], t[usable])
             acc.add("N", fixed(nll))
-            acc.add("Nn", usable.astype(np.int64))
             use = usable.astype(np.int64)
+            acc.add("Nn", use)
             for c, name in enumerate(ev.classes[:MAX_CLASSES]):
                 pc = p[:, c]
                 bins = bin_index(pc, RELIABILITY_BINS)

@@ -190,10 +190,7 @@ async def follow(
             **{
                 "auto.offset.reset": "latest",
                 "partition.assignment.strategy": "range",
-                **gathering_fetch(LIVE_LINGER_SECONDS),
-                # Nothing is committed or sought on this connection, so nothing waits behind
-                # a held fetch: at rest it asks twice a second, not ten times.
-                "fetch.wait.max.ms": 500,
+                **gathering_fetch(settings, LIVE_LINGER_SECONDS),
             },
         ),
         max_workers=1,

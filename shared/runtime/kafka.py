@@ -79,16 +79,19 @@ def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict
     return conf
 
 
-def gathering_fetch(linger_seconds: float) -> dict[str, Any]:
-    """Consumer settings of a worker that takes its input once per ``linger_seconds``: once
-    a partition has records waiting in the client, its next fetch waits out the linger
-    (``fetch.queue.backoff.ms``) instead of following every append. Each fetch is a request
-    the broker answers, and at moderate rates a busy topic is appended to hundreds of times
-    a second (every producer request, every transaction marker). With nothing waiting, the
-    consumer long-polls as usual, so a quiet topic's first record is fetched at once."""
+def gathering_fetch(settings: Settings, linger_seconds: float) -> dict[str, Any]:
+    """Consumer settings of a reader off the decision path that takes its input once per
+    ``linger_seconds``: once a partition has records waiting in the client, its next fetch
+    waits out the linger (``fetch.queue.backoff.ms``) instead of following every append.
+    Each fetch is a request the broker answers, and at moderate rates a busy topic is
+    appended to hundreds of times a second (every producer request, every transaction
+    marker). With nothing waiting, the consumer long-polls
+    ``Settings.kafka_batch_fetch_wait_ms``; a quiet topic's first record still answers the
+    poll at once."""
     return {
         "queued.min.messages": 1,
         "fetch.queue.backoff.ms": max(1, round(linger_seconds * 1000)),
+        "fetch.wait.max.ms": settings.kafka_batch_fetch_wait_ms,
     }
 
 

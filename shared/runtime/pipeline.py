@@ -241,14 +241,7 @@ class Pipeline:
                 **{
                     "max.poll.interval.ms": cfg.max_poll_interval_ms,
                     "partition.assignment.strategy": cfg.assignment,
-                    **(
-                        {
-                            **gathering_fetch(self._linger),
-                            "fetch.wait.max.ms": self._settings.kafka_batch_fetch_wait_ms,
-                        }
-                        if cfg.batch
-                        else {}
-                    ),
+                    **(gathering_fetch(self._settings, self._linger) if cfg.batch else {}),
                 },
             ),
             max_workers=2,
