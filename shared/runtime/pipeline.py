@@ -212,6 +212,14 @@ class Pipeline:
         self._crashes: CrashRecord | None = None
         self._codec: AvroCodec | None = None
         self._idle = False
+        self._own_marks: dict[tuple[str, int], int] = {}
+        """partition → last offset of the normal attempt this process last committed there:
+        the crash record's span of that partition is then this process's own mark, ending at
+        that offset, so an attempt starting after it needs no read of it (:meth:`_guard`).
+        Emptied whenever the assignment changes (another replica may have written since)."""
+        self._group_metadata: object | None = None
+        """The consumer group's metadata for transactional offset commits, kept between
+        rebalances (it changes with the group's generation) instead of asked for per batch."""
         self._linger = config.poll_timeout
         bound = settings.linger_max_seconds if config.max_linger is None else config.max_linger
         self._max_linger = max(config.poll_timeout, min(bound, settings.linger_max_seconds))
@@ -258,12 +266,14 @@ class Pipeline:
 
         async def on_assign(consumer: object, partitions: list[TopicPartition]) -> None:
             logger.info("assigned %s", [(p.topic, p.partition) for p in partitions])
+            self._assignment_changed()
             if self._listener is not None:
                 await self._listener.assigned(partitions)
             self.ready.set()
 
         async def on_revoke(consumer: object, partitions: list[TopicPartition]) -> None:
             logger.info("revoked %s", [(p.topic, p.partition) for p in partitions])
+            self._assignment_changed()
             if self._listener is not None:
                 await self._listener.revoked(partitions)
 
@@ -287,6 +297,12 @@ class Pipeline:
                     self._hooks.lag(await self._lag())
         finally:
             await self._close()
+
+    def _assignment_changed(self) -> None:
+        """The group rebalanced: what this process knew of its partitions' crash records and
+        of the group's generation may no longer hold."""
+        self._own_marks.clear()
+        self._group_metadata = None
 
     def _adapt_linger(self, took: float) -> None:
         """Adaptive linger: collect the next batch for as long as this one took to process
@@ -331,7 +347,14 @@ class Pipeline:
         if self._crashes is None:
             return everything
         starts = {tp: first for tp, (first, _) in everything.offsets.items()}
-        suspects = await self._crashes.suspects(starts)
+        # A partition whose record is this process's own committed mark, ending before the
+        # start, has no suspect (the record is stale): only the others are read.
+        unknown = {
+            tp: first
+            for tp, first in starts.items()
+            if tp not in self._own_marks or first <= self._own_marks[tp]
+        }
+        suspects = await self._crashes.suspects(unknown) if unknown else {}
         if not suspects:
             await self._crashes.mark(everything.offsets, suspects)
             return everything
@@ -374,6 +397,11 @@ class Pipeline:
         goes."""
         if self._crashes is None:
             return
+        if committed and not attempt.careful:
+            self._own_marks.update((tp, last) for tp, (_, last) in attempt.offsets.items())
+        else:
+            for tp in attempt.offsets:
+                self._own_marks.pop(tp, None)
         if attempt.careful:
             await self._crashes.finished(attempt.offsets)
         elif not committed:
@@ -406,23 +434,14 @@ class Pipeline:
                     self._produce(out)
                 offsets = _next_offsets(attempt.messages)
                 if txn:
-                    metadata = await self._consumer.consumer_group_metadata()
-                    # Milliseconds on a healthy broker; a timeout is retried after an abort,
-                    # and a call librdkafka never ends costs the timeout and the grace.
-                    await bounded(
-                        functools.partial(producer.send_offsets_to_transaction, offsets, metadata),
-                        SEND_OFFSETS_TIMEOUT_SECONDS,
-                        functools.partial(self._forget, attempt),
-                    )
-                    await bounded(
-                        producer.commit_transaction, 60.0, functools.partial(self._forget, attempt)
-                    )
+                    await self._commit_transaction(attempt, offsets)
                 else:
                     await self._flush_all()
                     await self._consumer.commit(offsets=offsets, asynchronous=False)
                 break
             except KafkaException as exc:
                 err: KafkaError = exc.args[0]
+                self._group_metadata = None  # asked for again, in case the group moved on
                 if err.code() in REBALANCED and not err.fatal():
                     assert attempt is not None
                     await self._abandon(attempt, err)
@@ -458,6 +477,21 @@ class Pipeline:
         if attempt.quarantine is not None and count is not None:
             count(str(attempt.quarantine.topic()))
         await self._settle_quietly(attempt, committed=True)
+
+    async def _commit_transaction(self, attempt: _Attempt, offsets: list[TopicPartition]) -> None:
+        """The attempt's offsets into its transaction, and the transaction committed."""
+        assert self._consumer is not None and self._producer is not None
+        if self._group_metadata is None:
+            self._group_metadata = await self._consumer.consumer_group_metadata()
+        producer = self._producer
+        # Milliseconds on a healthy broker; a timeout is retried after an abort, and a call
+        # librdkafka never ends costs the timeout and the grace.
+        await bounded(
+            functools.partial(producer.send_offsets_to_transaction, offsets, self._group_metadata),
+            SEND_OFFSETS_TIMEOUT_SECONDS,
+            functools.partial(self._forget, attempt),
+        )
+        await bounded(producer.commit_transaction, 60.0, functools.partial(self._forget, attempt))
 
     async def _abandon(self, attempt: _Attempt, err: KafkaError) -> None:
         """The group moved on under this batch (a rebalance this replica joined late, or it

@@ -6,11 +6,15 @@ import asyncio
 import time
 from collections.abc import Sequence
 
-from confluent_kafka import Consumer, Message
+import pytest
+from confluent_kafka import Consumer, Message, TopicPartition
 
+import shared.runtime.pipeline as pipeline_module
 from shared.contracts.topics import Topics
+from shared.runtime import redis_client
 from shared.runtime.kafka import consumer_config, make_producer
 from shared.runtime.pipeline import Output, Pipeline, PipelineConfig
+from shared.runtime.quarantine import CrashRecord
 from shared.settings import Settings
 
 
@@ -58,3 +62,66 @@ async def test_every_message_passes_exactly_once(isolated_settings: Settings) ->
     pipeline.stop()
     await asyncio.wait_for(task, 30)
     assert sorted(values) == sorted(f"M{i}".encode() for i in range(2_000))
+
+
+async def test_a_steady_worker_reads_each_partitions_crash_record_once(
+    isolated_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once this process has committed an attempt on a partition, the record there is its
+    own mark: the next attempts skip reading it (one Redis round trip fewer per batch), and
+    the records still say where the last attempt started, for a process that follows."""
+    topics = Topics.for_namespace(isolated_settings.topic_namespace)
+    producer = make_producer(isolated_settings)
+    for i in range(600):
+        producer.produce(topics.labels_raw, f"m{i}".encode(), f"k{i % 7}".encode())
+    assert producer.flush(30) == 0
+    reads: list[dict[tuple[str, int], int]] = []
+    batches: list[int] = []
+
+    class CountingRecord(CrashRecord):
+        async def suspects(self, starts: dict[tuple[str, int], int]) -> dict:  # type: ignore[type-arg]
+            reads.append(dict(starts))
+            return await super().suspects(starts)
+
+    monkeypatch.setattr(pipeline_module, "CrashRecord", CountingRecord)
+
+    async def copy(messages: Sequence[Message]) -> list[Output]:
+        batches.append(len(messages))
+        return [Output(topics.labels, m.key(), m.value()) for m in messages]
+
+    group = f"{isolated_settings.topic_namespace}-marks"
+    pipeline = Pipeline(
+        isolated_settings,
+        PipelineConfig(
+            group_id=group,
+            topics=[topics.labels_raw],
+            transactional_id=f"{group}.0",
+            max_messages=20,
+        ),
+        copy,
+    )
+    task = asyncio.create_task(pipeline.run())
+    values = await asyncio.to_thread(_read_all, isolated_settings, topics.labels, 600)
+    pipeline.stop()
+    await asyncio.wait_for(task, 30)
+    assert sorted(values) == sorted(f"m{i}".encode() for i in range(600))
+    assert len(batches) >= 30  # batches of at most 20 messages
+    read_partitions = [tp for starts in reads for tp in starts]
+    # Each partition is read when first seen, never again while the assignment holds.
+    assert len(read_partitions) == len(set(read_partitions)) <= isolated_settings.topic_partitions
+    # The marks are still written per attempt: each partition's record ends where the
+    # group's committed offset starts.
+    consumer = Consumer(consumer_config(isolated_settings, group))
+    try:
+        committed = consumer.committed(
+            [TopicPartition(t, p) for t, p in set(read_partitions)], timeout=10
+        )
+    finally:
+        consumer.close()
+    r = redis_client.async_client(isolated_settings.redis_dsn)
+    try:
+        for tp in committed:
+            key = f"{isolated_settings.redis_prefix}crash:{group}:{tp.topic}:{tp.partition}"
+            assert int(await r.hget(key, "until")) == tp.offset - 1
+    finally:
+        await r.aclose()
