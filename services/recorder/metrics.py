@@ -36,6 +36,12 @@ class RecorderMetrics(PipelineMetrics):
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60),
             registry=registry,
         )
+        self.replayed_batches = Counter(
+            "caliber_recorder_replayed_batches_total",
+            "Batches written a second time, skipping what is stored, because a decision in "
+            "them was stored already (a batch replayed after a crash)",
+            registry=registry,
+        )
         self.dead_letters = Counter(
             "caliber_recorder_dead_letters_total",
             "Consumed messages the recorder could not store, by error code",

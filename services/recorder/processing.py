@@ -129,7 +129,7 @@ class RecorderProcessor:
         try:
             async with self._pool.acquire() as conn:
                 try:
-                    written = await self._write_all(conn, parsed)
+                    written = await self._write_first(conn, parsed)
                 except DATA_ERRORS as exc:
                     logger.warning("batch refused (%s); writing it message by message", exc)
                     written = await self._write_each(conn, parsed)
@@ -150,7 +150,18 @@ class RecorderProcessor:
             self._metrics.count(written, codes)
         return dead
 
-    async def _write_all(self, conn: asyncpg.Connection, parsed: Parsed) -> Written:
+    async def _write_first(self, conn: asyncpg.Connection, parsed: Parsed) -> Written:
+        """The batch in one transaction, its decisions taken for new; when one is stored
+        already (a replay after a crash, or a decision consumed twice), the transaction is
+        rolled back and the batch written again, skipping what is stored."""
+        try:
+            return await self._write_all(conn, parsed, new=True)
+        except asyncpg.UniqueViolationError:
+            if self._metrics is not None:
+                self._metrics.replayed_batches.inc()
+            return await self._write_all(conn, parsed, new=False)
+
+    async def _write_all(self, conn: asyncpg.Connection, parsed: Parsed, new: bool) -> Written:
         async with conn.transaction():
             return await write(
                 conn,
@@ -158,6 +169,7 @@ class RecorderProcessor:
                 [lbl for _, lbl in parsed.labels],
                 [a for _, a in parsed.alerts],
                 timer=self._timer,
+                new=new,
             )
 
     async def _write_each(self, conn: asyncpg.Connection, parsed: Parsed) -> Written:

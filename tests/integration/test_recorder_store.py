@@ -118,6 +118,63 @@ def test_waiting_labels_land_on_decisions_written_two_rows_per_statement(dsn: st
     assert (again.predictions, again.labelled, again.pending_applied) == (0, 0, 0)
 
 
+def test_new_decisions_are_inserted_alike_and_a_stored_one_is_refused(dsn: str) -> None:
+    """``new=True`` (no conflict check before each insert) writes what the checked statement
+    writes, waiting labels included; a decision stored already fails the statement with a
+    unique violation, and the checked statement then skips it."""
+    ids = new_ids(4)
+    write(dsn, 3, labels=[labels([ids[2]], ["no"])])
+    out = write(dsn, 3, decisions=[decisions(ids, [0.9, 0.4, 0.4, 0.9])], new=True)
+    assert (out.predictions, out.labelled, out.pending_applied) == (4, 1, 1)
+    assert fetch(
+        dsn,
+        "SELECT event_id::text, ground_truth, status FROM predictions "
+        "WHERE event_id = ANY($1::uuid[]) ORDER BY event_time",
+        ids,
+    ) == [
+        (ids[0], None, "auto"),
+        (ids[1], None, "review"),
+        (ids[2], "no", "resolved"),
+        (ids[3], None, "auto"),
+    ]
+    more = new_ids(2)
+    with pytest.raises(asyncpg.UniqueViolationError):
+        write(dsn, 3, decisions=[decisions([more[0], ids[3], more[1]], [0.9] * 3)], new=True)
+    assert fetch(dsn, "SELECT 1 FROM predictions WHERE event_id = ANY($1::uuid[])", more) == []
+    again = write(dsn, 3, decisions=[decisions([more[0], ids[3], more[1]], [0.9] * 3)])
+    assert again.predictions == 2
+    plans = {
+        query: asyncio.run(
+            _explain(dsn, query, *store.decision_columns([decisions(new_ids(2), [0.9, 0.9])]))
+        )
+        for query in (store.INSERT_DECISIONS, store.INSERT_NEW_DECISIONS)
+    }
+    resolution = {
+        q: [x.get("Conflict Resolution") for x in nodes if x["Node Type"] == "ModifyTable"]
+        for q, nodes in plans.items()
+    }
+    assert "NOTHING" in resolution[store.INSERT_DECISIONS]
+    assert "NOTHING" not in resolution[store.INSERT_NEW_DECISIONS]
+
+
+def test_labels_are_applied_kept_or_dropped_by_their_predictions(dsn: str) -> None:
+    """Unlabelled prediction: applied; labelled one: nothing; none stored: kept waiting."""
+    ids = new_ids(3)
+    write(dsn, 10, decisions=[decisions(ids[:2], [0.9, 0.9])])
+    write(dsn, 10, labels=[labels([ids[1]], ["yes"])])
+    out = write(dsn, 10, labels=[labels(ids, ["no", "no", "no"])])
+    assert (out.labelled, out.pending) == (1, 1)
+    assert fetch(
+        dsn,
+        "SELECT event_id::text, ground_truth FROM predictions WHERE event_id = ANY($1::uuid[]) "
+        "ORDER BY event_time",
+        ids,
+    ) == [(ids[0], "no"), (ids[1], "yes")]
+    assert fetch(
+        dsn, "SELECT event_id::text FROM pending_labels WHERE event_id = ANY($1::uuid[])", ids
+    ) == [(ids[2],)]
+
+
 LABEL_COLUMNS = (
     "status, review_state, decision, ground_truth, correct, label_source, labeled_at, "
     "resolved_by, reviewer_key_id, resolved_at"
