@@ -43,6 +43,16 @@ async def test_filters_by_tenant_and_model_and_keeps_order() -> None:
     assert not h.listening("globex") and h.listening("acme")
 
 
+async def test_messages_are_compact_json_with_string_keys() -> None:
+    h, _ = hub(queue=10)
+    client = h.join("acme", None)
+    event = {"type": "metrics", "ece": 0.1, "bins": {3: 0.25}, "id": None, "ok": True}
+    h.publish("acme", 1, [event])
+    text = client.queue.get_nowait()
+    assert text == '{"type":"metrics","ece":0.1,"bins":{"3":0.25},"id":null,"ok":true}'
+    assert json.loads(text) == json.loads(json.dumps(event))
+
+
 async def test_a_full_queue_drops_that_client_only() -> None:
     h, metrics = hub(queue=3)
     slow = h.join("acme", None)
