@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import pytest
 from confluent_kafka import Consumer, Message, TopicPartition
@@ -37,6 +37,34 @@ def _read_all(settings: Settings, topic: str, expect: int, timeout: float = 30.0
     return out
 
 
+async def _run_until_read(
+    settings: Settings,
+    group: str,
+    source: str,
+    max_messages: int,
+    process: Callable[[Sequence[Message]], Awaitable[list[Output]]],
+    sink: str,
+    expect: int,
+) -> list[bytes]:
+    """A transactional pipeline from ``source`` until ``expect`` values are read from
+    ``sink`` (and a moment more, for duplicates); then stopped."""
+    pipeline = Pipeline(
+        settings,
+        PipelineConfig(
+            group_id=group,
+            topics=[source],
+            transactional_id=f"{group}.0",
+            max_messages=max_messages,
+        ),
+        process,
+    )
+    task = asyncio.create_task(pipeline.run())
+    values = await asyncio.to_thread(_read_all, settings, sink, expect)
+    pipeline.stop()
+    await asyncio.wait_for(task, 30)
+    return values
+
+
 async def test_every_message_passes_exactly_once(isolated_settings: Settings) -> None:
     topics = Topics.for_namespace(isolated_settings.topic_namespace)
     producer = make_producer(isolated_settings)
@@ -47,20 +75,10 @@ async def test_every_message_passes_exactly_once(isolated_settings: Settings) ->
     async def upper(messages: Sequence[Message]) -> list[Output]:
         return [Output(topics.predictions, m.key(), (m.value() or b"").upper()) for m in messages]
 
-    pipeline = Pipeline(
-        isolated_settings,
-        PipelineConfig(
-            group_id=f"{isolated_settings.topic_namespace}-copy",
-            topics=[topics.inference_raw],
-            transactional_id=f"{isolated_settings.topic_namespace}-copy.0",
-            max_messages=300,
-        ),
-        upper,
+    group = f"{isolated_settings.topic_namespace}-copy"
+    values = await _run_until_read(
+        isolated_settings, group, topics.inference_raw, 300, upper, topics.predictions, 2_000
     )
-    task = asyncio.create_task(pipeline.run())
-    values = await asyncio.to_thread(_read_all, isolated_settings, topics.predictions, 2_000)
-    pipeline.stop()
-    await asyncio.wait_for(task, 30)
     assert sorted(values) == sorted(f"M{i}".encode() for i in range(2_000))
 
 
@@ -90,20 +108,9 @@ async def test_a_steady_worker_reads_each_partitions_crash_record_once(
         return [Output(topics.labels, m.key(), m.value()) for m in messages]
 
     group = f"{isolated_settings.topic_namespace}-marks"
-    pipeline = Pipeline(
-        isolated_settings,
-        PipelineConfig(
-            group_id=group,
-            topics=[topics.labels_raw],
-            transactional_id=f"{group}.0",
-            max_messages=20,
-        ),
-        copy,
+    values = await _run_until_read(
+        isolated_settings, group, topics.labels_raw, 20, copy, topics.labels, 600
     )
-    task = asyncio.create_task(pipeline.run())
-    values = await asyncio.to_thread(_read_all, isolated_settings, topics.labels, 600)
-    pipeline.stop()
-    await asyncio.wait_for(task, 30)
     assert sorted(values) == sorted(f"m{i}".encode() for i in range(600))
     assert len(batches) >= 30  # batches of at most 20 messages
     read_partitions = [tp for starts in reads for tp in starts]
