@@ -87,7 +87,7 @@ async def test_a_steady_worker_reads_each_partitions_crash_record_once(
 ) -> None:
     """Once this process has committed an attempt on a partition, the record there is its
     own mark: the next attempts skip reading it (one Redis round trip fewer per batch), and
-    the records still say where the last attempt started, for a process that follows."""
+    the records are still written per attempt, for a process that follows."""
     topics = Topics.for_namespace(isolated_settings.topic_namespace)
     producer = make_producer(isolated_settings)
     for i in range(600):
@@ -126,9 +126,10 @@ async def test_a_steady_worker_reads_each_partitions_crash_record_once(
     finally:
         consumer.close()
     r = redis_client.async_client(isolated_settings.redis_dsn)
+    record = CrashRecord(r, isolated_settings.redis_prefix, group, limit=3)
     try:
         for tp in committed:
-            key = f"{isolated_settings.redis_prefix}crash:{group}:{tp.topic}:{tp.partition}"
+            key = record._key(tp.topic, tp.partition)
             assert int(await r.hget(key, "until")) == tp.offset - 1
     finally:
         await r.aclose()
