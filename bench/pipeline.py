@@ -22,7 +22,10 @@ registers four model versions and a probe version, and then:
    sustained). Produce → decision latency is the time a decision becomes readable
    (read_committed, in a reader process of its own) minus its event time. Metric freshness
    is measured with probe events: a labeled prediction of the probe version, then
-   ``GET /api/calibration`` polled until it counts it.
+   ``GET /api/calibration`` polled until it counts it. The decision latency is also split
+   where the policy decides (the batch's ``decided_at_ms``): produce → decided covers the
+   load generator's send, ingest and the policy; decided → readable the policy's
+   transaction commit and the read.
 3. **Idle**: nothing produced for ``--idle-seconds``; each process's share of a core; then
    the decision latency and freshness of the first event after the quiet period.
 
@@ -91,8 +94,8 @@ def _free_port() -> int:
 
 
 def _read_decisions(servers: str, topic: str, partitions: int, conn: Connection) -> None:
-    """In its own process: (event time, first readable) in ms of every decision, until told
-    to stop; then sends both arrays."""
+    """In its own process: (event time, decided at, first readable) in ms of every decision,
+    until told to stop; then sends the three arrays."""
     codec = AvroCodec()
     settings = Settings(kafka_bootstrap=servers)
     # Read-only (nothing committed or sought): the librdkafka default long poll, as a
@@ -106,6 +109,7 @@ def _read_decisions(servers: str, topic: str, partitions: int, conn: Connection)
     consumer.consume(1, timeout=1.0)
     conn.send("ready")
     event_ms: list[np.ndarray] = []
+    decided_ms: list[np.ndarray] = []
     seen_ms: list[np.ndarray] = []
     stop_at: float | None = None
     while stop_at is None or time.monotonic() < stop_at:
@@ -123,14 +127,11 @@ def _read_decisions(servers: str, topic: str, partitions: int, conn: Connection)
             if isinstance(d, Decoded) and d.name == "DecisionBatch":
                 t = np.asarray(d.record["predictions"]["event_time_ms"], dtype=np.int64)
                 event_ms.append(t)
+                decided_ms.append(np.full(t.size, d.record["decided_at_ms"], dtype=np.int64))
                 seen_ms.append(np.full(t.size, seen))
     consumer.close()
-    empty = np.zeros(0)
     conn.send(
-        (
-            np.concatenate(event_ms) if event_ms else empty,
-            np.concatenate(seen_ms) if seen_ms else empty,
-        )
+        tuple(np.concatenate(a) if a else np.zeros(0) for a in (event_ms, decided_ms, seen_ms))
     )
 
 
@@ -529,14 +530,13 @@ class Run:
             self.parent.send("stop")
             if not self.parent.poll(60):
                 raise RuntimeError("the decision reader sent nothing back")
-            event_ms, seen_ms = self.parent.recv()
+            event_ms, decided_ms, seen_ms = self.parent.recv()
             self.live.stop_event.set()
             self.live.join(5)
             memory = {w: peak_rss_mb(p.pid) for w, p in self.procs.items()}
             exited = {w: p.returncode for w, p in self.procs.items() if p.poll() is not None}
         for phase in phases:
-            window = (event_ms >= phase.pop("started_ms")) & (event_ms <= phase.pop("ended_ms"))
-            phase["decision_latency_ms"] = _summary((seen_ms - event_ms)[window], "events")
+            _phase_latency(phase, event_ms, decided_ms, seen_ms)
         after = event_ms >= idle.pop("probe_event_ms")
         idle["first_event_decision_ms"] = (
             float((seen_ms - event_ms)[after].min()) if after.any() else None
@@ -726,6 +726,29 @@ def _is_pipeline(name: str) -> bool:
     return name.rsplit("-", 1)[0] in SERVICES or name.split(" ")[0] in SERVERS
 
 
+def _phase_latency(
+    phase: dict[str, Any], event_ms: np.ndarray, decided_ms: np.ndarray, seen_ms: np.ndarray
+) -> None:
+    """The decision latency of the events of ``phase`` (event time within its start and end,
+    both taken out of it), whole and split where the policy decides."""
+    window = (event_ms >= phase.pop("started_ms")) & (event_ms <= phase.pop("ended_ms"))
+    phase["decision_latency_ms"] = _summary((seen_ms - event_ms)[window], "events")
+    phase["decided_ms"] = _summary((decided_ms - event_ms)[window], "events")
+    phase["readable_after_decided_ms"] = _summary((seen_ms - decided_ms)[window], "events")
+
+
+def _latency_parts(phase: dict[str, Any]) -> list[str]:
+    """The decision latency split where the policy decides (absent from older reports)."""
+    dec, rd = phase.get("decided_ms"), phase.get("readable_after_decided_ms")
+    if dec is None or rd is None:
+        return []
+    return [
+        f"  - produce → decided by the policy (ingest, the policy): p50 {dec['p50']:.0f} ms, "
+        f"p99 {dec['p99']:.0f} ms; decided → readable (the policy's commit, the read): "
+        f"p50 {rd['p50']:.0f} ms, p99 {rd['p99']:.0f} ms"
+    ]
+
+
 def _summary(values: np.ndarray, what: str) -> dict[str, float]:
     return {
         what: int(values.size),
@@ -786,6 +809,7 @@ def _markdown(r: dict[str, Any]) -> str:
             "",
             f"- produce → decision latency: p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms, "
             f"max {lat['max']:.0f} ms ({lat['events']} events)",
+            *_latency_parts(phase),
             f"- metric freshness (event time → counted by /api/calibration): "
             f"p50 {fr['p50']:.0f} ms, p99 {fr['p99']:.0f} ms, max {fr['max']:.0f} ms "
             f"({fr['probes']} probes)",
