@@ -6,8 +6,10 @@ from __future__ import annotations
 import atexit
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -35,7 +37,24 @@ def bench_settings(base: Settings | None = None) -> Settings:
     ensure_topics(settings)
     join_identity(settings, into=("kafka", "redis"))  # never into the database it shares
     atexit.register(_remove_namespace, settings)
+    exit_on_sigterm()
     return settings
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM (``timeout``, a CI runner, a supervisor) end the process as an exception
+    does, so ``with`` blocks and ``atexit`` run: the services a benchmark started are stopped
+    and its namespace removed, instead of workers left running to load the next run. Only
+    where SIGTERM still has its default action, and only from the main thread (where Python
+    runs signal handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_exit)
+
+
+def _raise_exit(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def join_identity(
