@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -73,7 +74,21 @@ class IngestProcessor:
                 outcome.dead_letter_codes.get(str(fault.code), 0) + 1
             )
         outputs = self._dead_letters(sources, parsed)
-        predictions = await self._unique_predictions(sources, parsed, outcome)
+        if _labels_independent(parsed):
+            # No label of this batch waits on its predictions' claims (none came inside a
+            # prediction, every one names its model): both claims go to Redis at once, so
+            # an iteration with both costs one round trip, not two.
+            predictions, unique_labels = await asyncio.gather(
+                self._unique_predictions(sources, parsed, outcome),
+                self._claim_feed_labels(sources, parsed, outcome),
+            )
+        else:
+            predictions = await self._unique_predictions(sources, parsed, outcome)
+            labels = [
+                lbl for cols, pos in predictions if (lbl := _event_labels(cols, pos)) is not None
+            ]
+            labels.extend(await self._enriched_labels(sources, parsed))
+            unique_labels = await self._unique_labels(labels, outcome)
         # One output message per model version and iteration (up to the batch bound), not
         # one per input message: producers flush small messages at moderate rates, and every
         # message costs each later hop a decode, an encode and a numpy pass of fixed cost.
@@ -86,9 +101,7 @@ class IngestProcessor:
                         self._codec.encode("PredictionBatch", chunk.to_columnar_record()),
                     )
                 )
-        labels = [lbl for cols, pos in predictions if (lbl := _event_labels(cols, pos)) is not None]
-        labels.extend(await self._enriched_labels(sources, parsed))
-        for label_cols in await self._unique_labels(labels, outcome):
+        for label_cols in unique_labels:
             outputs.append(
                 Output(
                     self._topics.labels,
@@ -135,6 +148,11 @@ class IngestProcessor:
             if kept:
                 out.append((cols if len(kept) == len(cols) else cols.take(kept), positions))
         return out
+
+    async def _claim_feed_labels(
+        self, sources: Sequence[Source], parsed: Parsed, outcome: Outcome
+    ) -> list[LabelColumns]:
+        return await self._unique_labels(await self._enriched_labels(sources, parsed), outcome)
 
     async def _enriched_labels(
         self, sources: Sequence[Source], parsed: Parsed
@@ -244,6 +262,19 @@ def _chunks(cols: PredictionColumns, size: int) -> list[PredictionColumns]:
     if len(cols) <= size:
         return [cols]
     return [cols.take(np.arange(i, min(i + size, len(cols)))) for i in range(0, len(cols), size)]
+
+
+def _labels_independent(parsed: Parsed) -> bool:
+    """Whether the batch's labels can be claimed without its predictions' verdicts: no
+    prediction carries its own ground truth (a duplicate's is dropped with it) and every label
+    names its model (else ingest looks its prediction up, which may be in this batch)."""
+    return all(_no_ground_truth(cols) for cols, _ in parsed.predictions) and all(
+        cols.key is not None for cols, _ in parsed.labels
+    )
+
+
+def _no_ground_truth(cols: PredictionColumns) -> bool:
+    return cols.ground_truths is None or all(g is None for g in cols.ground_truths)
 
 
 def _event_labels(

@@ -100,6 +100,8 @@ class PredictionColumns:
         idx = np.asarray(rows)
         if idx.dtype == np.bool_:
             idx = np.flatnonzero(idx)
+        elif not idx.size:
+            idx = idx.astype(np.intp)  # [] reads as floats, which cannot index
         pick = idx.tolist()
         return replace(
             self,

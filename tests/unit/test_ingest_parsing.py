@@ -109,3 +109,16 @@ def test_singles_labels_and_junk_in_one_poll() -> None:
     ]
     ((labels, refs),) = parsed.labels
     assert labels.event_ids == [e1["event_id"]] and labels.key is None and refs == [3]
+
+
+def test_a_batch_whose_every_row_fails_is_dead_lettered_row_by_row() -> None:
+    """Every row of a run at fault leaves no rows to keep: each one is a dead letter and the
+    batch is not an error (an empty selection of rows once crashed the worker)."""
+    cols = batch(3, event_ids=["not-a-uuid", "", "x" * 10])
+    parsed = parse([src(CODEC.encode("PredictionBatch", cols.to_record()))], RAW, CODEC, Limits())
+    assert parsed.predictions == []
+    assert [(ref, f.code, f.event_id) for ref, f in parsed.dead] == [
+        (0, ErrorCode.INVALID_EVENT_ID, "not-a-uuid"),
+        (0, ErrorCode.INVALID_EVENT_ID, ""),
+        (0, ErrorCode.INVALID_EVENT_ID, "x" * 10),
+    ]
