@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import dataclasses
 import json
 import multiprocessing as mp
 import os
@@ -64,6 +65,7 @@ from pydantic import SecretStr
 
 from bench.processes import Meter, machine_seconds, stack_pids
 from services.gateway.auth import create_key
+from shared.contracts.avro_wire import long_bytes
 from shared.contracts.batches import LabelColumns, PredictionColumns
 from shared.contracts.codec import AvroCodec, Decoded
 from shared.contracts.topics import Topics
@@ -196,6 +198,45 @@ class Step:
     load_average: str = ""
 
 
+PLACEHOLDER_MS = 1_111_111_111_111
+"""The event time of the messages encoded ahead (2005): its varint is as wide as that of any
+time from 2005 to 2039, so a send swaps the bytes in place."""
+
+
+@dataclass(frozen=True, slots=True)
+class Stamped:
+    """A message encoded ahead, its times the placeholder's varint, ``events`` times."""
+
+    key: bytes
+    template: bytes
+    placeholder: bytes
+    events: int
+    payload: bytes = b""
+    """The message with its time set (:meth:`stamped`), for labels sent later."""
+
+    @classmethod
+    def encode(cls, message: bytes, key: str, events: int, placeholder_ms: int) -> Stamped:
+        mark = long_bytes(placeholder_ms)
+        # Exactly one varint per event: no other bytes of the message spell it out. (A
+        # match across two varints cannot happen: only a varint's last byte is below 0x80.)
+        if message.count(mark) != events:
+            raise ValueError(f"the placeholder time occurs {message.count(mark)} times")
+        return cls(key.encode(), message, mark, events)
+
+    def at(self, ms: int) -> bytes:
+        stamp = long_bytes(ms)
+        if len(stamp) != len(self.placeholder):
+            raise ValueError(f"{ms} ms is not a time between 2005 and 2039")
+        return self.template.replace(self.placeholder, stamp)
+
+    def stamped(self, ms: int) -> Stamped:
+        return dataclasses.replace(self, payload=self.at(ms))
+
+
+Plan = list[list[tuple[bytes, Stamped, Stamped | None]]]
+"""Per tick, per model version: the key, the predictions, the labels of half of them."""
+
+
 class Load:
     """Sends paced PredictionBatch messages for the model versions, and labels later."""
 
@@ -217,57 +258,91 @@ class Load:
         self.seed += 1
         return generate(spec, n, self.seed, 0).predictions
 
-    def run(self, step: Step, probe: Any = None) -> None:
-        n_per_version = int(step.rate * step.seconds / len(VERSIONS)) + 1000
-        pools = {v: self._pool(v, n_per_version) for v in VERSIONS}
-        used = dict.fromkeys(VERSIONS, 0)
-        pending: list[tuple[float, LabelColumns]] = []
-        per_tick = step.rate * TICK_S / len(VERSIONS)
-        owed = 0.0
+    def run(self, step: Step, plan: Plan | None = None) -> None:
+        """Send ``step``: every tick, one PredictionBatch per model version (and, a second
+        later, the labels of half its events). The messages are encoded before the step
+        starts, with a placeholder time that each tick replaces by its own (the bytes of a
+        varint, :class:`Stamped`): the generator's own CPU, which the pipeline shares the
+        cores with, is then a copy per message, not an encode."""
+        plan = self.plan(step) if plan is None else plan
+        pending: list[tuple[float, Stamped]] = []
         started = time.monotonic()
         step.started_ms = int(time.time() * 1000)
         tick = 0
-        while (elapsed := time.monotonic() - started) < step.seconds:
-            owed += per_tick
-            k = int(owed)
-            owed -= k
+        while (elapsed := time.monotonic() - started) < step.seconds and tick < len(plan):
             now_ms = int(time.time() * 1000)
-            if k:
-                for v in VERSIONS:
-                    rows = np.arange(used[v], min(used[v] + k, n_per_version))
-                    used[v] += len(rows)
-                    cols = pools[v].take(rows)
-                    cols.event_time_ms = np.full(len(rows), now_ms, dtype=np.int64)
-                    self._send(
-                        self.topics.inference_raw,
-                        cols.key,
-                        "PredictionBatch",
-                        cols.to_columnar_record(),
-                    )
-                    step.events += len(rows)
-                    half = rows[::2]
-                    pending.append((time.monotonic() + 1.0, _labels(pools[v], half, now_ms)))
+            for key, predictions, labels in plan[tick]:
+                self._produce(self.topics.inference_raw, key, predictions.at(now_ms))
+                step.events += predictions.events
+                if labels is not None:
+                    pending.append((time.monotonic() + 1.0, labels.stamped(now_ms + 1000)))
             while pending and pending[0][0] <= time.monotonic():
                 _, labels = pending.pop(0)
-                self._send(
-                    self.topics.labels_raw,
-                    labels.key or "",
-                    "LabelBatch",
-                    labels.to_columnar_record(),
-                )
-                step.labels += len(labels)
+                self._produce(self.topics.labels_raw, labels.key, labels.payload)
+                step.labels += labels.events
             self.producer.poll(0)
             tick += 1
             ahead = tick * TICK_S - elapsed
             if ahead > 0:
                 time.sleep(ahead)
         for _, labels in pending:
-            self._send(
-                self.topics.labels_raw, labels.key or "", "LabelBatch", labels.to_columnar_record()
-            )
-            step.labels += len(labels)
+            self._produce(self.topics.labels_raw, labels.key, labels.payload)
+            step.labels += labels.events
         self.producer.flush(30)
         step.ended_ms = int(time.time() * 1000)
+
+    def plan(self, step: Step) -> Plan:
+        """Per tick, per model version with events in it: the key, the predictions and the
+        labels of every other one of them, encoded with the placeholder time."""
+        ticks = int(step.seconds / TICK_S) + 1
+        per_tick = step.rate * TICK_S / len(VERSIONS)
+        n_per_version = int(per_tick * ticks) + 1000
+        pools = {v: self._pool(v, n_per_version) for v in VERSIONS}
+        used = dict.fromkeys(VERSIONS, 0)
+        plan: Plan = []
+        owed = 0.0
+        for _ in range(ticks):
+            owed += per_tick
+            k = int(owed)
+            owed -= k
+            sends: list[tuple[bytes, Stamped, Stamped | None]] = []
+            for v in VERSIONS if k else ():
+                rows = np.arange(used[v], min(used[v] + k, n_per_version))
+                used[v] += len(rows)
+                cols = pools[v].take(rows)
+                cols.event_time_ms = np.full(len(rows), PLACEHOLDER_MS, dtype=np.int64)
+                predictions = Stamped.encode(
+                    self.codec.encode("PredictionBatch", cols.to_columnar_record()),
+                    cols.key,
+                    len(rows),
+                    PLACEHOLDER_MS,
+                )
+                half = rows[::2]
+                labels = _labels(pools[v], half, PLACEHOLDER_MS)  # label time: + 1 s
+                sends.append(
+                    (
+                        cols.key.encode(),
+                        predictions,
+                        Stamped.encode(
+                            self.codec.encode("LabelBatch", labels.to_columnar_record()),
+                            labels.key or "",
+                            len(half),
+                            PLACEHOLDER_MS + 1000,
+                        )
+                        if len(half)
+                        else None,
+                    )
+                )
+            plan.append(sends)
+        return plan
+
+    def _produce(self, topic: str, key: bytes, value: bytes) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, value, key)
+                return
+            except BufferError:
+                self.producer.poll(0.01)
 
     def _send(self, topic: str, key: str, name: str, record: dict[str, Any]) -> None:
         value = self.codec.encode(name, record)
@@ -662,9 +737,10 @@ class Run:
 
     def _latency(self, rate: int, seconds: float) -> dict[str, Any]:
         step = Step(rate=rate, seconds=seconds)
+        plan = self.load.plan(step)  # before the probes: they measure the load only
         fresh = Freshness(self.probes, 1.0)
         fresh.start()
-        self.load.run(step)
+        self.load.run(step, plan)
         fresh.stop_event.set()
         fresh.join(35)
         _drain(self.lags, 60, self.verbose)

@@ -68,6 +68,7 @@ def test_redis_is_append_only_on_loopback(tmp_path: Path) -> None:
     assert pairs["--bind"] == "127.0.0.1"
     assert pairs["--appendonly"] == "yes"
     assert pairs["--appendfsync"] == "everysec"
+    assert pairs["--auto-aof-rewrite-min-size"] == "512mb"
     assert pairs["--daemonize"] == "yes"
     assert pairs["--dir"] == str(tmp_path)
 

@@ -40,6 +40,12 @@ def server_arguments(port: int, home: Path, pidfile: Path, log: Path) -> list[st
         "yes",
         "--appendfsync",
         "everysec",
+        # The file is compacted (a fork writing the whole dataset) when it has doubled and
+        # passed this size. Every event appends its dedupe claim and join record, so at the
+        # default 64 MB a busy stack compacted every 20 to 30 s, a second of a core each time
+        # (and a fork pausing every client); at 512 MB, every few minutes.
+        "--auto-aof-rewrite-min-size",
+        "512mb",
         "--save",
         "",
         "--maxmemory-policy",
