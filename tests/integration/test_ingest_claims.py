@@ -3,8 +3,8 @@ predictions claims both at once, and counts exactly what the one-after-the-other
 
 from __future__ import annotations
 
-import asyncio
 import uuid
+from typing import Any
 
 import numpy as np
 
@@ -12,12 +12,13 @@ from services.ingest.dedupe import Deduper
 from services.ingest.parsing import Source, parse
 from services.ingest.processing import IngestProcessor, _labels_independent
 from shared.contracts.batches import LabelColumns, PredictionColumns
-from shared.contracts.codec import AvroCodec
+from shared.contracts.codec import AvroCodec, Decoded
 from shared.contracts.topics import Topics
 from shared.contracts.validation import Limits
-from shared.runtime import redis_client
 from shared.runtime.clock import now_ms
+from shared.runtime.pipeline import Output
 from shared.settings import Settings
+from tests.integration.redis_scratch import with_scratch_prefix
 
 CODEC = AvroCodec()
 
@@ -50,15 +51,20 @@ def _labels(ids: list[str], keyed: bool = True) -> bytes:
     return CODEC.encode("LabelBatch", cols.to_record())
 
 
-def _decoded(outputs: list, topic: str) -> list[dict]:
-    return [CODEC.decode(o.value).record for o in outputs if o.topic == topic]
+def _decoded(outputs: list[Output], topic: str) -> list[dict[str, Any]]:
+    out = []
+    for o in outputs:
+        if o.topic == topic:
+            decoded = CODEC.decode(o.value)
+            assert isinstance(decoded, Decoded)
+            out.append(decoded.record)
+    return out
 
 
 def test_labels_claimed_beside_predictions_count_like_the_sequential_path(
     stack_settings: Settings,
 ) -> None:
     topics = Topics.for_namespace(f"t{uuid.uuid4().hex[:8]}")
-    prefix = f"{topics.predictions}:"
     ids = [str(uuid.uuid4()) for _ in range(4)]
 
     def batch(offset: int, keyed: bool) -> list[Source]:
@@ -68,47 +74,40 @@ def test_labels_claimed_beside_predictions_count_like_the_sequential_path(
             Source(topics.labels_raw, 0, offset, _labels([ids[0], ids[1], ids[0]], keyed)),
         ]
 
-    async def go() -> None:
-        client = redis_client.async_client(stack_settings.redis_dsn)
-        try:
-            processor = IngestProcessor(topics, CODEC, Deduper(client, prefix, 600), Limits(), 500)
-            first = batch(10, keyed=True)
-            assert _labels_independent(parse(first, topics.inference_raw, CODEC, Limits()))
-            outputs, outcome = await processor.process(first)
-            assert (outcome.predictions_accepted, outcome.predictions_duplicate) == (4, 0)
-            assert (outcome.labels_accepted, outcome.labels_duplicate) == (2, 1)
-            (labels,) = _decoded(outputs, topics.labels)
-            assert labels["event_ids"] == [ids[0], ids[1]]
-            assert [r["event_ids"] for r in _decoded(outputs, topics.predictions)] == [ids]
-            # The same events from other messages: every one a duplicate, nothing emitted.
-            again = batch(11, keyed=True)
-            outputs, outcome = await processor.process(again)
-            assert (outcome.predictions_accepted, outcome.predictions_duplicate) == (0, 4)
-            assert (outcome.labels_accepted, outcome.labels_duplicate) == (0, 3)
-            assert outputs == []
-            # The first message read again after a crash: its own claims, kept whole.
-            outputs, outcome = await processor.process(first)
-            assert (outcome.predictions_accepted, outcome.labels_accepted) == (4, 2)
-            # A label without its model is looked up after the batch's predictions are
-            # claimed (one after the other), so it finds its model in the same batch.
-            fresh = [str(uuid.uuid4())]
-            mixed = [
-                Source(topics.inference_raw, 0, 20, _predictions(fresh)),
-                Source(topics.labels_raw, 0, 20, _labels(fresh, keyed=False)),
-            ]
-            assert not _labels_independent(parse(mixed, topics.inference_raw, CODEC, Limits()))
-            outputs, outcome = await processor.process(mixed)
-            (label,) = _decoded(outputs, topics.labels)
-            assert (label["model_name"], label["model_version"]) == ("fraud", "v1")
-            # A prediction carrying its own ground truth makes its label wait for its claim.
-            carried = [Source(topics.inference_raw, 0, 30, _predictions(ids[:1], ["no"]))]
-            assert not _labels_independent(parse(carried, topics.inference_raw, CODEC, Limits()))
-            outputs, outcome = await processor.process(carried)
-            assert outcome.predictions_duplicate == 1 and outcome.labels_accepted == 0
-        finally:
-            keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
-            if keys:
-                await client.delete(*keys)
-            await client.aclose()
+    async def go(client: Any, prefix: str) -> None:
+        processor = IngestProcessor(topics, CODEC, Deduper(client, prefix, 600), Limits(), 500)
+        first = batch(10, keyed=True)
+        assert _labels_independent(parse(first, topics.inference_raw, CODEC, Limits()))
+        outputs, outcome = await processor.process(first)
+        assert (outcome.predictions_accepted, outcome.predictions_duplicate) == (4, 0)
+        assert (outcome.labels_accepted, outcome.labels_duplicate) == (2, 1)
+        (labels,) = _decoded(outputs, topics.labels)
+        assert labels["event_ids"] == [ids[0], ids[1]]
+        assert [r["event_ids"] for r in _decoded(outputs, topics.predictions)] == [ids]
+        # The same events from other messages: every one a duplicate, nothing emitted.
+        again = batch(11, keyed=True)
+        outputs, outcome = await processor.process(again)
+        assert (outcome.predictions_accepted, outcome.predictions_duplicate) == (0, 4)
+        assert (outcome.labels_accepted, outcome.labels_duplicate) == (0, 3)
+        assert outputs == []
+        # The first message read again after a crash: its own claims, kept whole.
+        outputs, outcome = await processor.process(first)
+        assert (outcome.predictions_accepted, outcome.labels_accepted) == (4, 2)
+        # A label without its model is looked up after the batch's predictions are
+        # claimed (one after the other), so it finds its model in the same batch.
+        fresh = [str(uuid.uuid4())]
+        mixed = [
+            Source(topics.inference_raw, 0, 20, _predictions(fresh)),
+            Source(topics.labels_raw, 0, 20, _labels(fresh, keyed=False)),
+        ]
+        assert not _labels_independent(parse(mixed, topics.inference_raw, CODEC, Limits()))
+        outputs, outcome = await processor.process(mixed)
+        (label,) = _decoded(outputs, topics.labels)
+        assert (label["model_name"], label["model_version"]) == ("fraud", "v1")
+        # A prediction carrying its own ground truth makes its label wait for its claim.
+        carried = [Source(topics.inference_raw, 0, 30, _predictions(ids[:1], ["no"]))]
+        assert not _labels_independent(parse(carried, topics.inference_raw, CODEC, Limits()))
+        outputs, outcome = await processor.process(carried)
+        assert outcome.predictions_duplicate == 1 and outcome.labels_accepted == 0
 
-    asyncio.run(go())
+    with_scratch_prefix(stack_settings, topics.predictions, go)
