@@ -233,8 +233,8 @@ class Stamped:
         return dataclasses.replace(self, payload=self.at(ms))
 
 
-Plan = list[list[tuple[bytes, Stamped, Stamped | None]]]
-"""Per tick, per model version: the key, the predictions, the labels of half of them."""
+Plan = list[list[tuple[Stamped, Stamped | None]]]
+"""Per tick, per model version: the predictions and the labels of half of them."""
 
 
 class Load:
@@ -271,8 +271,8 @@ class Load:
         tick = 0
         while (elapsed := time.monotonic() - started) < step.seconds and tick < len(plan):
             now_ms = int(time.time() * 1000)
-            for key, predictions, labels in plan[tick]:
-                self._produce(self.topics.inference_raw, key, predictions.at(now_ms))
+            for predictions, labels in plan[tick]:
+                self._produce(self.topics.inference_raw, predictions.key, predictions.at(now_ms))
                 step.events += predictions.events
                 if labels is not None:
                     pending.append((time.monotonic() + 1.0, labels.stamped(now_ms + 1000)))
@@ -292,8 +292,8 @@ class Load:
         step.ended_ms = int(time.time() * 1000)
 
     def plan(self, step: Step) -> Plan:
-        """Per tick, per model version with events in it: the key, the predictions and the
-        labels of every other one of them, encoded with the placeholder time."""
+        """Per tick, per model version with events in it: the predictions and the labels of
+        every other one of them, encoded with the placeholder time."""
         ticks = int(step.seconds / TICK_S) + 1
         per_tick = step.rate * TICK_S / len(VERSIONS)
         n_per_version = int(per_tick * ticks) + 1000
@@ -305,7 +305,7 @@ class Load:
             owed += per_tick
             k = int(owed)
             owed -= k
-            sends: list[tuple[bytes, Stamped, Stamped | None]] = []
+            sends: list[tuple[Stamped, Stamped | None]] = []
             for v in VERSIONS if k else ():
                 rows = np.arange(used[v], min(used[v] + k, n_per_version))
                 used[v] += len(rows)
@@ -321,7 +321,6 @@ class Load:
                 labels = _labels(pools[v], half, PLACEHOLDER_MS)  # label time: + 1 s
                 sends.append(
                     (
-                        cols.key.encode(),
                         predictions,
                         Stamped.encode(
                             self.codec.encode("LabelBatch", labels.to_columnar_record()),
@@ -345,13 +344,7 @@ class Load:
                 self.producer.poll(0.01)
 
     def _send(self, topic: str, key: str, name: str, record: dict[str, Any]) -> None:
-        value = self.codec.encode(name, record)
-        while True:
-            try:
-                self.producer.produce(topic, value, key.encode())
-                return
-            except BufferError:
-                self.producer.poll(0.01)
+        self._produce(topic, key.encode(), self.codec.encode(name, record))
 
 
 def _labels(pool: PredictionColumns, rows: np.ndarray, now_ms: int) -> LabelColumns:

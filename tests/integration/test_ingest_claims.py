@@ -11,7 +11,7 @@ import numpy as np
 from services.ingest.dedupe import Deduper
 from services.ingest.parsing import Source, parse
 from services.ingest.processing import IngestProcessor, _labels_independent
-from shared.contracts.batches import LabelColumns, PredictionColumns
+from shared.contracts.batches import LabelColumns
 from shared.contracts.codec import AvroCodec, Decoded
 from shared.contracts.topics import Topics
 from shared.contracts.validation import Limits
@@ -19,20 +19,16 @@ from shared.runtime.clock import now_ms
 from shared.runtime.pipeline import Output
 from shared.settings import Settings
 from tests.integration.redis_scratch import with_scratch_prefix
+from tests.unit.test_ingest_parsing import batch
 
 CODEC = AvroCodec()
 
 
 def _predictions(ids: list[str], truths: list[str | None] | None = None) -> bytes:
-    n = len(ids)
-    cols = PredictionColumns(
-        tenant="acme",
-        model_name="fraud",
-        model_version="v1",
+    cols = batch(
+        len(ids),
         event_ids=ids,
-        event_time_ms=np.full(n, now_ms(), dtype=np.int64),
-        predicted_labels=["yes"] * n,
-        confidences=np.full(n, 0.8),
+        event_time_ms=np.full(len(ids), now_ms(), dtype=np.int64),
         ground_truths=truths,
     )
     return CODEC.encode("PredictionBatch", cols.to_record())

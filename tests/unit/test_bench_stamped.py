@@ -59,11 +59,11 @@ def test_the_plan_sends_the_rate_one_message_per_model_version_and_tick() -> Non
     step = Step(rate=1250, seconds=1.0)
     plan = load.plan(step)
     assert len(plan) == 101
-    events = sum(p.events for tick in plan[:100] for _, p, _ in tick)
-    labels = sum(lb.events for tick in plan[:100] for _, _, lb in tick if lb is not None)
+    events = sum(p.events for tick in plan[:100] for p, _ in tick)
+    labels = sum(lb.events for tick in plan[:100] for _, lb in tick if lb is not None)
     # 3.125 events per version and tick: 3, 3, …, 4 every eighth; labels for every other one
     assert events == 4 * 312 and labels == 4 * 2 * 100
     assert all(len(tick) == len(VERSIONS) for tick in plan)
-    assert {key for tick in plan for key, _, _ in tick} == {
+    assert {p.key for tick in plan for p, _ in tick} == {
         f"load/load/{v}".encode() for v in VERSIONS
     }
