@@ -595,7 +595,11 @@ class Pipeline:
                 await self._consumer.close()
             except KafkaException:
                 logger.warning("consumer close failed", exc_info=True)
-        if self._producer is not None:
+        if self._producer is not None and not self._config.transactional:
+            # A transactional producer has nothing to flush here: commit flushed each
+            # transaction's outputs, and an open one is aborted by whoever holds the id next.
+            # (Flushing one the broker has fenced fails inside the client with SystemError,
+            # which would hide the fencing error the worker ends over.)
             self._producer.flush(10)
         if self._redis is not None:
             await self._redis.aclose()

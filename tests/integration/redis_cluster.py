@@ -5,9 +5,7 @@ in a temporary stack home, stopped (and its directory removed) when the ``with``
 
 from __future__ import annotations
 
-import random
 import shutil
-import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,30 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.settings import CLUSTER_NODES, Settings
-from tooling.stack.process import port_open
+from tests.ports import free_range
 from tooling.stack.redis_cluster import RedisCluster
-
-
-def bindable(port: int) -> bool:
-    if port_open(port):
-        return False
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_range(count: int, low: int, high: int, step: int = 0) -> int:
-    """A port p with p..p+count-1 free (and, with ``step``, p+step.. too: cluster buses)."""
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(low, high)
-        ports = [base + i for i in range(count)] + [base + step + i for i in range(count) if step]
-        if all(bindable(p) for p in ports):
-            return base
-    raise AssertionError("no free port range")
 
 
 @dataclass(frozen=True)
@@ -59,7 +35,7 @@ class LocalRedisCluster:
 @contextmanager
 def redis_cluster() -> Iterator[LocalRedisCluster]:
     home = Path(tempfile.mkdtemp(prefix="caliber-redis-cluster-"))
-    base = free_range(CLUSTER_NODES, 21_000, 29_000, 10_000)
+    base = free_range(CLUSTER_NODES, 11_000, 21_000, 10_000)
     server = RedisCluster(Settings(stack_home=home, redis_cluster_port=base))
     try:
         server.start()

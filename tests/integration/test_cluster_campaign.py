@@ -34,7 +34,6 @@ from simulator.generator import ModelSpec
 from tests.integration.conftest import start_service
 from tests.integration.gateway_client import make_keys, wait_http
 from tests.integration.kafka_io import TopicReader
-from tests.integration.redis_cluster import free_range
 from tests.integration.test_chaos import (
     CODEC,
     Workload,
@@ -47,7 +46,7 @@ from tests.integration.test_chaos import (
     workload,
 )
 from tests.integration.test_rebuild import WORKER_ENV, Stack, _log_tails
-from tests.ports import free_pair, free_port
+from tests.ports import free_pair, free_port, free_range
 from tooling.stack.kafka_cluster import KafkaCluster
 from tooling.stack.postgres import Postgres, data_root
 from tooling.stack.redis import Redis
@@ -112,8 +111,8 @@ ENV = {
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     home = tmp_path_factory.mktemp("cluster") / "home"
     ports = {
-        "CALIBER_KAFKA_CLUSTER_PORT": free_range(2 * CLUSTER_NODES, 30_000, 40_000),
-        "CALIBER_REDIS_CLUSTER_PORT": free_range(CLUSTER_NODES, 40_000, 45_000, 10_000),
+        "CALIBER_KAFKA_CLUSTER_PORT": free_range(2 * CLUSTER_NODES, 22_000, 32_000),
+        "CALIBER_REDIS_CLUSTER_PORT": free_range(CLUSTER_NODES, 11_000, 21_000, 10_000),
         "CALIBER_POSTGRES_PORT": free_pair(),
         "CALIBER_REDIS_PORT": free_pair(),
     }

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -16,8 +18,9 @@ from tooling import supervise
 from tooling.cli import render_status
 from tooling.stack import ComponentStatus, StackError
 from tooling.stack.kafka import Kafka, cache_marker, new_cluster_id, render_properties
+from tooling.stack.kafka_cluster import KafkaCluster, KafkaNode
 from tooling.stack.postgres import Postgres, can_traverse, public_address
-from tooling.stack.process import read_pid, wait_until
+from tooling.stack.process import read_pid, spawn, wait_until
 from tooling.stack.redis import public_url, server_arguments
 
 MIGRATIONS = Path(__file__).resolve().parents[2] / "shared" / "db" / "migrations" / "versions"
@@ -155,6 +158,31 @@ def test_wait_until_fails_at_once_when_the_process_exits(tmp_path: Path) -> None
     proc.wait()
     with pytest.raises(StackError, match=r"Redis exited during start-up; read .*redis\.log"):
         wait_until(lambda: False, 60, "Redis", tmp_path / "redis.log", alive=lambda: False)
+
+
+def test_the_kafka_cluster_fails_at_once_when_a_node_exits_at_start_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node that exits (its port taken by another process's connection) fails the start
+    naming that node's log, instead of the cluster waiting out its whole timeout."""
+
+    def fake_spawn(node: KafkaNode, lib: Path, cluster_id: str) -> None:
+        code = "pass" if node.node == 3 else "import time; time.sleep(60)"
+        spawn([sys.executable, "-c", code], node.log, node.pidfile)
+
+    monkeypatch.setattr(KafkaNode, "spawn", fake_spawn)
+    cluster = KafkaCluster(Settings(stack_home=tmp_path, kafka_cluster_port=1))
+    monkeypatch.setattr(cluster.single, "ensure_jars", lambda: None)
+    try:
+        started = time.monotonic()
+        exited = r"Kafka node 3 exited during start-up; read .*kafka-3\.log"
+        with pytest.raises(StackError, match=exited):
+            cluster.start(timeout=60)
+        assert time.monotonic() - started < 10
+    finally:
+        for node in cluster.nodes:
+            if (pid := node.pid()) is not None:
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_status_table_lists_port_pid_and_log(tmp_path: Path) -> None:

@@ -202,8 +202,16 @@ class KafkaCluster(Server):
             cluster_id = self.cluster_id()
             for node in down:
                 node.spawn(self.single.lib, cluster_id)
-        wait_until(self.ready, timeout, "the Kafka cluster", self.nodes[0].log)
+        wait_until(self._ready_or_raise, timeout, "the Kafka cluster", self.nodes[0].log)
         return "started" if down else "reused"
+
+    def _ready_or_raise(self) -> bool:
+        """Whether every broker is up; raises, naming its log, when a node exited during
+        start-up (a port taken, a bad data directory), rather than wait out the timeout."""
+        for i, node in enumerate(self.nodes, start=1):
+            if not node.alive():
+                raise StackError(f"Kafka node {i} exited during start-up; read {node.log}")
+        return self.ready()
 
     def start_node(self, node: int, timeout: float = 120.0) -> None:
         """Start node ``node`` (1-based) again and wait until the cluster lists it."""
