@@ -177,6 +177,16 @@ class Settings(BaseSettings):
         "touched counter, so its batches, not the events, set the cost; adds at most this to "
         "metric freshness",
     )
+    redis_nice: int = Field(
+        default=-10,
+        ge=-20,
+        le=0,
+        description="the niceness the local stack's Redis runs at (every thread): Redis "
+        "answers ingest's duplicate claims and every worker's crash records one command at a "
+        "time, so when it loses its core in the middle of a metrics script a decision waits "
+        "for it; 0: the default priority. Below 0 needs root (or CAP_SYS_NICE); without it "
+        "Redis stays at 0 and `stack up` says so",
+    )
     background_nice: int = Field(
         default=10,
         ge=0,

@@ -11,16 +11,15 @@ import asyncio
 import contextlib
 import gc
 import logging
-import os
 import sys
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import faust
 
 from shared.contracts.topics import worker_app_id
 from shared.runtime.identity import refuse_mixed_stores
 from shared.runtime.kafka import HEARTBEAT_INTERVAL_MS, SESSION_TIMEOUT_MS
+from shared.runtime.priority import renice_threads
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -100,19 +99,9 @@ async def run_beside(
 
 def lower_priority(nice: int) -> None:
     """Add ``nice`` to the CPU-scheduler niceness of every thread of this process (never
-    raising one). Linux keeps a nice value per thread and a new thread takes its creator's,
-    so after this call the threads started later (librdkafka's, the executors') run lower
-    too."""
-    if nice <= 0:
-        return
-    tasks = Path("/proc/self/task")
-    threads = [int(t) for t in os.listdir(tasks)] if tasks.is_dir() else [0]
-    for tid in threads:
-        try:
-            now = os.getpriority(os.PRIO_PROCESS, tid)
-            os.setpriority(os.PRIO_PROCESS, tid, min(now + nice, 19))
-        except (ProcessLookupError, PermissionError):  # a thread that ended meanwhile
-            continue
+    raising one); the threads started later (librdkafka's, the executors') take it too."""
+    if nice > 0:
+        renice_threads(None, lambda now: min(now + nice, 19))
 
 
 def run(app: faust.App, settings: Settings, *, background: bool = False) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 import uuid
 
 import psycopg
+import pytest
 from confluent_kafka.admin import ConfigResource, ResourceType
 from psycopg import sql
 from typer.testing import CliRunner
@@ -15,10 +17,12 @@ from typer.testing import CliRunner
 from shared.contracts.topics import Topics
 from shared.db import current_revision, head_revision, migrate
 from shared.runtime.kafka import make_admin
+from shared.runtime.priority import thread_ids
 from shared.settings import Settings
 from tooling.benchmarking import with_database
 from tooling.cli import app
 from tooling.stack import delete_topics, ensure_topics, stack_status, stack_up
+from tooling.stack.redis import Redis
 
 CORE_TABLES = {
     "tenants",
@@ -55,6 +59,21 @@ def test_status_reports_every_server_with_its_port(stack_settings: Settings) -> 
         if s.managed:
             assert s.port == ports[name]
             assert s.pid is not None and s.log is not None and s.log.exists()
+
+
+def test_the_stacks_redis_runs_at_its_niceness(stack_settings: Settings) -> None:
+    """Every thread of the stack's Redis at ``redis_nice`` (it is on the decision path);
+    a user other than root cannot go below 0, and the stack leaves Redis at 0."""
+    server = Redis(stack_settings)
+    if not server.managed:
+        pytest.skip("an external Redis keeps the priority its owner gave it")
+    stack_up(stack_settings)  # reused: a Redis started before the setting is raised too
+    pid = server.pid()
+    assert pid is not None
+    expected = stack_settings.redis_nice if os.geteuid() == 0 else 0
+    threads = thread_ids(pid)
+    assert len(threads) >= 2  # the event loop and Redis's background threads
+    assert {os.getpriority(os.PRIO_PROCESS, t) for t in threads} == {expected}
 
 
 def test_status_command_prints_the_table(stack_settings: Settings) -> None:

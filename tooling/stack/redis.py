@@ -2,17 +2,35 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
+from shared.runtime.priority import renice_threads
 from shared.settings import Settings
 from tooling.stack.apt import ensure_packages
 from tooling.stack.base import Server, StartAction
 from tooling.stack.process import StackError, port_open, run, wait_until
 
 REDIS_SERVER = "redis-server"
+
+
+logger = logging.getLogger(__name__)
+
+
+def prioritise(pid: int | None, nice: int) -> None:
+    """Run every thread of the Redis server ``pid`` at niceness ``nice`` (below 0: before
+    the workers and Kafka when the cores are busy; see ``Settings.redis_nice``)."""
+    if pid is None or nice >= 0:
+        return
+    if not renice_threads(pid, lambda _: nice):
+        logger.warning(
+            "Redis runs at the default priority: niceness %d needs root or CAP_SYS_NICE "
+            "(CALIBER_REDIS_NICE=0 keeps it there quietly)",
+            nice,
+        )
 
 
 def server_arguments(port: int, home: Path, pidfile: Path, log: Path) -> list[str]:
@@ -97,6 +115,7 @@ class Redis(Server):
             return "external"
         if self.alive():
             wait_until(self.ready, timeout, "Redis", self.log, alive=self.alive)
+            prioritise(self.pid(), self.settings.redis_nice)
             return "reused"
         if port_open(self.port):
             raise StackError(
@@ -113,4 +132,5 @@ class Redis(Server):
         # A daemonized Redis writes its pid file just after forking; until then only the
         # readiness check can tell.
         wait_until(self.ready, timeout, "Redis", self.log)
+        prioritise(self.pid(), self.settings.redis_nice)
         return "started"

@@ -20,7 +20,7 @@ from shared.settings import CLUSTER_NODES, Settings
 from tooling.stack.apt import ensure_packages
 from tooling.stack.base import ComponentStatus, Server, StartAction, StopAction
 from tooling.stack.process import StackError, port_open, read_pid, run, terminate, wait_until
-from tooling.stack.redis import REDIS_SERVER, public_url, server_arguments
+from tooling.stack.redis import REDIS_SERVER, prioritise, public_url, server_arguments
 
 REDIS_CLI = "redis-cli"
 SLOTS = 16_384
@@ -150,6 +150,8 @@ class RedisCluster(Server):
         if not self.formed():
             run(create_command([n.port for n in self.nodes]), "creating the Redis Cluster")
         wait_until(self.ready, timeout, "the Redis Cluster", self.nodes[0].log)
+        for node in self.nodes:
+            prioritise(node.pid(), self.settings.redis_nice)
         return "started" if down else "reused"
 
     def formed(self) -> bool:
