@@ -178,14 +178,15 @@ class Settings(BaseSettings):
         "metric freshness",
     )
     redis_nice: int = Field(
-        default=-10,
+        default=0,
         ge=-20,
         le=0,
-        description="the niceness the local stack's Redis runs at (every thread): Redis "
+        description="the niceness the local stack's Redis runs at (every thread). Redis "
         "answers ingest's duplicate claims and every worker's crash records one command at a "
-        "time, so when it loses its core in the middle of a metrics script a decision waits "
-        "for it; 0: the default priority. Below 0 needs root (or CAP_SYS_NICE); without it "
-        "Redis stays at 0 and `stack up` says so",
+        "time, so when it loses its core in the middle of a metrics script a decision waits: "
+        "below 0 shortens the decision tail at low rates, but near the machine's limit it "
+        "also puts the metrics work done inside Redis before the decision path. Below 0 "
+        "needs root (or CAP_SYS_NICE)",
     )
     background_nice: int = Field(
         default=10,

@@ -62,18 +62,26 @@ def test_status_reports_every_server_with_its_port(stack_settings: Settings) -> 
 
 
 def test_the_stacks_redis_runs_at_its_niceness(stack_settings: Settings) -> None:
-    """Every thread of the stack's Redis at ``redis_nice`` (it is on the decision path);
-    a user other than root cannot go below 0, and the stack leaves Redis at 0."""
+    """``stack up`` puts every thread of its Redis at ``redis_nice``, a Redis it reuses
+    too, and back to 0 with the default."""
     server = Redis(stack_settings)
     if not server.managed:
         pytest.skip("an external Redis keeps the priority its owner gave it")
-    stack_up(stack_settings)  # reused: a Redis started before the setting is raised too
     pid = server.pid()
     assert pid is not None
-    expected = stack_settings.redis_nice if os.geteuid() == 0 else 0
     threads = thread_ids(pid)
     assert len(threads) >= 2  # the event loop and Redis's background threads
-    assert {os.getpriority(os.PRIO_PROCESS, t) for t in threads} == {expected}
+
+    def niceness() -> set[int]:
+        return {os.getpriority(os.PRIO_PROCESS, t) for t in thread_ids(pid)}
+
+    raised = -5 if os.geteuid() == 0 else 0  # below 0 needs root
+    try:
+        stack_up(stack_settings.model_copy(update={"redis_nice": raised}))
+        assert niceness() == {raised}
+    finally:
+        stack_up(stack_settings)
+    assert stack_settings.redis_nice == 0 and niceness() == {0}
 
 
 def test_status_command_prints_the_table(stack_settings: Settings) -> None:

@@ -21,15 +21,13 @@ logger = logging.getLogger(__name__)
 
 
 def prioritise(pid: int | None, nice: int) -> None:
-    """Run every thread of the Redis server ``pid`` at niceness ``nice`` (below 0: before
-    the workers and Kafka when the cores are busy; see ``Settings.redis_nice``)."""
-    if pid is None or nice >= 0:
+    """Run every thread of the Redis server ``pid`` at niceness ``nice`` (see
+    ``Settings.redis_nice``); a Redis raised before goes back to 0 when the setting is 0."""
+    if pid is None:
         return
     if not renice_threads(pid, lambda _: nice):
         logger.warning(
-            "Redis runs at the default priority: niceness %d needs root or CAP_SYS_NICE "
-            "(CALIBER_REDIS_NICE=0 keeps it there quietly)",
-            nice,
+            "Redis runs at the default priority: niceness %d needs root or CAP_SYS_NICE", nice
         )
 
 
