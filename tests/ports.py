@@ -24,11 +24,7 @@ def _free(port: int) -> bool:
 
 def free_port(span: int = 1) -> int:
     """A port p with p … p + span - 1 free."""
-    for _ in range(200):
-        port = random.randrange(LOW, HIGH - span)
-        if all(_free(port + i) for i in range(span)):
-            return port
-    raise AssertionError(f"no {span} adjacent free ports in {LOW}-{HIGH}")
+    return free_range(span, LOW, HIGH - span)
 
 
 def free_pair() -> int:
