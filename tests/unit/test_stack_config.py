@@ -17,7 +17,13 @@ from shared.settings import Settings
 from tooling import supervise
 from tooling.cli import render_status
 from tooling.stack import ComponentStatus, StackError
-from tooling.stack.kafka import Kafka, cache_marker, new_cluster_id, render_properties
+from tooling.stack.kafka import (
+    Kafka,
+    cache_marker,
+    java_command,
+    new_cluster_id,
+    render_properties,
+)
 from tooling.stack.kafka_cluster import KafkaCluster, KafkaNode
 from tooling.stack.postgres import Postgres, can_traverse, public_address
 from tooling.stack.process import read_pid, spawn, wait_until
@@ -50,6 +56,15 @@ def test_kafka_keeps_its_files_under_the_stack_home(tmp_path: Path) -> None:
     kafka = Kafka(Settings(stack_home=tmp_path))
     assert kafka.lib == tmp_path / "kafka" / "4.1.1" / "lib"
     assert kafka.log == tmp_path / "logs" / "kafka.log"
+
+
+def test_a_brokers_heap_is_fixed_at_its_size(tmp_path: Path) -> None:
+    """-Xms above -Xmx stops the JVM before the broker starts; both follow the node's heap."""
+    command = java_command(tmp_path / "lib", tmp_path / "server.properties", heap="384m")
+    heap = [o for o in command if o[:4] in ("-Xms", "-Xmx")]
+    assert sorted(heap) == ["-Xms384m", "-Xmx384m"]
+    assert command[-2:] == ["kafka.Kafka", str(tmp_path / "server.properties")]
+    assert command[command.index("-cp") + 1] == f"{tmp_path / 'lib'}/*"
 
 
 def test_jar_cache_marker_changes_with_the_pom() -> None:
