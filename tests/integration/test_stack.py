@@ -22,6 +22,7 @@ from shared.settings import Settings
 from tooling.benchmarking import with_database
 from tooling.cli import app
 from tooling.stack import delete_topics, ensure_topics, stack_status, stack_up
+from tooling.stack.kafka import Kafka
 from tooling.stack.redis import Redis
 
 CORE_TABLES = {
@@ -82,6 +83,27 @@ def test_the_stacks_redis_runs_at_its_niceness(stack_settings: Settings) -> None
     finally:
         stack_up(stack_settings)
     assert stack_settings.redis_nice == 0 and niceness() == {0}
+
+
+def test_the_stacks_broker_runs_with_its_heap_settings(stack_settings: Settings) -> None:
+    """The broker the stack started: the parallel collector on a fixed heap, and the log
+    cleaner's key map (a heap buffer held for good) at 32 MB, which the broker took (an
+    unknown or misspelt property would only have been logged)."""
+    kafka = Kafka(stack_settings)
+    if not kafka.managed:
+        pytest.skip("an external broker keeps the settings its owner gave it")
+    pid = kafka.pid()
+    assert pid is not None
+    with open(f"/proc/{pid}/cmdline", "rb") as fh:
+        command = fh.read().decode().split("\0")
+    assert "-XX:+UseParallelGC" in command
+    heap = {o[:4]: o[4:] for o in command if o[:4] in ("-Xms", "-Xmx")}
+    assert heap.keys() == {"-Xms", "-Xmx"} and heap["-Xms"] == heap["-Xmx"]
+    resource = ConfigResource(ResourceType.BROKER, "1")
+    admin = make_admin(stack_settings)
+    config = admin.describe_configs([resource])[resource].result(timeout=10)
+    entry = config["log.cleaner.dedupe.buffer.size"]
+    assert int(entry.value) == 32 * 1024 * 1024 and not entry.is_default
 
 
 def test_status_command_prints_the_table(stack_settings: Settings) -> None:

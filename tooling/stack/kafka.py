@@ -71,6 +71,12 @@ def storage_lines(settings: Settings, data_dir: Path, replicas: int, min_isr: in
         "log.retention.hours=168",
         "log.segment.bytes=268435456",
         "message.max.bytes=10485760",
+        # The log cleaner's key map is a heap buffer allocated at start and live for good
+        # (128 MB by default, a quarter of the heap: every full collection marks and moves
+        # it). The compacted topics here (model updates, segment maps, the stack identity,
+        # offsets, transactions) hold far fewer keys than the 1.3 million 32 MB maps (24
+        # bytes each); a topic with more is cleaned in several passes.
+        "log.cleaner.dedupe.buffer.size=33554432",
     ]
 
 
