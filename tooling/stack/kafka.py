@@ -22,16 +22,14 @@ KAFKA_VERSION = "4.1.1"
 DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy" / "kafka"
 POM = DEPLOY_DIR / "pom.xml"
 LOG4J_CONFIG = DEPLOY_DIR / "log4j2.properties"
-# The throughput collector, not G1, and a fixed heap. On two busy cores G1 paused the broker
-# 0.7 times a second at 500 events/s (median 17 ms, up to 82), the parallel collector 2.5
-# times less often, and G1's barriers and concurrent refinement cost CPU on every request. A
+# The throughput collector, not G1, on a fixed heap (java_command). On two busy cores G1
+# paused the broker 0.7 times a second at 500 events/s (median 17 ms, up to 82), the
+# parallel collector 2.5 times less often, and G1's barriers and concurrent refinement cost CPU on every request. A
 # decision waits on more than a dozen broker requests (two produces, two fetches, two
 # transactions), so the pauses set its tail (README, "twelfth round"). The concurrent
 # collectors (ZGC, Shenandoah) cost the broker 20-100 % more CPU there and lengthened the
 # tail. The broker's heap holds little: its data is in the page cache.
 JVM_OPTIONS = [
-    "-Xmx512m",
-    "-Xms512m",
     "-XX:+UseParallelGC",
     "-Djava.awt.headless=true",
 ]
@@ -106,11 +104,11 @@ def render_properties(settings: Settings, data_dir: Path) -> str:
 def java_command(lib: Path, props: Path, heap: str = "512m") -> list[str]:
     """The command line of one broker: the cached jars, its properties file, its heap (its
     initial and largest size both)."""
-    sized = {"-Xmx": f"-Xmx{heap}", "-Xms": f"-Xms{heap}"}
-    options = [sized.get(o[:4], o) for o in JVM_OPTIONS]
     return [
         "java",
-        *options,
+        f"-Xmx{heap}",
+        f"-Xms{heap}",
+        *JVM_OPTIONS,
         f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
         "-cp",
         f"{lib}/*",
