@@ -25,10 +25,11 @@ LOG4J_CONFIG = DEPLOY_DIR / "log4j2.properties"
 # The throughput collector, not G1, on a fixed heap (java_command). On two busy cores G1
 # paused the broker 0.7 times a second at 500 events/s (median 17 ms, up to 82), the
 # parallel collector 2.5 times less often, and G1's barriers and concurrent refinement
-# cost CPU on every request. A decision waits on more than a dozen broker requests (two produces, two fetches, two
-# transactions), so the pauses set its tail (README, "twelfth round"). The concurrent
-# collectors (ZGC, Shenandoah) cost the broker 20-100 % more CPU there and lengthened the
-# tail. The broker's heap holds little: its data is in the page cache.
+# cost CPU on every request. A decision waits on more than a dozen broker requests (two
+# produces, two fetches, two transactions), so the pauses set its tail (README, "twelfth
+# round"). The concurrent collectors (ZGC, Shenandoah) cost the broker 20-100 % more CPU
+# there and lengthened the tail. The broker's heap holds little: its data is in the page
+# cache.
 JVM_OPTIONS = [
     "-XX:+UseParallelGC",
     "-Djava.awt.headless=true",
