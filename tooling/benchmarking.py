@@ -135,8 +135,17 @@ def scratch_database(settings: Settings, prefix: str = "caliber_scratch") -> Ite
             )
 
 
+WHERE_SETTINGS = frozenset({"CALIBER_KAFKA_BOOTSTRAP", "CALIBER_REDIS_URL", "CALIBER_POSTGRES_DSN"})
+"""Where the stores are: taken from ``settings`` alone, never from the caller's environment
+(a benchmark on the cluster profile must not inherit the single stack's addresses)."""
+
+
 def service_env(settings: Settings, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CALIBER_")}
+    """The environment of a service on ``settings``: the caller's, including its other
+    ``CALIBER_*`` settings (so a benchmark run with ``CALIBER_BATCH_LINGER_SECONDS=0.3``
+    measures services that use it), with the stores, namespace and prefix of ``settings``
+    and then ``extra`` over it."""
+    env = {k: v for k, v in os.environ.items() if k not in WHERE_SETTINGS}
     env.update(
         CALIBER_KAFKA_PORT=str(settings.kafka_port),
         CALIBER_REDIS_PORT=str(settings.redis_port),
