@@ -174,8 +174,17 @@ class Settings(BaseSettings):
         description="how long a worker off the decision path (aggregator, drift, recorder, "
         "router, calibrator) gathers its input before one iteration; "
         "every iteration costs a commit, Redis and PostgreSQL round trips and one write per "
-        "touched counter, so its batches, not the events, set the cost; adds at most this to "
-        "metric freshness",
+        "touched counter, so its batches, not the events, set the cost; the least it "
+        "gathers, and what a light load adds to metric freshness",
+    )
+    batch_linger_max_seconds: float = Field(
+        default=0.5,
+        ge=0,
+        le=5,
+        description="the most a worker off the decision path gathers its input: it gathers "
+        "twice as long as its last iteration took, from CALIBER_BATCH_LINGER_SECONDS up to "
+        "this, so under load its batches grow and its fixed cost per event shrinks, and a "
+        "light load keeps the short linger",
     )
     redis_nice: int = Field(
         default=0,
