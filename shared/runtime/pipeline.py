@@ -240,7 +240,7 @@ class Pipeline:
         bound = settings.linger_max_seconds if config.max_linger is None else config.max_linger
         self._max_linger = max(config.poll_timeout, min(bound, settings.linger_max_seconds))
         if config.batch:
-            self._linger = max(config.poll_timeout, settings.batch_linger_seconds)
+            self._linger = max(config.poll_timeout, batch_linger(settings, 0.0))
         self.ready = asyncio.Event()
         """Set once the consumer has its first assignment."""
 
@@ -327,7 +327,7 @@ class Pipeline:
         gathers :data:`BATCH_LINGER_PER_ITERATION` times as long, within its own bounds
         (:func:`batch_linger`)."""
         if self._config.batch:
-            self._linger = batch_linger(self._settings, took)
+            self._linger = max(self._config.poll_timeout, batch_linger(self._settings, took))
         else:
             self._linger = min(max(self._config.poll_timeout, took), self._max_linger)
 
